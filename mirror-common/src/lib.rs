@@ -1,0 +1,190 @@
+//! Types shared by the kernel tap (`mirror-ebpf`) and userspace (`mirror-userspace`).
+//!
+//! Everything here is `#[repr(C)]` and plain old data: the kernel writes these structs into
+//! the ring buffer and maps, userspace reads the same bytes back. Keep field order and sizes
+//! stable; both sides are always built from the same sources (the userspace build embeds the
+//! kernel object it just compiled).
+#![no_std]
+
+/// Ring buffer carrying [`Record`]s from the kernel to userspace.
+pub const MAP_SEGMENTS: &str = "SEGMENTS";
+/// Single-entry array holding the [`TapConfig`].
+pub const MAP_CONFIG: &str = "TAP_CONFIG";
+/// Array of 65536 `u8`, indexed by TCP port: non-zero means "service port, capture it".
+pub const MAP_PORTS: &str = "SERVICE_PORTS";
+/// LPM trie of IPv4 service networks (key data: address bytes in network order).
+pub const MAP_NETS_V4: &str = "SERVICE_NETS_V4";
+/// LPM trie of IPv6 service networks (key data: address bytes in network order).
+pub const MAP_NETS_V6: &str = "SERVICE_NETS_V6";
+/// Per-CPU array of `u64`, indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// Program names in the object, one per tc hook so each record knows where it was seen.
+pub const PROG_INGRESS: &str = "mirror_ingress";
+pub const PROG_EGRESS: &str = "mirror_egress";
+
+/// Payload size classes of ring records. A ring reservation must have a size known to the
+/// verifier, so instead of one record per packet sized to the packet we pick the smallest
+/// class that fits: small requests cost a 256-byte slot, MSS-sized segments 2 KiB, and GSO
+/// super-packets are cut into 16 KiB chunks.
+pub const SMALL_CHUNK: usize = 256;
+pub const MEDIUM_CHUNK: usize = 2048;
+pub const LARGE_CHUNK: usize = 16384;
+/// Bound of the chunk loop: payloads beyond `MAX_CHUNKS * LARGE_CHUNK` (512 KiB, twice the
+/// largest BIG TCP default) are truncated and counted.
+pub const MAX_CHUNKS: u32 = 32;
+
+/// Default ring buffer size (bytes, power of two); overridable at load time.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+/// [`TapConfig::capture`] bit: segments travelling toward a service port (requests).
+pub const CAPTURE_REQUESTS: u32 = 1;
+/// [`TapConfig::capture`] bit: segments leaving a service port (responses).
+pub const CAPTURE_RESPONSES: u32 = 2;
+
+/// Global settings of the tap, filled by userspace before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapConfig {
+    /// Bitmask of `CAPTURE_REQUESTS` and `CAPTURE_RESPONSES`.
+    pub capture: u32,
+    /// Non-zero: the service side of a segment must also lie in one of the service networks.
+    pub restrict_addrs: u32,
+}
+
+/// Which way a segment travels relative to the service.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Client to service (destination port is a service port).
+    Request = 0,
+    /// Service to client (source port is a service port).
+    Response = 1,
+}
+
+/// The tc hook a record was captured on.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Ingress = 0,
+    Egress = 1,
+}
+
+/// Indexes into the per-CPU counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Packets the program ran on.
+    Seen = 0,
+    /// TCP segments that matched the service selection.
+    Selected = 1,
+    /// Records submitted to the ring.
+    Records = 2,
+    /// Payload bytes copied into the ring.
+    Bytes = 3,
+    /// Records lost because the ring was full.
+    Lost = 4,
+    /// Segments whose payload could not be copied whole (over the chunk bound, or a failed
+    /// load); the copied prefix is still emitted.
+    Truncated = 5,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::Seen,
+        Counter::Selected,
+        Counter::Records,
+        Counter::Bytes,
+        Counter::Lost,
+        Counter::Truncated,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Seen => "seen",
+            Counter::Selected => "selected",
+            Counter::Records => "records",
+            Counter::Bytes => "bytes",
+            Counter::Lost => "lost",
+            Counter::Truncated => "truncated",
+        }
+    }
+}
+
+/// TCP flag bits as in the TCP header's 13th byte.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// Metadata of one captured segment (or of one chunk of it), followed in the ring by
+/// `captured_len` payload bytes.
+///
+/// Addresses are in network byte order (IPv4 in the first 4 bytes); ports, sequence numbers
+/// and the window are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the program ran.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP payload bytes of the whole segment.
+    pub payload_len: u32,
+    /// Offset of this record's bytes within the segment's payload.
+    pub chunk_offset: u32,
+    /// Payload bytes that follow this header in the record.
+    pub captured_len: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub window: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// TCP flags, see [`tcp_flags`].
+    pub flags: u8,
+    /// A [`Direction`] as u8.
+    pub direction: u8,
+    /// A [`Hook`] as u8.
+    pub hook: u8,
+    pub _pad: [u8; 6],
+}
+
+/// One ring record: a header and a payload area of a size class `N`.
+#[repr(C)]
+pub struct Record<const N: usize> {
+    pub header: SegmentHeader,
+    pub data: [u8; N],
+}
+
+/// Size of the header at the start of every record.
+pub const HEADER_LEN: usize = core::mem::size_of::<SegmentHeader>();
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are repr(C), Copy, contain only integers and byte arrays, and have no
+    // implicit padding (explicit `_pad` fields), so any bit pattern is valid.
+    unsafe impl aya::Pod for super::TapConfig {}
+    unsafe impl aya::Pod for super::SegmentHeader {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_is_stable() {
+        assert_eq!(HEADER_LEN, 80);
+        assert_eq!(core::mem::align_of::<SegmentHeader>(), 8);
+        assert_eq!(core::mem::size_of::<TapConfig>(), 8);
+    }
+}

@@ -1,0 +1,355 @@
+//! The tap: a tc classifier that copies the TCP segments of selected services into a BPF
+//! ring buffer.
+//!
+//! Invariant above all others: the program never changes the fate of a packet. Every path
+//! returns `TC_ACT_UNSPEC`, which is `TCX_NEXT` under TCX and "no verdict, continue" under
+//! cls_bpf direct-action, so the packet goes on exactly as if we were not attached and any
+//! program after us (Cilium, Calico) still gets to decide. Nothing here writes to the skb.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    macros::{classifier, map},
+    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use mirror_common::{
+    tcp_flags, Counter, Direction, Hook, Record, SegmentHeader, TapConfig, CAPTURE_REQUESTS,
+    CAPTURE_RESPONSES, DEFAULT_RING_BYTES, LARGE_CHUNK, MAX_CHUNKS, MEDIUM_CHUNK, SMALL_CHUNK,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
+
+/// Verdict for every packet: no opinion, let the stack (or the next program) decide.
+const PASS: i32 = TC_ACT_UNSPEC;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+/// IPv6 extension headers we skip to find TCP (hop-by-hop, routing, destination options).
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_DSTOPTS: u8 = 60;
+/// Bound on the number of IPv6 extension headers we walk (the verifier needs a bound).
+const MAX_IPV6_EXT: usize = 4;
+
+#[map(name = "SEGMENTS")]
+static SEGMENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+#[map(name = "TAP_CONFIG")]
+static TAP_CONFIG: Array<TapConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "SERVICE_PORTS")]
+static SERVICE_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+#[map(name = "SERVICE_NETS_V4")]
+static SERVICE_NETS_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, 0);
+
+#[map(name = "SERVICE_NETS_V6")]
+static SERVICE_NETS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1024, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[classifier]
+pub fn mirror_ingress(ctx: TcContext) -> i32 {
+    tap(&ctx, Hook::Ingress);
+    PASS
+}
+
+#[classifier]
+pub fn mirror_egress(ctx: TcContext) -> i32 {
+    tap(&ctx, Hook::Egress);
+    PASS
+}
+
+#[inline(always)]
+fn count(counter: Counter, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot, and tc programs do not nest on one CPU: a plain add is race free.
+        unsafe { *slot += n };
+    }
+}
+
+/// A parsed, selected segment: where its payload starts and the header to emit.
+struct Selected {
+    payload_offset: u32,
+    header: SegmentHeader,
+}
+
+#[inline(always)]
+fn tap(ctx: &TcContext, hook: Hook) {
+    count(Counter::Seen, 1);
+    if let Some(sel) = parse_and_select(ctx, hook) {
+        count(Counter::Selected, 1);
+        emit(ctx, &sel);
+    }
+}
+
+/// Parses Ethernet (+ one VLAN tag), IPv4/IPv6 and TCP, and applies the service selection.
+/// Headers are read with `bpf_skb_load_bytes`, which also works when they are not in the
+/// linear part of the skb.
+#[inline(always)]
+fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
+    let cfg = TAP_CONFIG.get(0)?;
+    if cfg.capture == 0 {
+        return None;
+    }
+    let eth: EthHdr = ctx.load(0).ok()?;
+    let mut ether_type = u16::from_be(eth.ether_type);
+    let mut l3 = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        // A tag in the packet data (not offloaded to skb->vlan_tci): TCI, then the real type.
+        let inner: [u8; 4] = ctx.load(l3).ok()?;
+        ether_type = u16::from_be_bytes([inner[2], inner[3]]);
+        l3 += 4;
+    }
+
+    let mut header = empty_header(ctx, hook);
+    let (l4, ip_payload_len) = match ether_type {
+        ETH_P_IP => parse_ipv4(ctx, l3, &mut header)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3, &mut header)?,
+        _ => return None,
+    };
+
+    let tcp: TcpHdr = ctx.load(l4).ok()?;
+    // SAFETY: TcpHdr is a 20-byte repr(C) struct of byte fields; bytes 12 and 13 are the data
+    // offset and the flags, which network-types 0.2 only exposes bit by bit.
+    let raw: &[u8; TcpHdr::LEN] = unsafe { &*(&tcp as *const TcpHdr).cast() };
+    let tcp_len = ((raw[12] >> 4) as u32) * 4;
+    if tcp_len < TcpHdr::LEN as u32 {
+        return None;
+    }
+    header.sport = u16::from_be_bytes(tcp.source);
+    header.dport = u16::from_be_bytes(tcp.dest);
+    header.seq = u32::from_be_bytes(tcp.seq);
+    header.ack = u32::from_be_bytes(tcp.ack_seq);
+    header.window = u16::from_be_bytes(tcp.window);
+    header.flags = raw[13];
+
+    header.direction = select(cfg, &header)? as u8;
+
+    let payload_offset = l4 as u32 + tcp_len;
+    // The skb length bounds the payload; the IP length excludes Ethernet padding of short
+    // frames. GSO/BIG TCP packets may carry an IP length of 0: then the skb length rules.
+    let skb_payload = ctx.len().saturating_sub(payload_offset);
+    let ip_payload = ip_payload_len.saturating_sub(tcp_len);
+    header.payload_len = if ip_payload_len == 0 || ip_payload > skb_payload {
+        skb_payload
+    } else {
+        ip_payload
+    };
+    Some(Selected {
+        payload_offset,
+        header,
+    })
+}
+
+#[inline(always)]
+fn empty_header(ctx: &TcContext, hook: Hook) -> SegmentHeader {
+    SegmentHeader {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        seq: 0,
+        ack: 0,
+        payload_len: 0,
+        chunk_offset: 0,
+        captured_len: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        window: 0,
+        family: 0,
+        flags: 0,
+        direction: 0,
+        hook: hook as u8,
+        _pad: [0; 6],
+    }
+}
+
+/// Returns the TCP header offset and the IP payload length (0 if unknown).
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, l3: usize, header: &mut SegmentHeader) -> Option<(usize, u32)> {
+    let ip: Ipv4Hdr = ctx.load(l3).ok()?;
+    if ip.proto != IpProto::Tcp as u8 {
+        return None;
+    }
+    // Only the first fragment carries the TCP header; later fragments cannot be matched.
+    if ip.frag_offset() != 0 {
+        return None;
+    }
+    let ihl = ip.ihl() as usize; // already in bytes in network-types 0.2
+    if ihl < Ipv4Hdr::LEN {
+        return None;
+    }
+    header.family = 4;
+    header.saddr[..4].copy_from_slice(&ip.src_addr);
+    header.daddr[..4].copy_from_slice(&ip.dst_addr);
+    let tot = ip.tot_len() as u32;
+    Some((l3 + ihl, tot.saturating_sub(ihl as u32)))
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, l3: usize, header: &mut SegmentHeader) -> Option<(usize, u32)> {
+    let ip: Ipv6Hdr = ctx.load(l3).ok()?;
+    header.family = 6;
+    header.saddr = ip.src_addr;
+    header.daddr = ip.dst_addr;
+    let mut next = ip.next_hdr;
+    let mut off = l3 + Ipv6Hdr::LEN;
+    let mut payload = u16::from_be_bytes(ip.payload_len) as u32;
+    for _ in 0..MAX_IPV6_EXT {
+        if next != IPV6_HOPOPTS && next != IPV6_ROUTING && next != IPV6_DSTOPTS {
+            break;
+        }
+        let ext: [u8; 2] = ctx.load(off).ok()?;
+        let len = (ext[1] as usize + 1) * 8;
+        next = ext[0];
+        off += len;
+        payload = payload.saturating_sub(len as u32);
+    }
+    if next != IpProto::Tcp as u8 {
+        return None;
+    }
+    Some((off, payload))
+}
+
+/// Applies the service selection. A segment toward a service port is a request, one from a
+/// service port a response; with address restriction on, the service side must also be in a
+/// service network.
+#[inline(always)]
+fn select(cfg: &TapConfig, h: &SegmentHeader) -> Option<Direction> {
+    if cfg.capture & CAPTURE_REQUESTS != 0 && is_service(cfg, h.dport, &h.daddr, h.family) {
+        return Some(Direction::Request);
+    }
+    if cfg.capture & CAPTURE_RESPONSES != 0 && is_service(cfg, h.sport, &h.saddr, h.family) {
+        return Some(Direction::Response);
+    }
+    None
+}
+
+#[inline(always)]
+fn is_service(cfg: &TapConfig, port: u16, addr: &[u8; 16], family: u8) -> bool {
+    match SERVICE_PORTS.get(port as u32) {
+        Some(v) if *v != 0 => {}
+        _ => return false,
+    }
+    if cfg.restrict_addrs == 0 {
+        return true;
+    }
+    if family == 4 {
+        let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        SERVICE_NETS_V4.get(key).is_some()
+    } else {
+        SERVICE_NETS_V6.get(Key::new(128, *addr)).is_some()
+    }
+}
+
+/// Copies the segment into the ring.
+///
+/// Why size classes and chunks: `bpf_ringbuf_reserve` needs a size the verifier knows, and
+/// `bpf_skb_load_bytes` a length it can bound. A payload up to 256 bytes (a typical GET) takes
+/// one 336-byte slot; up to 2 KiB (one MSS on a 1500-byte MTU) a 2 KiB slot; anything larger
+/// (GSO/GRO super-packets of up to 64 KiB, non-linear) is cut into 16 KiB chunk records in a
+/// bounded loop. `bpf_skb_load_bytes` copies straight from the (possibly paged) skb into ring
+/// memory, so each byte is copied once in the kernel. The cost: at most ~15 % slack per
+/// record on average in ring space (unused tail of a class), one reserve/submit per 16 KiB,
+/// and an 80-byte header per record.
+#[inline(always)]
+fn emit(ctx: &TcContext, sel: &Selected) {
+    let len = sel.header.payload_len;
+    if len == 0 {
+        // Pure ACKs and window updates carry nothing we need; SYN (learns the ISN), FIN and
+        // RST (end of stream) are kept as metadata.
+        if sel.header.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0 {
+            emit_chunk::<0>(ctx, sel, 0, 0);
+        }
+        return;
+    }
+    if len <= SMALL_CHUNK as u32 {
+        emit_chunk::<SMALL_CHUNK>(ctx, sel, 0, len);
+        return;
+    }
+    if len <= MEDIUM_CHUNK as u32 {
+        emit_chunk::<MEDIUM_CHUNK>(ctx, sel, 0, len);
+        return;
+    }
+    // Loop-carried state is only the chunk index: the offset and length of each chunk are
+    // recomputed from it, so the verifier sees identical states at the loop head (apart from
+    // `i`) and does not explore the two chunk-length paths of every iteration separately.
+    let chunks = (len - 1) / LARGE_CHUNK as u32 + 1;
+    for i in 0..MAX_CHUNKS {
+        if i >= chunks {
+            return;
+        }
+        let offset = i * LARGE_CHUNK as u32;
+        let n = if i + 1 == chunks {
+            len - offset
+        } else {
+            LARGE_CHUNK as u32
+        };
+        if !emit_chunk::<LARGE_CHUNK>(ctx, sel, offset, n) {
+            return;
+        }
+    }
+    if chunks > MAX_CHUNKS {
+        count(Counter::Truncated, 1);
+    }
+}
+
+/// Reserves one record of class `N`, fills it with the header and `n` payload bytes starting
+/// at `offset` in the payload, and submits it. Returns false if nothing more should be tried.
+#[inline(always)]
+fn emit_chunk<const N: usize>(ctx: &TcContext, sel: &Selected, offset: u32, n: u32) -> bool {
+    let Some(mut entry) = SEGMENTS.reserve::<Record<N>>(0) else {
+        count(Counter::Lost, 1);
+        return false;
+    };
+    let rec = entry.as_mut_ptr();
+    let mut copied = 0u32;
+    if N > 0 && n > 0 {
+        // The helper rejects a length that might be zero or exceed the record, and the
+        // verifier loses bounds LLVM proved on another register copy. So hide `n` from LLVM
+        // (a volatile read: it cannot fold the mask away) and restate the bound
+        // arithmetically; with N a power of two this is the identity on 1..=N.
+        let n_opaque = unsafe { core::ptr::read_volatile(&n) };
+        let bounded = ((n_opaque.wrapping_sub(1)) & (N as u32 - 1)) + 1;
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                sel.payload_offset + offset,
+                (*rec).data.as_mut_ptr().cast(),
+                bounded,
+            )
+        };
+        if ret == 0 {
+            copied = bounded;
+        } else {
+            count(Counter::Truncated, 1);
+        }
+    }
+    unsafe {
+        let h = &mut (*rec).header;
+        *h = sel.header;
+        h.chunk_offset = offset;
+        h.captured_len = copied;
+    }
+    entry.submit(0);
+    count(Counter::Records, 1);
+    count(Counter::Bytes, copied as u64);
+    copied == n
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

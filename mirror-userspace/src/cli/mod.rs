@@ -1,0 +1,2 @@
+//! Subcommands of the `mirror` binary.
+pub mod tap;

@@ -1,0 +1,10 @@
+//! The mirror agent as a library.
+//!
+//! The pipeline, one module per stage:
+//!
+//! capture source ([`capture`]: the live kernel [`tap`], later pcap files and tests)
+//! -> typed [`segment::Segment`]s -> TCP reassembly -> HTTP framing -> select / sample /
+//! rewrite -> replay to the shadow.
+pub mod capture;
+pub mod segment;
+pub mod tap;

@@ -1,0 +1,167 @@
+//! The typed TCP segment every capture source produces and reassembly consumes.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::Bytes;
+use mirror_common::SegmentHeader;
+pub use mirror_common::{tcp_flags, Direction, Hook};
+
+/// One TCP segment, or one chunk of a large (GSO) segment, as captured.
+///
+/// Chunks of one segment share `seq`; `chunk_offset` places `payload` inside it, so
+/// [`Segment::payload_seq`] is the sequence number of `payload[0]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// CLOCK_MONOTONIC nanoseconds at capture.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub hook: Hook,
+    pub direction: Direction,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Sequence number of the segment's first payload byte (or of the SYN/FIN).
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP flags, see [`tcp_flags`].
+    pub flags: u8,
+    pub window: u16,
+    /// Payload length of the whole segment on the wire.
+    pub segment_len: u32,
+    /// Where `payload` starts within the segment's payload.
+    pub chunk_offset: u32,
+    /// The captured bytes: all of `[chunk_offset, chunk_offset + payload.len())`.
+    pub payload: Bytes,
+}
+
+impl Segment {
+    /// Builds a segment from a ring record's header and its captured payload.
+    pub fn from_record(h: &SegmentHeader, payload: Bytes) -> Option<Segment> {
+        let (src_ip, dst_ip) = match h.family {
+            4 => (ipv4(&h.saddr), ipv4(&h.daddr)),
+            6 => (
+                IpAddr::V6(Ipv6Addr::from(h.saddr)),
+                IpAddr::V6(Ipv6Addr::from(h.daddr)),
+            ),
+            _ => return None,
+        };
+        let direction = match h.direction {
+            0 => Direction::Request,
+            1 => Direction::Response,
+            _ => return None,
+        };
+        let hook = if h.hook == Hook::Egress as u8 {
+            Hook::Egress
+        } else {
+            Hook::Ingress
+        };
+        Some(Segment {
+            ts_ns: h.ts_ns,
+            ifindex: h.ifindex,
+            hook,
+            direction,
+            src: SocketAddr::new(src_ip, h.sport),
+            dst: SocketAddr::new(dst_ip, h.dport),
+            seq: h.seq,
+            ack: h.ack,
+            flags: h.flags,
+            window: h.window,
+            segment_len: h.payload_len,
+            chunk_offset: h.chunk_offset,
+            payload,
+        })
+    }
+
+    /// Sequence number of `payload[0]`.
+    pub fn payload_seq(&self) -> u32 {
+        self.seq.wrapping_add(self.chunk_offset)
+    }
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Bytes this chunk should hold: the kernel cuts payloads into chunks of at most
+    /// `LARGE_CHUNK` bytes (smaller payloads travel whole).
+    fn expected_len(&self) -> u32 {
+        self.segment_len
+            .saturating_sub(self.chunk_offset)
+            .min(mirror_common::LARGE_CHUNK as u32)
+    }
+
+    /// True if bytes of this chunk are missing (the kernel could not copy them all).
+    pub fn is_truncated(&self) -> bool {
+        (self.payload.len() as u32) < self.expected_len()
+    }
+
+    /// True if this is the last (or only) chunk of its segment; FIN belongs after it.
+    pub fn is_last_chunk(&self) -> bool {
+        self.chunk_offset + self.expected_len() >= self.segment_len
+    }
+
+    /// The client side of the connection (the side that is not the service).
+    pub fn client(&self) -> SocketAddr {
+        match self.direction {
+            Direction::Request => self.src,
+            Direction::Response => self.dst,
+        }
+    }
+
+    /// The service side of the connection.
+    pub fn server(&self) -> SocketAddr {
+        match self.direction {
+            Direction::Request => self.dst,
+            Direction::Response => self.src,
+        }
+    }
+}
+
+fn ipv4(a: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(family: u8) -> SegmentHeader {
+        let mut saddr = [0u8; 16];
+        let mut daddr = [0u8; 16];
+        saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        SegmentHeader {
+            ts_ns: 1,
+            ifindex: 7,
+            seq: u32::MAX - 1,
+            ack: 5,
+            payload_len: 40000,
+            chunk_offset: 16384,
+            captured_len: 16384,
+            saddr,
+            daddr,
+            sport: 54321,
+            dport: 8000,
+            window: 502,
+            family,
+            flags: tcp_flags::ACK | tcp_flags::PSH,
+            direction: Direction::Request as u8,
+            hook: Hook::Egress as u8,
+            _pad: [0; 6],
+        }
+    }
+
+    #[test]
+    fn record_becomes_segment() {
+        let s = Segment::from_record(&header(4), Bytes::from(vec![0u8; 16384])).unwrap();
+        assert_eq!(s.src, "10.0.0.1:54321".parse().unwrap());
+        assert_eq!(s.server(), "10.0.0.2:8000".parse().unwrap());
+        assert_eq!(s.client(), s.src);
+        // Sequence arithmetic wraps.
+        assert_eq!(s.payload_seq(), 16382);
+        assert!(!s.is_last_chunk());
+        assert!(!s.is_truncated());
+    }
+
+    #[test]
+    fn bad_family_is_rejected() {
+        assert!(Segment::from_record(&header(9), Bytes::new()).is_none());
+    }
+}

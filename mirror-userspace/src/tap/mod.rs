@@ -1,0 +1,291 @@
+//! The loader of the kernel tap: loads the embedded object, fills the selection maps,
+//! attaches to interfaces and hands out the captured segments and the kernel counters.
+//!
+//! Everything the loader creates is undone when the [`Tap`] is dropped: TCX links close with
+//! their fds, netlink filters are removed, and a clsact qdisc is deleted if we added it.
+mod attach;
+mod clsact;
+mod ring;
+
+use std::{fmt, net::IpAddr};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::SchedClassifier,
+    Ebpf, EbpfLoader,
+};
+use ipnet::IpNet;
+use mirror_common::{
+    Counter, Hook, TapConfig, CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, MAP_CONFIG,
+    MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_SEGMENTS, PROG_EGRESS, PROG_INGRESS,
+};
+
+pub use attach::AttachMode;
+use attach::Attachment;
+pub use ring::RingSource;
+
+/// The kernel object built from `mirror-ebpf` by this crate's build script.
+static TAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror-tap.o"));
+
+/// Which directions of a service's traffic to capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Directions {
+    /// Segments toward a service port.
+    pub requests: bool,
+    /// Segments from a service port (needed to pair responses, later to diff them).
+    pub responses: bool,
+}
+
+impl Directions {
+    pub const BOTH: Directions = Directions {
+        requests: true,
+        responses: true,
+    };
+    pub const REQUESTS: Directions = Directions {
+        requests: true,
+        responses: false,
+    };
+
+    fn bits(self) -> u32 {
+        (if self.requests { CAPTURE_REQUESTS } else { 0 })
+            | (if self.responses { CAPTURE_RESPONSES } else { 0 })
+    }
+}
+
+/// What to capture and where.
+#[derive(Clone, Debug)]
+pub struct TapSettings {
+    /// Interfaces to attach to (for a pod: the host side of its veth).
+    pub interfaces: Vec<String>,
+    /// Hooks to attach on each interface; both by default, since requests and responses
+    /// cross an interface in opposite directions.
+    pub hooks: Vec<Hook>,
+    /// Service ports.
+    pub ports: Vec<u16>,
+    /// If non-empty, the service side of a segment must also lie in one of these networks.
+    pub service_nets: Vec<IpNet>,
+    pub directions: Directions,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_bytes: u32,
+    pub attach_mode: AttachMode,
+}
+
+impl Default for TapSettings {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            hooks: vec![Hook::Ingress, Hook::Egress],
+            ports: Vec::new(),
+            service_nets: Vec::new(),
+            directions: Directions::BOTH,
+            ring_bytes: DEFAULT_RING_BYTES,
+            attach_mode: AttachMode::Auto,
+        }
+    }
+}
+
+impl TapSettings {
+    /// Checks the settings before anything touches the kernel; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.interfaces.is_empty() {
+            bail!("interfaces: at least one interface is required");
+        }
+        for name in &self.interfaces {
+            if attach::ifindex(name).is_none() {
+                bail!("interfaces: no such interface {name:?}");
+            }
+        }
+        if self.hooks.is_empty() {
+            bail!("hooks: at least one of ingress or egress is required");
+        }
+        if self.ports.is_empty() {
+            bail!("ports: at least one service port is required");
+        }
+        if self.ports.contains(&0) {
+            bail!("ports: 0 is not a valid service port");
+        }
+        if !self.directions.requests && !self.directions.responses {
+            bail!("directions: capture requests, responses or both");
+        }
+        let page = page_size();
+        if !self.ring_bytes.is_power_of_two() || self.ring_bytes < page {
+            bail!(
+                "ring_bytes: {} is not a power of two of at least one page ({page})",
+                self.ring_bytes
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Sums of the per-CPU counters of the kernel program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub seen: u64,
+    pub selected: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub lost: u64,
+    pub truncated: u64,
+}
+
+impl KernelCounters {
+    fn set(&mut self, counter: Counter, value: u64) {
+        let slot = match counter {
+            Counter::Seen => &mut self.seen,
+            Counter::Selected => &mut self.selected,
+            Counter::Records => &mut self.records,
+            Counter::Bytes => &mut self.bytes,
+            Counter::Lost => &mut self.lost,
+            Counter::Truncated => &mut self.truncated,
+        };
+        *slot = value;
+    }
+}
+
+impl fmt::Display for KernelCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seen {} selected {} records {} bytes {} lost {} truncated {}",
+            self.seen, self.selected, self.records, self.bytes, self.lost, self.truncated
+        )
+    }
+}
+
+/// A loaded and attached tap.
+pub struct Tap {
+    /// `Some` until dropped; dropping it detaches every link it owns.
+    ebpf: Option<Ebpf>,
+    ring: Option<RingBuf<MapData>>,
+    attachments: Vec<Attachment>,
+}
+
+impl Tap {
+    /// Validates the settings, loads the program, fills its maps and attaches it.
+    /// On error everything attached so far is detached again.
+    pub fn attach(settings: &TapSettings) -> Result<Tap> {
+        settings.validate()?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_SEGMENTS, settings.ring_bytes)
+            .load(TAP_OBJECT)
+            .context("loading the tap object")?;
+        configure(&mut ebpf, settings)?;
+        for name in [PROG_INGRESS, PROG_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading program {name}"))?;
+        }
+        let ring = ebpf.take_map(MAP_SEGMENTS).context("ring map missing")?;
+        let ring = RingBuf::try_from(ring)?;
+        let mut tap = Tap {
+            ebpf: Some(ebpf),
+            ring: Some(ring),
+            attachments: Vec::new(),
+        };
+        for iface in &settings.interfaces {
+            for &hook in &settings.hooks {
+                let ebpf = tap.ebpf.as_mut().expect("present until drop");
+                let att = attach::attach(ebpf, iface, hook, settings.attach_mode)?;
+                tap.attachments.push(att);
+            }
+        }
+        Ok(tap)
+    }
+
+    /// Where each program is attached and how.
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, Hook, AttachMode)> {
+        self.attachments
+            .iter()
+            .map(|a| (a.iface.as_str(), a.hook, a.mode))
+    }
+
+    /// Takes the segment stream. Must be called from within a tokio runtime; only once.
+    pub fn segments(&mut self) -> Result<RingSource> {
+        let ring = self
+            .ring
+            .take()
+            .context("the segment stream was already taken")?;
+        RingSource::new(ring)
+    }
+
+    /// Reads the kernel counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let ebpf = self.ebpf.as_ref().expect("present until drop");
+        let map = ebpf.map(MAP_COUNTERS).context("counter map missing")?;
+        let array = PerCpuArray::<_, u64>::try_from(map)?;
+        let mut out = KernelCounters::default();
+        for counter in Counter::ALL {
+            let per_cpu = array.get(&(counter as u32), 0)?;
+            out.set(counter, per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Detaches now, reporting errors (dropping the tap does the same, silently).
+    pub fn detach(mut self) -> Result<()> {
+        self.detach_all()
+    }
+
+    fn detach_all(&mut self) -> Result<()> {
+        // Links first (dropping the programs detaches them), then the qdiscs we created.
+        drop(self.ebpf.take());
+        let mut first_error = None;
+        for att in self.attachments.drain(..) {
+            if let Err(e) = att.cleanup() {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if let Err(e) = self.detach_all() {
+            tracing::warn!("detaching the tap: {e:#}");
+        }
+    }
+}
+
+fn configure(ebpf: &mut Ebpf, settings: &TapSettings) -> Result<()> {
+    let mut ports: Array<_, u8> = ebpf.map_mut(MAP_PORTS).context("ports map")?.try_into()?;
+    for &port in &settings.ports {
+        ports.set(port as u32, 1, 0)?;
+    }
+    let mut v4: LpmTrie<_, [u8; 4], u8> = ebpf
+        .map_mut(MAP_NETS_V4)
+        .context("v4 nets map")?
+        .try_into()?;
+    for net in &settings.service_nets {
+        if let (IpNet::V4(n), IpAddr::V4(a)) = (net, net.network()) {
+            v4.insert(&Key::new(n.prefix_len() as u32, a.octets()), 1, 0)?;
+        }
+    }
+    let mut v6: LpmTrie<_, [u8; 16], u8> = ebpf
+        .map_mut(MAP_NETS_V6)
+        .context("v6 nets map")?
+        .try_into()?;
+    for net in &settings.service_nets {
+        if let (IpNet::V6(n), IpAddr::V6(a)) = (net, net.network()) {
+            v6.insert(&Key::new(n.prefix_len() as u32, a.octets()), 1, 0)?;
+        }
+    }
+    let cfg = TapConfig {
+        capture: settings.directions.bits(),
+        restrict_addrs: u32::from(!settings.service_nets.is_empty()),
+    };
+    let mut config: Array<_, TapConfig> =
+        ebpf.map_mut(MAP_CONFIG).context("config map")?.try_into()?;
+    config.set(0, cfg, 0)?;
+    Ok(())
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u32 }
+}

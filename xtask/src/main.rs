@@ -1,0 +1,141 @@
+//! Developer tasks: `cargo xtask setup | build | test | demo | run -- ARGS`.
+//!
+//! `setup` installs the toolchain the kernel side needs (see the README): Debian's rustc-web
+//! with its precompiled `core` for bpfel, LLVM 22 and bpf-linker built against it, plus the
+//! tools the integration tests drive. Everything is skipped when already present.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+mod setup;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install (idempotently) the eBPF toolchain and the test tools.
+    Setup,
+    /// Build the agent (which builds and embeds the kernel program).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run setup if needed, then formatting and lint checks and every test.
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Self-contained demo in network namespaces.
+    Demo,
+    /// Build and run the agent on this host (as root, or through sudo).
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => build(release),
+        Task::Test { args } => test(&args),
+        Task::Demo => demo(),
+        Task::Run { args } => run_agent(&args),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+pub(crate) fn check(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    setup::ensure()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--locked", "-p", "mirror-userspace"]);
+    if release {
+        cmd.arg("--release");
+    }
+    check(&mut cmd)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::ensure()?;
+    check(cargo().args(["fmt", "--all", "--check"]))?;
+    // The kernel crate is linted on its own: in a workspace-wide build, feature unification
+    // gives its mirror-common dependency the `user` feature (and so std).
+    let clippy = ["clippy", "--locked", "--all-targets"];
+    let deny = ["--", "-D", "warnings"];
+    check(
+        cargo()
+            .args(clippy)
+            .args(["--workspace", "--exclude", "mirror-ebpf"])
+            .args(deny),
+    )?;
+    check(
+        cargo()
+            .args(["clippy", "--locked", "-p", "mirror-ebpf"])
+            .args(["--config", "profile.dev.panic=\"abort\""])
+            .args(deny),
+    )?;
+    check(cargo().args(["test", "--locked", "--workspace"]).args(args))
+}
+
+fn demo() -> Result<()> {
+    build(true)?;
+    let script = workspace_root().join("xtask/demo.sh");
+    check(
+        Command::new("bash")
+            .arg(script)
+            .arg(workspace_root().join("target/release/mirror")),
+    )
+}
+
+fn run_agent(args: &[String]) -> Result<()> {
+    build(true)?;
+    let binary = workspace_root().join("target/release/mirror");
+    let mut cmd = if setup::is_root() {
+        Command::new(&binary)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(&binary);
+        sudo
+    };
+    check(cmd.args(args))
+}

@@ -1,0 +1,116 @@
+//! `cargo xtask setup`: the toolchain recipe of the README, idempotent.
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::check;
+
+/// Debian packages: the kernel-side compiler (rustc-web and its bpfel `core`), LLVM 22 for
+/// bpf-linker, and the tools the integration tests and the demo drive.
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "curl",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn is_debian() -> bool {
+    std::path::Path::new("/etc/debian_version").exists()
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+/// bpf-linker on PATH or in cargo's bin directory (where `cargo install` puts it, and where
+/// mirror-userspace's build script looks too).
+fn bpf_linker_ok() -> bool {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")));
+    let candidates =
+        std::iter::once("bpf-linker".into()).chain(cargo_home.map(|h| h.join("bin/bpf-linker")));
+    candidates.into_iter().any(|bin: std::path::PathBuf| {
+        let out = Command::new(bin).arg("--version").output();
+        matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+    })
+}
+
+fn bpf_linker_install_command() -> String {
+    format!(
+        "LLVM_PREFIX={LLVM_PREFIX} LLVM_SYS_220_PREFIX={LLVM_PREFIX} cargo install \
+         bpf-linker@{BPF_LINKER_VERSION} --locked --no-default-features --features llvm-22"
+    )
+}
+
+/// Runs setup only if something is missing (cheap when everything is there).
+pub fn ensure() -> Result<()> {
+    if missing_packages().is_empty() && bpf_linker_ok() {
+        return Ok(());
+    }
+    run()
+}
+
+pub fn run() -> Result<()> {
+    let missing = missing_packages();
+    let linker_ok = bpf_linker_ok();
+    if missing.is_empty() && linker_ok {
+        println!("setup: everything is installed");
+        return Ok(());
+    }
+    if !is_debian() || !is_root() {
+        eprintln!("setup needs root on Debian; run these commands:");
+        if !missing.is_empty() {
+            eprintln!("  apt-get update");
+            eprintln!("  apt-get install -y {}", missing.join(" "));
+        }
+        if !linker_ok {
+            eprintln!("  {}", bpf_linker_install_command());
+        }
+        bail!("setup incomplete (not root, or not Debian)");
+    }
+    if !missing.is_empty() {
+        println!("setup: installing {}", missing.join(" "));
+        check(Command::new("apt-get").arg("update").arg("-q"))?;
+        check(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q"])
+                .args(&missing),
+        )?;
+    }
+    if !linker_ok {
+        println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
+        check(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .env("LLVM_PREFIX", LLVM_PREFIX)
+                .env("LLVM_SYS_220_PREFIX", LLVM_PREFIX)
+                .args([
+                    "install",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                    "--locked",
+                ])
+                .args(["--no-default-features", "--features", "llvm-22"]),
+        )?;
+    }
+    println!("setup: done");
+    Ok(())
+}
