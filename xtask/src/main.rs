@@ -114,7 +114,23 @@ fn test(args: &[String]) -> Result<()> {
             .args(["--config", "profile.dev.panic=\"abort\""])
             .args(deny),
     )?;
-    check(cargo().args(["test", "--locked", "--workspace"]).args(args))
+    // The integration tests drive the `mirror` binary too; cargo builds a package's binaries
+    // only for that package's own integration tests, so build it first.
+    check(cargo().args([
+        "build",
+        "--locked",
+        "-p",
+        "mirror-userspace",
+        "--bin",
+        "mirror",
+    ]))?;
+    let bin = workspace_root().join("target/debug/mirror");
+    check(
+        cargo()
+            .args(["test", "--locked", "--workspace"])
+            .env("MIRROR_BIN", bin)
+            .args(args),
+    )
 }
 
 fn demo() -> Result<()> {

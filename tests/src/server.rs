@@ -1,0 +1,187 @@
+//! A real HTTP/1.1 server (hyper) inside a namespace that records, per connection, the exact
+//! bytes it read and wrote. Those are what the client sent and received, so a capture can be
+//! compared against them byte for byte.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
+
+use crate::netns::Netns;
+
+/// Bytes seen on one accepted connection.
+#[derive(Clone, Debug, Default)]
+pub struct ConnRecord {
+    pub received: Vec<u8>,
+    pub sent: Vec<u8>,
+}
+
+type Records = Arc<Mutex<HashMap<SocketAddr, ConnRecord>>>;
+
+/// The body the server answers with, so clients can check every response.
+pub fn expected_body(method: &str, target: &str, body: &[u8]) -> String {
+    format!("{method} {target} {} {:016x}\n", body.len(), fnv1a(body))
+}
+
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// A running server; stops when dropped.
+pub struct RecordingServer {
+    records: Records,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordingServer {
+    /// Listens on every address of the namespace (IPv4 and IPv6) on each of `ports`. Returns
+    /// once the sockets are bound and listening: clients may connect right away.
+    pub fn start(ns: &Netns, ports: &[u16]) -> RecordingServer {
+        let records = Records::default();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let ports = ports.to_vec();
+        let recs = records.clone();
+        let thread = ns.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut listeners = Vec::new();
+                for port in ports {
+                    let addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+                    listeners.push(TcpListener::bind(addr).await.expect("bind"));
+                }
+                ready_tx.send(()).unwrap();
+                for listener in listeners {
+                    tokio::spawn(accept_loop(listener, recs.clone()));
+                }
+                let _ = shutdown_rx.await;
+            });
+        });
+        ready_rx.recv().expect("server thread failed to start");
+        RecordingServer {
+            records,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// What the connection from `client` read and wrote so far.
+    pub fn connection(&self, client: SocketAddr) -> Option<ConnRecord> {
+        self.records.lock().unwrap().get(&client).cloned()
+    }
+
+    pub fn connections(&self) -> HashMap<SocketAddr, ConnRecord> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RecordingServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, records: Records) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            return;
+        };
+        // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let io = TokioIo::new(Recording {
+            inner: stream,
+            peer,
+            records: records.clone(),
+        });
+        tokio::spawn(async move {
+            let _ = http1::Builder::new()
+                .serve_connection(io, service_fn(answer))
+                .await;
+        });
+    }
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let method = req.method().to_string();
+    let target = req.uri().to_string();
+    let body = req.into_body().collect().await?.to_bytes();
+    Ok(Response::new(Full::new(Bytes::from(expected_body(
+        &method, &target, &body,
+    )))))
+}
+
+/// A TcpStream that appends everything read and written to its connection's record.
+struct Recording {
+    inner: TcpStream,
+    peer: SocketAddr,
+    records: Records,
+}
+
+impl Recording {
+    fn record(&self, f: impl FnOnce(&mut ConnRecord)) {
+        f(self.records.lock().unwrap().entry(self.peer).or_default());
+    }
+}
+
+impl AsyncRead for Recording {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let new = buf.filled()[before..].to_vec();
+        if !new.is_empty() {
+            this.record(|r| r.received.extend_from_slice(&new));
+        }
+        res
+    }
+}
+
+impl AsyncWrite for Recording {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            this.record(|r| r.sent.extend_from_slice(&buf[..n]));
+        }
+        res
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,389 @@
+//! The kernel tap against real traffic: namespaces shaped like a Kubernetes node, a hyper
+//! server, raw-socket and curl clients. The tap sits on the node side of the server's veth.
+use std::{
+    collections::HashSet,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+};
+
+use mirror::{
+    segment::{Direction, Segment},
+    tap::{AttachMode, Tap, TapSettings},
+};
+use mirror_tests::{
+    client::{curl, keep_alive, RawRequest},
+    mirror_bin,
+    server::{expected_body, RecordingServer},
+    streams::assemble,
+    topology::{Family, Topology},
+};
+
+const SERVICE_PORT: u16 = 8080;
+const OTHER_PORT: u16 = 9090;
+
+fn tap_settings(topo: &Topology, mode: AttachMode) -> TapSettings {
+    TapSettings {
+        interfaces: vec![topo.server_host_if.clone()],
+        ports: vec![SERVICE_PORT],
+        attach_mode: mode,
+        ..TapSettings::default()
+    }
+}
+
+/// Bodies of many sizes: empty, small, around one MSS, and large enough for GSO.
+fn mixed_requests(host: &str) -> Vec<RawRequest> {
+    let mut reqs = Vec::new();
+    for i in 0..40usize {
+        let size = match i % 5 {
+            0 => 0,
+            1 => 17 * i,
+            2 => 1448 * (i % 3 + 1) + 1,
+            3 => 20_000 + 997 * i,
+            _ => 100_000 + i,
+        };
+        let body: Vec<u8> = (0..size).map(|j| (j * 31 + i) as u8).collect();
+        let method = if size == 0 { "GET" } else { "POST" };
+        reqs.push(RawRequest::new(
+            method,
+            &format!("/item/{i}?q={size}"),
+            host,
+            &body,
+        ));
+    }
+    reqs
+}
+
+fn url(topo: &Topology, family: Family, port: u16, path: &str) -> String {
+    match topo.server_addr(family) {
+        std::net::IpAddr::V4(a) => format!("http://{a}:{port}{path}"),
+        std::net::IpAddr::V6(a) => format!("http://[{a}]:{port}{path}"),
+    }
+}
+
+/// Every byte each client sent (and got back) appears in the capture, in sequence order,
+/// exactly; every primary response is intact; the counters agree.
+async fn capture_is_byte_exact(family: Family) {
+    let topo = Topology::new().unwrap();
+    let server = RecordingServer::start(&topo.server, &[SERVICE_PORT, OTHER_PORT]);
+    let mut tap = Tap::attach(&tap_settings(&topo, AttachMode::Auto)).unwrap();
+    let mut source = tap.segments().unwrap();
+    let service = SocketAddr::new(topo.server_addr(family), SERVICE_PORT);
+
+    // A keep-alive connection with 40 requests of mixed sizes.
+    let raw_client = keep_alive(&topo.client, service, mixed_requests("svc:8080")).unwrap();
+    // curl: three requests on one connection, then a 1 MiB upload (GSO super-packets).
+    let out = curl(
+        &topo.client,
+        &[
+            &url(&topo, family, SERVICE_PORT, "/a"),
+            &url(&topo, family, SERVICE_PORT, "/b?x=1"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "{}{}",
+            expected_body("GET", "/a", b""),
+            expected_body("GET", "/b?x=1", b"")
+        )
+    );
+    let upload: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let file = std::env::temp_dir().join(format!("mirror-upload-{}", topo.id));
+    std::fs::write(&file, &upload).unwrap();
+    let data = format!("@{}", file.display());
+    let out = curl(
+        &topo.client,
+        &[
+            "--data-binary",
+            &data,
+            "-H",
+            "Expect:",
+            &url(&topo, family, SERVICE_PORT, "/upload"),
+        ],
+    )
+    .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(out, expected_body("POST", "/upload", &upload));
+    // Traffic on a port that is not selected.
+    curl(&topo.client, &[&url(&topo, family, OTHER_PORT, "/ignored")]).unwrap();
+
+    // Every payload byte passed the tap before the peer read it, so it is in the ring now.
+    let mut segments: Vec<Segment> = Vec::new();
+    while source.drain_now(&mut segments) > 0 {}
+    let counters = tap.counters().unwrap();
+
+    let connections = server.connections();
+    let service_conns: Vec<_> = connections
+        .iter()
+        .filter(|(c, _)| segments.iter().any(|s| s.client() == **c))
+        .collect();
+    // The raw client and curl's two connections; the OTHER_PORT connection is not captured.
+    assert_eq!(
+        service_conns.len(),
+        3,
+        "captured connections: {:?}",
+        service_conns.iter().map(|c| c.0).collect::<Vec<_>>()
+    );
+    assert!(service_conns.iter().any(|(c, _)| **c == raw_client));
+    for (client, record) in &service_conns {
+        let requests = assemble(&segments, **client, Direction::Request).unwrap();
+        assert!(
+            requests == record.received,
+            "request bytes of {client} differ ({} captured, {} sent)",
+            requests.len(),
+            record.received.len()
+        );
+        let responses = assemble(&segments, **client, Direction::Response).unwrap();
+        assert!(
+            responses == record.sent,
+            "response bytes of {client} differ"
+        );
+    }
+    assert!(
+        segments.iter().all(|s| s.server().port() == SERVICE_PORT),
+        "only the service port is captured"
+    );
+    assert!(segments
+        .iter()
+        .all(|s| s.server().ip() == topo.server_addr(family)));
+
+    let copied: u64 = segments.iter().map(|s| s.payload.len() as u64).sum();
+    assert_eq!(counters.bytes, copied, "{counters}");
+    assert!(counters.records >= segments.len() as u64, "{counters}");
+    assert!(
+        counters.selected
+            >= counters.records - segments.iter().filter(|s| s.chunk_offset > 0).count() as u64
+    );
+    assert_eq!(counters.lost, 0, "{counters}");
+    assert_eq!(counters.truncated, 0, "{counters}");
+    assert!(
+        segments.iter().any(|s| s.chunk_offset > 0),
+        "the 1 MiB upload crossed as GSO super-packets"
+    );
+    tap.detach().unwrap();
+}
+
+#[tokio::test]
+async fn capture_is_byte_exact_ipv4() {
+    capture_is_byte_exact(Family::V4).await;
+}
+
+#[tokio::test]
+async fn capture_is_byte_exact_ipv6() {
+    capture_is_byte_exact(Family::V6).await;
+}
+
+#[tokio::test]
+async fn unselected_port_produces_no_records() {
+    let topo = Topology::new().unwrap();
+    let _server = RecordingServer::start(&topo.server, &[OTHER_PORT]);
+    let mut tap = Tap::attach(&tap_settings(&topo, AttachMode::Auto)).unwrap();
+    let mut source = tap.segments().unwrap();
+    for family in [Family::V4, Family::V6] {
+        let other = SocketAddr::new(topo.server_addr(family), OTHER_PORT);
+        keep_alive(&topo.client, other, mixed_requests("other")).unwrap();
+    }
+    let mut segments = Vec::new();
+    source.drain_now(&mut segments);
+    let counters = tap.counters().unwrap();
+    assert!(
+        segments.is_empty(),
+        "{} records for an unselected port",
+        segments.len()
+    );
+    assert!(counters.seen > 100, "{counters}");
+    assert_eq!((counters.selected, counters.records), (0, 0), "{counters}");
+}
+
+#[tokio::test]
+async fn service_networks_restrict_the_selection() {
+    let topo = Topology::new().unwrap();
+    let _server = RecordingServer::start(&topo.server, &[SERVICE_PORT]);
+    // Only the server's IPv6 address is a service address.
+    let mut settings = tap_settings(&topo, AttachMode::Auto);
+    settings.service_nets = vec![ipnet::IpNet::new(topo.server_addr(Family::V6), 128).unwrap()];
+    let mut tap = Tap::attach(&settings).unwrap();
+    let mut source = tap.segments().unwrap();
+    for family in [Family::V4, Family::V6] {
+        let service = SocketAddr::new(topo.server_addr(family), SERVICE_PORT);
+        keep_alive(&topo.client, service, mixed_requests("svc")).unwrap();
+    }
+    let mut segments = Vec::new();
+    source.drain_now(&mut segments);
+    assert!(!segments.is_empty());
+    assert!(segments
+        .iter()
+        .all(|s| s.server().ip() == topo.server_addr(Family::V6)));
+}
+
+// ---- the `mirror tap` binary: attach, capture, and leave nothing behind ----
+
+/// Starts `mirror tap` and waits for its readiness line.
+fn start_agent(topo: &Topology, extra: &[&str]) -> Child {
+    let mut child = Command::new(mirror_bin())
+        .args([
+            "tap",
+            "-i",
+            &topo.server_host_if,
+            "--port",
+            &SERVICE_PORT.to_string(),
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("agent exited before it was ready")
+            .unwrap();
+        if line.contains("mirror tap: ready") {
+            break;
+        }
+    }
+    // Keep draining stderr so the agent never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+fn tcx_program_names(iface: &str) -> HashSet<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let mut names = HashSet::new();
+    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let (_, progs) = SchedClassifier::query_tcx(iface, hook).unwrap();
+        names.extend(
+            progs
+                .iter()
+                .filter_map(|p| p.name_as_str().map(str::to_owned)),
+        );
+    }
+    names
+}
+
+fn tc_state(iface: &str) -> (String, String) {
+    let out = |args: &[&str]| {
+        String::from_utf8(Command::new("tc").args(args).output().unwrap().stdout).unwrap()
+    };
+    let qdiscs = out(&["qdisc", "show", "dev", iface]);
+    let filters = out(&["filter", "show", "dev", iface, "ingress"])
+        + &out(&["filter", "show", "dev", iface, "egress"]);
+    (qdiscs, filters)
+}
+
+fn sigterm_and_wait(mut child: Child) {
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "agent exit status {status}");
+}
+
+fn send_one(topo: &Topology) {
+    let service = SocketAddr::new(topo.server_addr(Family::V4), SERVICE_PORT);
+    keep_alive(
+        &topo.client,
+        service,
+        vec![RawRequest::new("GET", "/", "svc", b"")],
+    )
+    .unwrap();
+}
+
+#[test]
+fn agent_with_tcx_leaves_nothing_after_sigterm() {
+    let topo = Topology::new().unwrap();
+    let _server = RecordingServer::start(&topo.server, &[SERVICE_PORT]);
+    let mut agent = start_agent(&topo, &["--attach", "tcx"]);
+    let names = tcx_program_names(&topo.server_host_if);
+    assert!(
+        names.contains("mirror_ingress") && names.contains("mirror_egress"),
+        "{names:?}"
+    );
+    send_one(&topo);
+    // The agent prints the captured segments.
+    let mut stdout = BufReader::new(agent.stdout.take().unwrap()).lines();
+    let first = stdout.next().unwrap().unwrap();
+    assert!(first.contains(&format!(":{SERVICE_PORT}")), "{first}");
+    sigterm_and_wait(agent);
+    assert!(tcx_program_names(&topo.server_host_if).is_empty());
+    let (qdiscs, filters) = tc_state(&topo.server_host_if);
+    assert!(
+        !qdiscs.contains("clsact") && filters.is_empty(),
+        "{qdiscs}{filters}"
+    );
+}
+
+#[test]
+fn agent_with_netlink_leaves_nothing_after_sigterm() {
+    let topo = Topology::new().unwrap();
+    let _server = RecordingServer::start(&topo.server, &[SERVICE_PORT]);
+    let agent = start_agent(&topo, &["--attach", "netlink"]);
+    let (qdiscs, filters) = tc_state(&topo.server_host_if);
+    assert!(qdiscs.contains("clsact"), "{qdiscs}");
+    assert!(
+        filters.contains("mirror_ingress") && filters.contains("mirror_egress"),
+        "{filters}"
+    );
+    send_one(&topo);
+    sigterm_and_wait(agent);
+    let (qdiscs, filters) = tc_state(&topo.server_host_if);
+    assert!(
+        !qdiscs.contains("clsact") && filters.is_empty(),
+        "{qdiscs}{filters}"
+    );
+}
+
+#[test]
+fn agent_exiting_normally_leaves_nothing_and_keeps_a_foreign_qdisc() {
+    let topo = Topology::new().unwrap();
+    let _server = RecordingServer::start(&topo.server, &[SERVICE_PORT]);
+    // A clsact qdisc someone else created must survive us.
+    let iface = &topo.server_host_if;
+    mirror_tests::netns::run(Command::new("tc").args(["qdisc", "add", "dev", iface, "clsact"]))
+        .unwrap();
+    let agent = start_agent(&topo, &["--attach", "netlink", "--count", "1"]);
+    send_one(&topo);
+    let out = agent.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (qdiscs, filters) = tc_state(iface);
+    assert!(
+        qdiscs.contains("clsact"),
+        "foreign clsact removed: {qdiscs}"
+    );
+    assert!(filters.is_empty(), "{filters}");
+}
+
+#[test]
+fn bad_arguments_exit_2_and_attach_nothing() {
+    let topo = Topology::new().unwrap();
+    for args in [
+        vec!["tap", "-i", "no-such-if0", "--port", "80"],
+        vec!["tap", "-i", &topo.server_host_if, "--port", "0"],
+        vec![
+            "tap",
+            "-i",
+            &topo.server_host_if,
+            "--port",
+            "80",
+            "--ring-bytes",
+            "1000",
+        ],
+        vec!["tap", "-i", &topo.server_host_if],
+    ] {
+        let out = Command::new(mirror_bin()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("interface") || stderr.contains("port") || stderr.contains("ring"),
+            "{stderr}"
+        );
+    }
+    assert!(tcx_program_names(&topo.server_host_if).is_empty());
+    let (qdiscs, _) = tc_state(&topo.server_host_if);
+    assert!(!qdiscs.contains("clsact"));
+}
