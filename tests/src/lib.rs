@@ -4,6 +4,7 @@
 //! Every test builds its own topology with unique names and addresses and tears it down on
 //! drop (also when the test panics), so tests run in parallel.
 pub mod client;
+pub mod frames;
 pub mod netns;
 pub mod server;
 pub mod streams;

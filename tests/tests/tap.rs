@@ -8,7 +8,7 @@ use std::{
 };
 
 use mirror::{
-    segment::{Direction, Segment},
+    segment::{tcp_flags, Direction, Segment},
     tap::{AttachMode, Tap, TapSettings},
 };
 use mirror_tests::{
@@ -150,6 +150,14 @@ async fn capture_is_byte_exact(family: Family) {
     assert!(segments
         .iter()
         .all(|s| s.server().ip() == topo.server_addr(family)));
+    let control = tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST;
+    assert!(
+        segments
+            .iter()
+            .filter(|s| s.segment_len == 0)
+            .all(|s| s.flags & control != 0),
+        "segments without payload are emitted only for SYN, FIN and RST"
+    );
 
     let copied: u64 = segments.iter().map(|s| s.payload.len() as u64).sum();
     assert_eq!(counters.bytes, copied, "{counters}");
