@@ -62,6 +62,15 @@ pub enum Direction {
     Response = 1,
 }
 
+impl Direction {
+    pub const fn opposite(self) -> Direction {
+        match self {
+            Direction::Request => Direction::Response,
+            Direction::Response => Direction::Request,
+        }
+    }
+}
+
 /// The tc hook a record was captured on.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -6,5 +6,7 @@
 //! -> typed [`segment::Segment`]s -> TCP reassembly -> HTTP framing -> select / sample /
 //! rewrite -> replay to the shadow.
 pub mod capture;
+pub mod http;
+pub mod reassembly;
 pub mod segment;
 pub mod tap;

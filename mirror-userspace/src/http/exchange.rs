@@ -1,0 +1,188 @@
+//! A connection's two framers and the pairing of responses with requests.
+//!
+//! Requests are numbered in order; a request is queued as soon as its head is parsed (before
+//! its body is complete), so a response always finds its request, and so HEAD and CONNECT
+//! requests decide the framing of their responses. Responses are paired in order (HTTP/1
+//! has no other way); after a loss on the request side the queue cannot be trusted, and
+//! later responses are delivered unpaired.
+use std::collections::VecDeque;
+
+use super::{
+    framer::{is_message_start, Decision, Frame, HttpFramer, Role},
+    head::{declared_body, BodyKind, Head, HeadError},
+    HttpConfig, HttpEvent, HttpRequest, HttpResponse, HttpShared,
+};
+use crate::{
+    reassembly::{ConnId, StreamConsumer, StreamEvent},
+    segment::Direction,
+};
+
+/// A request whose response has not been seen yet.
+#[derive(Clone, Copy, Debug)]
+struct Outstanding {
+    id: u64,
+    head_request: bool,
+}
+
+/// HTTP/1 state of one connection.
+#[derive(Debug)]
+pub struct HttpConnection {
+    requests: HttpFramer,
+    responses: HttpFramer,
+    outstanding: VecDeque<Outstanding>,
+    next_id: u64,
+    pairing_lost: bool,
+    scratch: Vec<Frame>,
+}
+
+impl HttpConnection {
+    pub fn new(config: &HttpConfig) -> Self {
+        Self {
+            requests: HttpFramer::new(Role::Request, config.max_message_bytes),
+            responses: HttpFramer::new(Role::Response, config.max_message_bytes),
+            outstanding: VecDeque::new(),
+            next_id: 0,
+            pairing_lost: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn on_request_event(
+        &mut self,
+        shared: &mut HttpShared,
+        conn: &ConnId,
+        event: StreamEvent,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        let resyncs = self.requests.resyncs();
+        let Self {
+            requests,
+            outstanding,
+            next_id,
+            scratch,
+            ..
+        } = self;
+        let mut decide = |head: &Head| -> Result<Decision, HeadError> {
+            let method = head.method().unwrap_or("");
+            let upgrade =
+                head.header("upgrade").is_some() && head.has_token("connection", "upgrade");
+            if method == "CONNECT" || upgrade {
+                return Ok(Decision::Stop);
+            }
+            let body = declared_body(head)?.unwrap_or(BodyKind::None);
+            let id = *next_id;
+            *next_id += 1;
+            outstanding.push_back(Outstanding {
+                id,
+                head_request: method == "HEAD",
+            });
+            Ok(Decision::Message {
+                body,
+                tag: Some(id),
+            })
+        };
+        requests.push(event, &mut decide, &mut shared.stats, scratch);
+        for frame in self.scratch.drain(..) {
+            shared.stats.requests += 1;
+            out.push(HttpEvent::Request(HttpRequest::new(*conn, frame)));
+        }
+        if self.requests.is_opaque() {
+            // CONNECT or Upgrade: the rest of the connection, both ways, is not HTTP/1.
+            self.responses.push(
+                StreamEvent::End,
+                &mut |_| Ok(Decision::Stop),
+                &mut shared.stats,
+                &mut Vec::new(),
+            );
+        }
+        if self.requests.resyncs() != resyncs {
+            // Requests were lost: which response answers which request is unknown now.
+            self.outstanding.clear();
+            self.pairing_lost = true;
+        }
+    }
+
+    fn on_response_event(
+        &mut self,
+        shared: &mut HttpShared,
+        conn: &ConnId,
+        event: StreamEvent,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        let Self {
+            responses,
+            outstanding,
+            scratch,
+            pairing_lost,
+            ..
+        } = self;
+        let mut decide = |head: &Head| -> Result<Decision, HeadError> {
+            let status = head.status().unwrap_or(0);
+            if (100..200).contains(&status) {
+                return Ok(if status == 101 {
+                    Decision::Stop
+                } else {
+                    Decision::Interim
+                });
+            }
+            let request = if *pairing_lost {
+                None
+            } else {
+                outstanding.pop_front()
+            };
+            let body = if request.is_some_and(|r| r.head_request) || status == 204 || status == 304
+            {
+                BodyKind::None
+            } else {
+                declared_body(head)?.unwrap_or(BodyKind::UntilClose)
+            };
+            Ok(Decision::Message {
+                body,
+                tag: request.map(|r| r.id),
+            })
+        };
+        responses.push(event, &mut decide, &mut shared.stats, scratch);
+        for frame in scratch.drain(..) {
+            shared.stats.responses += 1;
+            if frame.tag.is_none() {
+                shared.stats.unpaired_responses += 1;
+            }
+            out.push(HttpEvent::Response(HttpResponse::new(*conn, frame)));
+        }
+    }
+}
+
+impl StreamConsumer for HttpConnection {
+    type Shared = HttpShared;
+    type Event = HttpEvent;
+
+    fn new(shared: &HttpShared) -> Self {
+        HttpConnection::new(&shared.config)
+    }
+
+    fn is_message_start(_shared: &HttpShared, dir: Direction, payload: &[u8]) -> bool {
+        let role = match dir {
+            Direction::Request => Role::Request,
+            Direction::Response => Role::Response,
+        };
+        is_message_start(role, payload)
+    }
+
+    fn on_stream(
+        &mut self,
+        shared: &mut HttpShared,
+        conn: &ConnId,
+        dir: Direction,
+        event: StreamEvent,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        match dir {
+            Direction::Request => self.on_request_event(shared, conn, event, out),
+            Direction::Response => self.on_response_event(shared, conn, event, out),
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.requests.buffered() + self.responses.buffered()
+    }
+}

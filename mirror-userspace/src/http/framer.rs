@@ -1,0 +1,406 @@
+//! One direction of HTTP/1.x: ordered bytes in, complete messages out.
+//!
+//! Bytes arrive as [`StreamEvent`]s. A head is parsed where the previous message ended; the
+//! connection decides how its body is delimited (a response's framing depends on its
+//! request); the body is collected until that delimiter; the message is emitted with the
+//! exact bytes of its head and body. After a loss the framer skips to the end of the damaged
+//! message when that end is known (a Content-Length body), and otherwise resynchronises at
+//! the next segment that starts like a message.
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{
+    chunked::ChunkedDecoder,
+    head::{BodyKind, Head, HeadError, HeadParts},
+    HttpStats,
+};
+use crate::reassembly::StreamEvent;
+
+/// A head larger than this is treated as malformed.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Request,
+    Response,
+}
+
+/// A complete message with its original bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub head: Head,
+    /// The body as sent (chunked framing included).
+    pub body: Bytes,
+    pub first_ts_ns: u64,
+    pub last_ts_ns: u64,
+    /// What the connection attached to the message when it decided about its head.
+    pub tag: Option<u64>,
+}
+
+/// What the connection decides about a parsed head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// An ordinary message with this body; `tag` comes back with its [`Frame`].
+    Message { body: BodyKind, tag: Option<u64> },
+    /// An interim (1xx) response: skipped, the final response follows.
+    Interim,
+    /// The connection leaves HTTP/1 (Upgrade, CONNECT): stop extracting it.
+    Stop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for a segment that starts like a message.
+    Resync,
+    Head,
+    Body {
+        remaining: u64,
+    },
+    Chunked,
+    UntilClose,
+    /// Dropping the rest of a message whose end is known.
+    Skip {
+        remaining: u64,
+    },
+    SkipChunked,
+    SkipUntilClose,
+    /// No longer HTTP/1.
+    Opaque,
+    /// The stream ended.
+    Closed,
+}
+
+/// Frames one direction of a connection.
+#[derive(Debug)]
+pub struct HttpFramer {
+    role: Role,
+    state: State,
+    /// A head being accumulated across segments.
+    head_buf: BytesMut,
+    /// The head of the message whose body is being collected, and its tag.
+    head: Option<Head>,
+    tag: Option<u64>,
+    body: BytesMut,
+    chunked: ChunkedDecoder,
+    first_ts_ns: u64,
+    last_ts_ns: u64,
+    max_message: u64,
+    /// Times this framer lost its place and had to resynchronise.
+    resyncs: u64,
+}
+
+impl HttpFramer {
+    /// A framer for a stream that starts at a message boundary.
+    pub fn new(role: Role, max_message: u64) -> Self {
+        Self {
+            role,
+            state: State::Head,
+            head_buf: BytesMut::new(),
+            head: None,
+            tag: None,
+            body: BytesMut::new(),
+            chunked: ChunkedDecoder::default(),
+            first_ts_ns: 0,
+            last_ts_ns: 0,
+            max_message,
+            resyncs: 0,
+        }
+    }
+
+    /// Bytes held for the current message.
+    pub fn buffered(&self) -> usize {
+        self.head_buf.len() + self.body.len()
+    }
+
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs
+    }
+
+    pub fn is_opaque(&self) -> bool {
+        self.state == State::Opaque
+    }
+
+    /// Consumes one stream event. `decide` is asked about every parsed head.
+    pub fn push(
+        &mut self,
+        event: StreamEvent,
+        decide: &mut dyn FnMut(&Head) -> Result<Decision, HeadError>,
+        stats: &mut HttpStats,
+        out: &mut Vec<Frame>,
+    ) {
+        match event {
+            StreamEvent::Data {
+                ts_ns,
+                bytes,
+                segment_start,
+            } => {
+                if self.state == State::Resync {
+                    // Mid-stream, only a segment start can be trusted as a message start.
+                    if !(segment_start && is_message_start(self.role, &bytes)) {
+                        stats.resync_skipped_bytes += bytes.len() as u64;
+                        return;
+                    }
+                    self.state = State::Head;
+                }
+                self.data(bytes, ts_ns, decide, stats, out);
+            }
+            StreamEvent::Gap { len } => self.gap(len, stats),
+            StreamEvent::End => self.end(stats, out),
+        }
+    }
+
+    fn data(
+        &mut self,
+        mut data: Bytes,
+        ts_ns: u64,
+        decide: &mut dyn FnMut(&Head) -> Result<Decision, HeadError>,
+        stats: &mut HttpStats,
+        out: &mut Vec<Frame>,
+    ) {
+        self.last_ts_ns = ts_ns;
+        while !data.is_empty() {
+            match self.state {
+                State::Resync | State::Opaque | State::SkipUntilClose | State::Closed => return,
+                State::Head => {
+                    if self.head_buf.is_empty() {
+                        self.first_ts_ns = ts_ns;
+                    }
+                    match self.head(&mut data) {
+                        Ok(Some(head)) => self.start_body(head, decide, stats, out),
+                        Ok(None) => {}
+                        Err(e) => {
+                            stats.malformed(self.role, e);
+                            self.resync();
+                            return;
+                        }
+                    }
+                }
+                State::Body { remaining } => {
+                    let n = remaining.min(data.len() as u64);
+                    self.take_body(&mut data, n as usize);
+                    self.state = State::Body {
+                        remaining: remaining - n,
+                    };
+                    if n == remaining {
+                        self.emit(out);
+                    }
+                }
+                State::Chunked => match self.chunked.advance(&data) {
+                    Ok(n) => {
+                        self.take_body(&mut data, n);
+                        if self.chunked.is_done() {
+                            self.emit(out);
+                        } else if self.too_large() {
+                            stats.oversized(self.role);
+                            self.drop_message(State::SkipChunked);
+                        }
+                    }
+                    Err(_) => {
+                        stats.malformed_bodies += 1;
+                        self.resync();
+                    }
+                },
+                State::UntilClose => {
+                    let n = data.len();
+                    self.take_body(&mut data, n);
+                    if self.too_large() {
+                        stats.oversized(self.role);
+                        self.drop_message(State::SkipUntilClose);
+                    }
+                }
+                State::Skip { remaining } => {
+                    let n = remaining.min(data.len() as u64);
+                    data.advance(n as usize);
+                    self.state = if n == remaining {
+                        State::Head
+                    } else {
+                        State::Skip {
+                            remaining: remaining - n,
+                        }
+                    };
+                }
+                State::SkipChunked => match self.chunked.advance(&data) {
+                    Ok(n) => {
+                        data.advance(n);
+                        if self.chunked.is_done() {
+                            self.state = State::Head;
+                        }
+                    }
+                    Err(_) => {
+                        stats.malformed_bodies += 1;
+                        self.resync();
+                    }
+                },
+            }
+        }
+    }
+
+    /// Parses a head from `data` (and bytes held from earlier segments). Returns the head
+    /// once complete; `data` is left holding what follows it.
+    fn head(&mut self, data: &mut Bytes) -> Result<Option<Head>, HeadError> {
+        let parse = match self.role {
+            Role::Request => Head::parse_request,
+            Role::Response => Head::parse_response,
+        };
+        if self.head_buf.is_empty() {
+            // Fast path: the whole head is in this segment; no copy.
+            if let Some((len, parts)) = parse(data)? {
+                return Ok(Some(parts.with_bytes(data.split_to(len))));
+            }
+        }
+        self.head_buf.extend_from_slice(data);
+        data.clear();
+        match parse(&self.head_buf)? {
+            Some((len, parts)) => {
+                *data = self.head_buf.split_off(len).freeze();
+                Ok(Some(HeadParts::with_bytes(
+                    parts,
+                    self.head_buf.split().freeze(),
+                )))
+            }
+            None if self.head_buf.len() > MAX_HEAD_BYTES => {
+                Err(HeadError::Syntax("head too large"))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn start_body(
+        &mut self,
+        head: Head,
+        decide: &mut dyn FnMut(&Head) -> Result<Decision, HeadError>,
+        stats: &mut HttpStats,
+        out: &mut Vec<Frame>,
+    ) {
+        let head_len = head.bytes().len() as u64;
+        match decide(&head) {
+            Err(e) => {
+                stats.malformed(self.role, e);
+                self.resync();
+            }
+            Ok(Decision::Interim) => stats.interim_responses += 1,
+            Ok(Decision::Stop) => {
+                stats.upgraded_connections += 1;
+                self.state = State::Opaque;
+            }
+            Ok(Decision::Message { body, tag }) => {
+                self.head = Some(head);
+                self.tag = tag;
+                self.state = match body {
+                    BodyKind::None => {
+                        self.emit(out);
+                        return;
+                    }
+                    BodyKind::Length(n) if head_len + n > self.max_message => {
+                        stats.oversized(self.role);
+                        self.head = None;
+                        State::Skip { remaining: n }
+                    }
+                    BodyKind::Length(n) => State::Body { remaining: n },
+                    BodyKind::Chunked => {
+                        self.chunked = ChunkedDecoder::default();
+                        State::Chunked
+                    }
+                    BodyKind::UntilClose => State::UntilClose,
+                };
+            }
+        }
+    }
+
+    fn take_body(&mut self, data: &mut Bytes, n: usize) {
+        self.body.extend_from_slice(&data[..n]);
+        data.advance(n);
+    }
+
+    fn too_large(&self) -> bool {
+        let head = self.head.as_ref().map_or(0, |h| h.bytes().len());
+        (head + self.body.len()) as u64 > self.max_message
+    }
+
+    fn emit(&mut self, out: &mut Vec<Frame>) {
+        let head = self.head.take().expect("a message in progress has a head");
+        out.push(Frame {
+            head,
+            body: self.body.split().freeze(),
+            first_ts_ns: self.first_ts_ns,
+            last_ts_ns: self.last_ts_ns,
+            tag: self.tag.take(),
+        });
+        self.state = State::Head;
+    }
+
+    fn drop_message(&mut self, next: State) {
+        self.head = None;
+        self.body.clear();
+        self.state = next;
+    }
+
+    fn resync(&mut self) {
+        self.head_buf.clear();
+        self.drop_message(State::Resync);
+        self.resyncs += 1;
+    }
+
+    fn gap(&mut self, len: u64, stats: &mut HttpStats) {
+        match self.state {
+            State::Resync | State::Opaque | State::SkipUntilClose | State::Closed => {}
+            State::Skip { remaining } if len < remaining => {
+                self.state = State::Skip {
+                    remaining: remaining - len,
+                };
+            }
+            State::Body { remaining } if len < remaining => {
+                // The end of the damaged message is known: skip to it, keep our place.
+                stats.lost_messages += 1;
+                self.drop_message(State::Skip {
+                    remaining: remaining - len,
+                });
+            }
+            State::UntilClose => {
+                stats.lost_messages += 1;
+                self.drop_message(State::SkipUntilClose);
+            }
+            State::Head if self.head_buf.is_empty() => {
+                // Whole messages may have been lost: count the place, not a message.
+                self.resync();
+            }
+            _ => {
+                stats.lost_messages += 1;
+                self.resync();
+            }
+        }
+    }
+
+    fn end(&mut self, stats: &mut HttpStats, out: &mut Vec<Frame>) {
+        match self.state {
+            State::UntilClose => self.emit(out),
+            State::Head if self.head_buf.is_empty() => {}
+            State::Resync | State::Opaque | State::Closed => {}
+            State::Skip { .. } | State::SkipChunked | State::SkipUntilClose => {}
+            _ => stats.incomplete_at_end += 1,
+        }
+        self.head_buf.clear();
+        self.drop_message(State::Closed);
+    }
+}
+
+/// Methods recognised when looking for a request start in the middle of a stream.
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
+];
+
+/// Whether `data` starts like a message of this role: a request line with a known method,
+/// or a status line.
+pub fn is_message_start(role: Role, data: &[u8]) -> bool {
+    match role {
+        Role::Request => METHODS.iter().any(|m| data.starts_with(m)),
+        Role::Response => data.starts_with(b"HTTP/1."),
+    }
+}

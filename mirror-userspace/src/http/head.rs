@@ -1,0 +1,322 @@
+//! HTTP/1.x message heads: the exact original bytes plus positions of the parsed parts
+//! (httparse does the parsing), so nothing is copied or re-serialised.
+use std::ops::Range;
+
+use bytes::Bytes;
+
+/// Most header fields in one head; more is treated as malformed.
+pub const MAX_HEADERS: usize = 128;
+
+/// Why a head could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Not HTTP/1.x syntax (httparse's reason).
+    Syntax(&'static str),
+    /// A framing header that cannot be trusted: conflicting Content-Length values, or an
+    /// unsupported Transfer-Encoding.
+    Framing(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    fn of(outer: &[u8], inner: &[u8]) -> Span {
+        let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
+        Span {
+            start: start as u32,
+            end: (start + inner.len()) as u32,
+        }
+    }
+
+    fn range(self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StartLine {
+    Request { method: Span, target: Span },
+    Response { status: u16, reason: Span },
+}
+
+/// A parsed head. `bytes` is exactly what was on the wire, up to and including the empty
+/// line that ends it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    bytes: Bytes,
+    start: StartLine,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    version: u8,
+    headers: Vec<(Span, Span)>,
+}
+
+impl Head {
+    /// Parses a request head at the start of `buf`. `Ok(None)`: not complete yet.
+    pub fn parse_request(buf: &[u8]) -> Result<Option<(usize, HeadParts)>, HeadError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let start = StartLine::Request {
+                    method: Span::of(buf, req.method.unwrap_or("").as_bytes()),
+                    target: Span::of(buf, req.path.unwrap_or("").as_bytes()),
+                };
+                let headers = spans(buf, req.headers);
+                Ok(Some((
+                    len,
+                    HeadParts {
+                        start,
+                        version: req.version.unwrap_or(1),
+                        headers,
+                    },
+                )))
+            }
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(HeadError::Syntax(error_name(e))),
+        }
+    }
+
+    /// Parses a response head at the start of `buf`. `Ok(None)`: not complete yet.
+    pub fn parse_response(buf: &[u8]) -> Result<Option<(usize, HeadParts)>, HeadError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let start = StartLine::Response {
+                    status: resp.code.unwrap_or(0),
+                    reason: Span::of(buf, resp.reason.unwrap_or("").as_bytes()),
+                };
+                let headers = spans(buf, resp.headers);
+                Ok(Some((
+                    len,
+                    HeadParts {
+                        start,
+                        version: resp.version.unwrap_or(1),
+                        headers,
+                    },
+                )))
+            }
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(HeadError::Syntax(error_name(e))),
+        }
+    }
+
+    /// The exact head bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    fn text(&self, span: Span) -> &str {
+        // httparse only accepts ASCII tokens for these parts.
+        std::str::from_utf8(&self.bytes[span.range()]).unwrap_or("")
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(self.text(method)),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn target(&self) -> Option<&str> {
+        match self.start {
+            StartLine::Request { target, .. } => Some(self.text(target)),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { status, .. } => Some(status),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self.start {
+            StartLine::Response { reason, .. } => Some(self.text(reason)),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// Header fields in their original order, names as sent.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers
+            .iter()
+            .map(|&(n, v)| (self.text(n), &self.bytes[v.range()]))
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether any value of `name` holds `token` in its comma-separated list.
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .any(|(_, v)| {
+                v.split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            })
+    }
+}
+
+/// A parsed head before its bytes are split off the buffer.
+#[derive(Debug)]
+pub struct HeadParts {
+    start: StartLine,
+    version: u8,
+    headers: Vec<(Span, Span)>,
+}
+
+impl HeadParts {
+    /// Attaches the head bytes (exactly the `len` bytes that were parsed).
+    pub fn with_bytes(self, bytes: Bytes) -> Head {
+        Head {
+            bytes,
+            start: self.start,
+            version: self.version,
+            headers: self.headers,
+        }
+    }
+}
+
+fn spans(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Span, Span)> {
+    headers
+        .iter()
+        .map(|h| (Span::of(buf, h.name.as_bytes()), Span::of(buf, h.value)))
+        .collect()
+}
+
+fn error_name(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "header name",
+        httparse::Error::HeaderValue => "header value",
+        httparse::Error::NewLine => "new line",
+        httparse::Error::Status => "status",
+        httparse::Error::Token => "token",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "version",
+    }
+}
+
+/// How the body of a message is delimited (RFC 9112, section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
+    /// A response body that ends when the connection closes.
+    UntilClose,
+}
+
+/// The framing a head's own headers declare: Transfer-Encoding wins over Content-Length.
+/// `Ok(None)`: neither is present.
+pub fn declared_body(head: &Head) -> Result<Option<BodyKind>, HeadError> {
+    if head.header("transfer-encoding").is_some() {
+        let last = head
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .last();
+        return match last {
+            Some(t) if t.eq_ignore_ascii_case(b"chunked") => Ok(Some(BodyKind::Chunked)),
+            // A request must end with chunked; a response without it is read until close.
+            _ if head.status().is_some() => Ok(Some(BodyKind::UntilClose)),
+            _ => Err(HeadError::Framing("transfer-encoding without chunked")),
+        };
+    }
+    let mut length: Option<u64> = None;
+    for (_, v) in head
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
+        for part in v.split(|&b| b == b',') {
+            let n = parse_decimal(part.trim_ascii())
+                .ok_or(HeadError::Framing("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::Framing("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map(|n| {
+        if n == 0 {
+            BodyKind::None
+        } else {
+            BodyKind::Length(n)
+        }
+    }))
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u64, |n, &d| n * 10 + (d - b'0') as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> Head {
+        let (len, parts) = Head::parse_request(text.as_bytes()).unwrap().unwrap();
+        parts.with_bytes(Bytes::copy_from_slice(&text.as_bytes()[..len]))
+    }
+
+    #[test]
+    fn request_parts_point_into_the_original_bytes() {
+        let h = request("POST /a?b=1 HTTP/1.0\r\nHost: x:80\r\nX-Y:  z \r\n\r\nbody");
+        assert_eq!(h.method(), Some("POST"));
+        assert_eq!(h.target(), Some("/a?b=1"));
+        assert_eq!(h.version(), 0);
+        assert_eq!(h.header("HOST"), Some(&b"x:80"[..]));
+        assert_eq!(h.header("x-y"), Some(&b"z"[..]));
+        assert_eq!(
+            h.bytes().len(),
+            "POST /a?b=1 HTTP/1.0\r\nHost: x:80\r\nX-Y:  z \r\n\r\n".len()
+        );
+    }
+
+    #[test]
+    fn body_framing() {
+        let te = request(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
+        );
+        assert_eq!(declared_body(&te), Ok(Some(BodyKind::Chunked)));
+        let cl = request("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n");
+        assert_eq!(declared_body(&cl), Ok(Some(BodyKind::Length(5))));
+        let bad = request("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+        assert!(declared_body(&bad).is_err());
+        let bad = request("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
+        assert!(declared_body(&bad).is_err());
+        let bad = request("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert!(declared_body(&bad).is_err());
+        let none = request("GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(declared_body(&none), Ok(None));
+    }
+
+    #[test]
+    fn tokens_in_lists() {
+        let h = request(
+            "GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert!(h.has_token("connection", "upgrade"));
+        assert!(!h.has_token("connection", "close"));
+    }
+}

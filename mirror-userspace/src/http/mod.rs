@@ -1,0 +1,178 @@
+//! HTTP/1.x framing: where ordered byte streams become requests and responses.
+//!
+//! [`HttpConnection`] is the [`crate::reassembly::StreamConsumer`] of the flow table: per
+//! connection, an [`HttpFramer`] per direction cuts the stream into messages (httparse parses
+//! the heads), and responses are paired with their requests in order.
+mod chunked;
+mod exchange;
+mod framer;
+mod head;
+
+use bytes::Bytes;
+pub use exchange::HttpConnection;
+pub use framer::{is_message_start, Decision, Frame, HttpFramer, Role};
+pub use head::{declared_body, BodyKind, Head, HeadError};
+
+use crate::reassembly::{ConnId, FlowTable};
+
+/// Limits of the HTTP stage.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Messages larger than this (head and body) are skipped and counted.
+    pub max_message_bytes: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Configuration and counters shared by all connections.
+#[derive(Clone, Debug, Default)]
+pub struct HttpShared {
+    pub config: HttpConfig,
+    pub stats: HttpStats,
+}
+
+/// Counters of the HTTP stage; each names a reason a message was not delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpStats {
+    pub requests: u64,
+    pub responses: u64,
+    /// Responses whose request is unknown (joined mid-stream, or requests were lost).
+    pub unpaired_responses: u64,
+    /// 1xx responses skipped (100 Continue, 103 Early Hints).
+    pub interim_responses: u64,
+    pub malformed_requests: u64,
+    pub malformed_responses: u64,
+    /// Bodies whose chunked framing was invalid.
+    pub malformed_bodies: u64,
+    pub oversized_requests: u64,
+    pub oversized_responses: u64,
+    /// Connections that left HTTP/1 (Upgrade, CONNECT) and were no longer extracted.
+    pub upgraded_connections: u64,
+    /// Messages damaged by bytes that were never captured.
+    pub lost_messages: u64,
+    /// Bytes skipped while looking for the next message start after a loss.
+    pub resync_skipped_bytes: u64,
+    /// Messages cut off by the end of their stream.
+    pub incomplete_at_end: u64,
+}
+
+impl HttpStats {
+    fn malformed(&mut self, role: Role, _error: HeadError) {
+        match role {
+            Role::Request => self.malformed_requests += 1,
+            Role::Response => self.malformed_responses += 1,
+        }
+    }
+
+    fn oversized(&mut self, role: Role) {
+        match role {
+            Role::Request => self.oversized_requests += 1,
+            Role::Response => self.oversized_responses += 1,
+        }
+    }
+
+    /// (name, value) pairs, for summaries and metrics.
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
+        [
+            ("requests", self.requests),
+            ("responses", self.responses),
+            ("unpaired_responses", self.unpaired_responses),
+            ("interim_responses", self.interim_responses),
+            ("malformed_requests", self.malformed_requests),
+            ("malformed_responses", self.malformed_responses),
+            ("malformed_bodies", self.malformed_bodies),
+            ("oversized_requests", self.oversized_requests),
+            ("oversized_responses", self.oversized_responses),
+            ("upgraded_connections", self.upgraded_connections),
+            ("lost_messages", self.lost_messages),
+            ("resync_skipped_bytes", self.resync_skipped_bytes),
+            ("incomplete_at_end", self.incomplete_at_end),
+        ]
+    }
+}
+
+/// A complete request as it was on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub conn: ConnId,
+    /// Position of the request on its connection (0, 1, ...).
+    pub id: u64,
+    pub head: Head,
+    /// The body bytes as sent (for chunked bodies, with their chunked framing).
+    pub body: Bytes,
+    /// Capture times of the first and last byte.
+    pub first_ts_ns: u64,
+    pub last_ts_ns: u64,
+}
+
+impl HttpRequest {
+    fn new(conn: ConnId, frame: Frame) -> Self {
+        Self {
+            conn,
+            id: frame.tag.unwrap_or(0),
+            head: frame.head,
+            body: frame.body,
+            first_ts_ns: frame.first_ts_ns,
+            last_ts_ns: frame.last_ts_ns,
+        }
+    }
+
+    /// The request's exact bytes, head then body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        [&self.head.bytes()[..], &self.body[..]].concat()
+    }
+}
+
+/// A complete response, with the id of the request it answers when known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub conn: ConnId,
+    pub request_id: Option<u64>,
+    pub head: Head,
+    pub body: Bytes,
+    pub first_ts_ns: u64,
+    pub last_ts_ns: u64,
+}
+
+impl HttpResponse {
+    fn new(conn: ConnId, frame: Frame) -> Self {
+        Self {
+            conn,
+            request_id: frame.tag,
+            head: frame.head,
+            body: frame.body,
+            first_ts_ns: frame.first_ts_ns,
+            last_ts_ns: frame.last_ts_ns,
+        }
+    }
+}
+
+/// What the HTTP stage produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpEvent {
+    Request(HttpRequest),
+    Response(HttpResponse),
+}
+
+/// The reassembly and framing stages together: segments in, HTTP events out.
+pub type HttpExtractor = FlowTable<HttpConnection>;
+
+/// A flow table with HTTP framing and the given limits.
+pub fn extractor(
+    reassembly: crate::reassembly::ReassemblyConfig,
+    http: HttpConfig,
+) -> HttpExtractor {
+    FlowTable::new(
+        reassembly,
+        HttpShared {
+            config: http,
+            stats: HttpStats::default(),
+        },
+    )
+}

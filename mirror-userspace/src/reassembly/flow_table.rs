@@ -1,0 +1,210 @@
+//! The table of tracked connections, in least-recently-active order.
+use hashlink::LinkedHashMap;
+
+use super::{
+    ConnId, ReassemblyConfig, ReassemblyStats, SegmentIn, StreamConsumer, StreamEvent,
+    StreamReassembler,
+};
+use crate::segment::{tcp_flags, Direction, Segment};
+
+struct Connection<C> {
+    streams: [StreamReassembler; 2],
+    consumer: C,
+    last_ts_ns: u64,
+    /// Bytes this connection holds, as last accounted in the table's total.
+    buffered: usize,
+}
+
+/// Connections keyed by [`ConnId`], least recently active first, so evicting the oldest and
+/// expiring idle ones are O(1) per connection.
+pub struct FlowTable<C: StreamConsumer> {
+    config: ReassemblyConfig,
+    conns: LinkedHashMap<ConnId, Connection<C>>,
+    shared: C::Shared,
+    stats: ReassemblyStats,
+    buffered_total: usize,
+    scratch: Vec<StreamEvent>,
+}
+
+fn index(dir: Direction) -> usize {
+    match dir {
+        Direction::Request => 0,
+        Direction::Response => 1,
+    }
+}
+
+impl<C: StreamConsumer> FlowTable<C> {
+    pub fn new(config: ReassemblyConfig, shared: C::Shared) -> Self {
+        Self {
+            config,
+            conns: LinkedHashMap::new(),
+            shared,
+            stats: ReassemblyStats::default(),
+            buffered_total: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> &ReassemblyStats {
+        &self.stats
+    }
+
+    pub fn shared(&self) -> &C::Shared {
+        &self.shared
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Bytes buffered by all connections.
+    pub fn buffered(&self) -> usize {
+        self.buffered_total
+    }
+
+    /// Feeds one captured segment; what the consumers produce is appended to `out`.
+    pub fn push(&mut self, seg: &Segment, out: &mut Vec<C::Event>) {
+        self.stats.segments += 1;
+        let id = ConnId {
+            client: seg.client(),
+            server: seg.server(),
+        };
+        let dir = seg.direction;
+        if !self.conns.contains_key(&id) {
+            if seg.payload.is_empty() && !seg.has(tcp_flags::SYN) {
+                return; // a FIN or RST of a connection we do not track
+            }
+            self.open(id, out);
+        }
+        let conn = self.conns.to_back(&id).expect("present");
+        conn.last_ts_ns = conn.last_ts_ns.max(seg.ts_ns);
+        let stream = &mut conn.streams[index(dir)];
+        if !stream.is_synced()
+            && !seg.has(tcp_flags::SYN)
+            && !seg.payload.is_empty()
+            && seg.chunk_offset == 0
+            && C::is_message_start(&self.shared, dir, &seg.payload)
+        {
+            stream.sync(seg.payload_seq());
+        }
+        let input = SegmentIn {
+            seq: seg.payload_seq(),
+            payload: &seg.payload,
+            ts_ns: seg.ts_ns,
+            syn: seg.has(tcp_flags::SYN),
+            fin: seg.has(tcp_flags::FIN) && seg.is_last_chunk(),
+            rst: seg.has(tcp_flags::RST),
+            segment_start: seg.chunk_offset == 0,
+        };
+        let rst = input.rst;
+        let mut events = std::mem::take(&mut self.scratch);
+        stream.push(
+            &input,
+            self.config.max_pending_per_direction,
+            &mut self.stats,
+            &mut events,
+        );
+        if rst {
+            // A reset ends both directions.
+            let other = &mut conn.streams[1 - index(dir)];
+            let mut rest = Vec::new();
+            other.close(&mut self.stats, &mut rest);
+            deliver(conn, &mut self.shared, &id, dir, &mut events, out);
+            deliver(conn, &mut self.shared, &id, dir.opposite(), &mut rest, out);
+        } else {
+            deliver(conn, &mut self.shared, &id, dir, &mut events, out);
+        }
+        self.scratch = events;
+        self.account(&id, out);
+    }
+
+    /// Evicts connections idle since before `now_ns - idle_timeout`.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<C::Event>) {
+        let deadline = now_ns.saturating_sub(self.config.idle_timeout_ns);
+        while let Some((id, conn)) = self.conns.front() {
+            if conn.last_ts_ns >= deadline {
+                break;
+            }
+            let id = *id;
+            self.stats.evicted_idle += 1;
+            self.evict(&id, out);
+        }
+    }
+
+    /// Ends every connection (end of a capture file, shutdown), flushing what can be.
+    pub fn finish(&mut self, out: &mut Vec<C::Event>) {
+        while let Some((&id, _)) = self.conns.front() {
+            self.evict(&id, out);
+        }
+    }
+
+    fn open(&mut self, id: ConnId, out: &mut Vec<C::Event>) {
+        while self.conns.len() >= self.config.max_connections.max(1) {
+            let Some((&oldest, _)) = self.conns.front() else {
+                break;
+            };
+            self.stats.evicted_connection_cap += 1;
+            self.evict(&oldest, out);
+        }
+        self.stats.connections_opened += 1;
+        let conn = Connection {
+            streams: Default::default(),
+            consumer: C::new(&self.shared),
+            last_ts_ns: 0,
+            buffered: 0,
+        };
+        self.conns.insert(id, conn);
+    }
+
+    /// Closes both directions (delivering what is held) and forgets the connection.
+    fn evict(&mut self, id: &ConnId, out: &mut Vec<C::Event>) {
+        let Some(mut conn) = self.conns.remove(id) else {
+            return;
+        };
+        self.buffered_total -= conn.buffered;
+        for dir in [Direction::Request, Direction::Response] {
+            let mut events = Vec::new();
+            conn.streams[index(dir)].close(&mut self.stats, &mut events);
+            deliver(&mut conn, &mut self.shared, id, dir, &mut events, out);
+        }
+    }
+
+    /// Updates the memory accounting after `id` changed, and enforces the caps.
+    fn account(&mut self, id: &ConnId, out: &mut Vec<C::Event>) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let now =
+            conn.streams[0].buffered() + conn.streams[1].buffered() + conn.consumer.buffered();
+        self.buffered_total = self.buffered_total - conn.buffered + now;
+        conn.buffered = now;
+        let done = conn.streams.iter().all(StreamReassembler::is_ended);
+        if done {
+            self.stats.connections_closed += 1;
+            self.evict(id, out);
+        } else if now > self.config.max_buffered_per_connection {
+            self.stats.evicted_connection_memory += 1;
+            self.evict(id, out);
+        }
+        while self.buffered_total > self.config.max_buffered_total {
+            let Some((&oldest, _)) = self.conns.front() else {
+                break;
+            };
+            self.stats.evicted_total_memory += 1;
+            self.evict(&oldest, out);
+        }
+    }
+}
+
+fn deliver<C: StreamConsumer>(
+    conn: &mut Connection<C>,
+    shared: &mut C::Shared,
+    id: &ConnId,
+    dir: Direction,
+    events: &mut Vec<StreamEvent>,
+    out: &mut Vec<C::Event>,
+) {
+    for event in events.drain(..) {
+        conn.consumer.on_stream(shared, id, dir, event, out);
+    }
+}

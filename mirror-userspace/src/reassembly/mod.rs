@@ -1,0 +1,126 @@
+//! TCP reassembly: where captured segments become ordered byte streams, per connection and
+//! direction, with bounded memory.
+//!
+//! [`FlowTable`] keys connections by their client and server addresses, feeds each
+//! direction's [`StreamReassembler`], and hands the resulting [`StreamEvent`]s to a
+//! per-connection [`StreamConsumer`] (the HTTP stage). It enforces the caps: number of
+//! connections, out-of-order bytes per direction, buffered bytes per connection and in total,
+//! and idle time. Every eviction and every lost byte is counted in [`ReassemblyStats`].
+mod flow_table;
+mod stream;
+
+use std::net::SocketAddr;
+
+pub use flow_table::FlowTable;
+pub use stream::{SegmentIn, StreamEvent, StreamReassembler};
+
+use crate::segment::Direction;
+
+/// Identity of a connection: the client and the service side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+/// The stage after reassembly, one value per connection.
+pub trait StreamConsumer {
+    /// State shared by all connections (configuration, counters).
+    type Shared;
+    /// What the consumer produces.
+    type Event;
+
+    fn new(shared: &Self::Shared) -> Self;
+
+    /// Whether a direction that has not been synchronised (the connection was already open
+    /// when capture started) may start at a segment beginning with `payload`.
+    fn is_message_start(shared: &Self::Shared, dir: Direction, payload: &[u8]) -> bool;
+
+    /// Consumes the next event of direction `dir`.
+    fn on_stream(
+        &mut self,
+        shared: &mut Self::Shared,
+        conn: &ConnId,
+        dir: Direction,
+        event: StreamEvent,
+        out: &mut Vec<Self::Event>,
+    );
+
+    /// Bytes this consumer buffers (counted against the memory caps).
+    fn buffered(&self) -> usize;
+}
+
+/// Limits of the flow table. Every one is a hard cap.
+#[derive(Clone, Debug)]
+pub struct ReassemblyConfig {
+    /// Connections tracked at once; the least recently active one is evicted beyond it.
+    pub max_connections: usize,
+    /// Out-of-order bytes held per direction; beyond it the oldest hole is declared lost.
+    pub max_pending_per_direction: usize,
+    /// Bytes buffered by one connection (out-of-order data and partial messages).
+    pub max_buffered_per_connection: usize,
+    /// Bytes buffered by all connections; least recently active connections are evicted.
+    pub max_buffered_total: usize,
+    /// A connection without segments for this long is evicted.
+    pub idle_timeout_ns: u64,
+}
+
+impl Default for ReassemblyConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_pending_per_direction: 4 << 20,
+            max_buffered_per_connection: 40 << 20,
+            max_buffered_total: 512 << 20,
+            idle_timeout_ns: 300_000_000_000,
+        }
+    }
+}
+
+/// Counters of the reassembly stage; each names a reason bytes or state were dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReassemblyStats {
+    pub segments: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    /// Bytes seen again (retransmissions, overlaps).
+    pub duplicate_bytes: u64,
+    /// Overlapping segments whose bytes differed from what was held (first arrival kept).
+    pub conflicting_overlaps: u64,
+    /// Segments too far from the expected sequence number to belong to the stream.
+    pub out_of_window_segments: u64,
+    /// Bytes of connections joined mid-stream, skipped until a message start.
+    pub unsynced_bytes: u64,
+    /// Bytes never captured (holes given up on).
+    pub gap_bytes: u64,
+    /// Holes given up on because the out-of-order buffer was full.
+    pub overflow_gaps: u64,
+    /// Bytes after a direction ended.
+    pub after_end_bytes: u64,
+    pub evicted_idle: u64,
+    pub evicted_connection_cap: u64,
+    pub evicted_connection_memory: u64,
+    pub evicted_total_memory: u64,
+}
+
+impl ReassemblyStats {
+    /// (name, value) pairs, for summaries and metrics.
+    pub fn fields(&self) -> [(&'static str, u64); 14] {
+        [
+            ("segments", self.segments),
+            ("connections_opened", self.connections_opened),
+            ("connections_closed", self.connections_closed),
+            ("duplicate_bytes", self.duplicate_bytes),
+            ("conflicting_overlaps", self.conflicting_overlaps),
+            ("out_of_window_segments", self.out_of_window_segments),
+            ("unsynced_bytes", self.unsynced_bytes),
+            ("gap_bytes", self.gap_bytes),
+            ("overflow_gaps", self.overflow_gaps),
+            ("after_end_bytes", self.after_end_bytes),
+            ("evicted_idle", self.evicted_idle),
+            ("evicted_connection_cap", self.evicted_connection_cap),
+            ("evicted_connection_memory", self.evicted_connection_memory),
+            ("evicted_total_memory", self.evicted_total_memory),
+        ]
+    }
+}

@@ -1,0 +1,479 @@
+//! One direction of a TCP connection: segments in, ordered bytes out.
+//!
+//! Sequence numbers are 32-bit and wrap; internally every byte gets a 64-bit stream offset
+//! counted from the synchronisation point, and a segment's offset is found from the signed
+//! distance between its sequence number and the next expected one. That distance is valid
+//! while segments arrive within 2 GiB of the expected byte, far beyond any TCP window.
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::ReassemblyStats;
+
+/// What a direction's byte stream delivers to the next stage, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// In-order bytes. `segment_start` is true when they begin a captured segment, the only
+    /// places where a message boundary is looked for after a loss.
+    Data {
+        ts_ns: u64,
+        bytes: Bytes,
+        segment_start: bool,
+    },
+    /// `len` bytes that were never captured and never will be.
+    Gap { len: u64 },
+    /// The direction ended: its FIN was reached, or the connection was reset.
+    End,
+}
+
+/// A segment (or a chunk of one) as the reassembler needs it.
+#[derive(Clone, Debug)]
+pub struct SegmentIn<'a> {
+    /// Sequence number of `payload[0]` (or of the SYN).
+    pub seq: u32,
+    pub payload: &'a Bytes,
+    pub ts_ns: u64,
+    pub syn: bool,
+    /// FIN, counted only on the last chunk of its segment.
+    pub fin: bool,
+    pub rst: bool,
+    /// This is the start of a segment (not a later chunk of a GSO segment).
+    pub segment_start: bool,
+}
+
+/// Segments further ahead than this are not from this stream (or the sync point was wrong).
+const MAX_AHEAD: u64 = 1 << 30;
+
+#[derive(Clone, Debug)]
+struct Pending {
+    ts_ns: u64,
+    bytes: Bytes,
+    segment_start: bool,
+}
+
+/// Reassembles one direction.
+#[derive(Debug, Default)]
+pub struct StreamReassembler {
+    /// Sequence number of stream offset 0; `None` until synchronised.
+    base_seq: Option<u32>,
+    /// Offset of the next byte to deliver.
+    next_off: u64,
+    /// Out-of-order data, keyed by offset; entries never overlap.
+    pending: BTreeMap<u64, Pending>,
+    pending_bytes: usize,
+    /// Offset just past the last byte, once the FIN is known.
+    fin_off: Option<u64>,
+    ended: bool,
+}
+
+impl StreamReassembler {
+    /// Bytes held out of order.
+    pub fn buffered(&self) -> usize {
+        self.pending_bytes
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.base_seq.is_some()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Starts the stream at `seq` (the byte after a SYN, or a message start found mid-stream).
+    pub fn sync(&mut self, seq: u32) {
+        self.base_seq = Some(seq);
+        self.next_off = 0;
+    }
+
+    /// Feeds one segment. `max_pending` caps the out-of-order bytes: past it, the oldest hole
+    /// is declared lost and delivery skips over it.
+    pub fn push(
+        &mut self,
+        seg: &SegmentIn<'_>,
+        max_pending: usize,
+        stats: &mut ReassemblyStats,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        if self.ended {
+            stats.after_end_bytes += seg.payload.len() as u64;
+            return;
+        }
+        if seg.rst {
+            self.close(stats, out);
+            return;
+        }
+        let mut seq = seg.seq;
+        if seg.syn {
+            if self.base_seq.is_none() {
+                self.sync(seq.wrapping_add(1));
+            }
+            seq = seq.wrapping_add(1); // data on a SYN (TCP Fast Open) follows the SYN
+        }
+        let Some(base) = self.base_seq else {
+            // Callers sync at a message start before feeding mid-stream data.
+            stats.unsynced_bytes += seg.payload.len() as u64;
+            return;
+        };
+        let next_seq = base.wrapping_add(self.next_off as u32);
+        let distance = seq.wrapping_sub(next_seq) as i32 as i64;
+        let Some(off) = self.next_off.checked_add_signed(distance) else {
+            stats.duplicate_bytes += seg.payload.len() as u64; // before the stream start
+            return;
+        };
+        if off > self.next_off + MAX_AHEAD {
+            stats.out_of_window_segments += 1;
+            return;
+        }
+        let end = off + seg.payload.len() as u64;
+        if seg.fin && self.fin_off.is_none() {
+            self.fin_off = Some(end);
+        }
+        if !seg.payload.is_empty() {
+            self.accept(off, seg, stats, out);
+            if self.pending_bytes > max_pending {
+                stats.overflow_gaps += 1;
+                self.skip_hole(stats, out);
+            }
+        }
+        self.check_fin(out);
+    }
+
+    /// Declares every hole lost, delivers what is buffered and ends the stream.
+    pub fn close(&mut self, stats: &mut ReassemblyStats, out: &mut Vec<StreamEvent>) {
+        if self.ended {
+            return;
+        }
+        while !self.pending.is_empty() {
+            self.skip_hole(stats, out);
+        }
+        if let Some(fin) = self.fin_off {
+            if fin > self.next_off && self.base_seq.is_some() {
+                stats.gap_bytes += fin - self.next_off;
+                out.push(StreamEvent::Gap {
+                    len: fin - self.next_off,
+                });
+                self.next_off = fin;
+            }
+        }
+        self.ended = true;
+        out.push(StreamEvent::End);
+    }
+
+    fn accept(
+        &mut self,
+        off: u64,
+        seg: &SegmentIn<'_>,
+        stats: &mut ReassemblyStats,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        let mut bytes = seg.payload.clone();
+        let mut off = off;
+        let mut segment_start = seg.segment_start;
+        if off < self.next_off {
+            // Retransmission of bytes already delivered (we no longer hold them to compare).
+            let old = (self.next_off - off).min(bytes.len() as u64) as usize;
+            stats.duplicate_bytes += old as u64;
+            if old == bytes.len() {
+                return;
+            }
+            bytes = bytes.slice(old..);
+            off = self.next_off;
+            segment_start = false;
+        }
+        if off == self.next_off && self.pending.is_empty() {
+            // The common case: in order, nothing buffered.
+            self.next_off += bytes.len() as u64;
+            out.push(StreamEvent::Data {
+                ts_ns: seg.ts_ns,
+                bytes,
+                segment_start,
+            });
+            return;
+        }
+        self.insert(
+            off,
+            Pending {
+                ts_ns: seg.ts_ns,
+                bytes,
+                segment_start,
+            },
+            stats,
+        );
+        self.drain(out);
+    }
+
+    /// Inserts out-of-order data; where it overlaps data already held, the first arrival
+    /// wins and differing overlapped bytes are counted as conflicts.
+    fn insert(&mut self, mut off: u64, mut p: Pending, stats: &mut ReassemblyStats) {
+        while !p.bytes.is_empty() {
+            let end = off + p.bytes.len() as u64;
+            // The held entry that covers `off`, if any.
+            if let Some((&k, held)) = self.pending.range(..=off).next_back() {
+                let held_end = k + held.bytes.len() as u64;
+                if held_end > off {
+                    let n = (held_end.min(end) - off) as usize;
+                    let start = (off - k) as usize;
+                    count_overlap(&held.bytes[start..start + n], &p.bytes[..n], stats);
+                    p.bytes = p.bytes.slice(n..);
+                    p.segment_start = false;
+                    off += n as u64;
+                    continue;
+                }
+            }
+            // The next held entry after `off` bounds how much we can insert here.
+            let limit = match self.pending.range(off + 1..end).next() {
+                Some((&k, _)) => (k - off) as usize,
+                None => p.bytes.len(),
+            };
+            let head = p.bytes.split_to(limit);
+            self.pending_bytes += head.len();
+            let piece = Pending {
+                ts_ns: p.ts_ns,
+                bytes: head,
+                segment_start: p.segment_start,
+            };
+            self.pending.insert(off, piece);
+            p.segment_start = false;
+            off += limit as u64;
+        }
+    }
+
+    /// Delivers held data that has become contiguous.
+    fn drain(&mut self, out: &mut Vec<StreamEvent>) {
+        while let Some(entry) = self.pending.first_entry() {
+            let k = *entry.key();
+            if k > self.next_off {
+                break;
+            }
+            let p = entry.remove();
+            self.pending_bytes -= p.bytes.len();
+            let end = k + p.bytes.len() as u64;
+            if end <= self.next_off {
+                continue;
+            }
+            let skip = (self.next_off - k) as usize;
+            let bytes = p.bytes.slice(skip..);
+            self.next_off = end;
+            out.push(StreamEvent::Data {
+                ts_ns: p.ts_ns,
+                bytes,
+                segment_start: p.segment_start && skip == 0,
+            });
+        }
+    }
+
+    /// Gives up on the hole before the first held segment and delivers past it.
+    fn skip_hole(&mut self, stats: &mut ReassemblyStats, out: &mut Vec<StreamEvent>) {
+        let Some((&k, _)) = self.pending.first_key_value() else {
+            return;
+        };
+        if k > self.next_off {
+            let len = k - self.next_off;
+            stats.gap_bytes += len;
+            out.push(StreamEvent::Gap { len });
+            self.next_off = k;
+        }
+        self.drain(out);
+    }
+
+    fn check_fin(&mut self, out: &mut Vec<StreamEvent>) {
+        if self.fin_off.is_some_and(|fin| self.next_off >= fin) && !self.ended {
+            self.ended = true;
+            out.push(StreamEvent::End);
+        }
+    }
+}
+
+fn count_overlap(held: &[u8], new: &[u8], stats: &mut ReassemblyStats) {
+    stats.duplicate_bytes += new.len() as u64;
+    if held != new {
+        stats.conflicting_overlaps += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Harness {
+        r: StreamReassembler,
+        stats: ReassemblyStats,
+        out: Vec<StreamEvent>,
+        max_pending: usize,
+    }
+
+    impl Harness {
+        fn new(isn: u32) -> Harness {
+            let mut h = Harness {
+                r: StreamReassembler::default(),
+                stats: ReassemblyStats::default(),
+                out: Vec::new(),
+                max_pending: 1 << 20,
+            };
+            h.push_flags(isn, b"", true, false, false);
+            h
+        }
+
+        fn push(&mut self, seq: u32, data: &[u8]) {
+            self.push_flags(seq, data, false, false, false);
+        }
+
+        fn push_flags(&mut self, seq: u32, data: &[u8], syn: bool, fin: bool, rst: bool) {
+            let payload = Bytes::copy_from_slice(data);
+            let seg = SegmentIn {
+                seq,
+                payload: &payload,
+                ts_ns: 0,
+                syn,
+                fin,
+                rst,
+                segment_start: true,
+            };
+            self.r
+                .push(&seg, self.max_pending, &mut self.stats, &mut self.out);
+        }
+
+        /// Delivered bytes so far, with gaps shown as '#'.
+        fn text(&self) -> String {
+            let mut s = String::new();
+            for ev in &self.out {
+                match ev {
+                    StreamEvent::Data { bytes, .. } => {
+                        s.push_str(std::str::from_utf8(bytes).unwrap())
+                    }
+                    StreamEvent::Gap { len } => s.push_str(&"#".repeat(*len as usize)),
+                    StreamEvent::End => s.push('$'),
+                }
+            }
+            s
+        }
+    }
+
+    #[test]
+    fn in_order_after_syn() {
+        let mut h = Harness::new(100);
+        h.push(101, b"hello ");
+        h.push(107, b"world");
+        assert_eq!(h.text(), "hello world");
+    }
+
+    #[test]
+    fn out_of_order_is_buffered_then_delivered() {
+        let mut h = Harness::new(0);
+        h.push(7, b"world");
+        h.push(4, b"lo ");
+        assert_eq!(h.text(), "");
+        assert_eq!(h.r.buffered(), 8);
+        h.push(1, b"hel");
+        assert_eq!(h.text(), "hello world");
+        assert_eq!(h.r.buffered(), 0);
+    }
+
+    #[test]
+    fn duplicates_and_retransmissions_count_once() {
+        let mut h = Harness::new(0);
+        h.push(1, b"abc");
+        h.push(1, b"abc");
+        h.push(2, b"bcd");
+        assert_eq!(h.text(), "abcd");
+        assert_eq!(h.stats.duplicate_bytes, 5);
+    }
+
+    #[test]
+    fn overlap_first_arrival_wins_and_conflicts_are_counted() {
+        let mut h = Harness::new(0);
+        h.push(3, b"CDEF"); // held
+        h.push(2, b"bXYZWg"); // overlaps CDEF with different bytes
+        assert_eq!(h.stats.conflicting_overlaps, 1);
+        h.push(1, b"a");
+        assert_eq!(h.text(), "abCDEFg");
+    }
+
+    #[test]
+    fn new_segment_spanning_several_held_ones_fills_between() {
+        let mut h = Harness::new(0);
+        h.push(3, b"c");
+        h.push(6, b"f");
+        h.push(2, b"BCDEFGH");
+        h.push(1, b"a");
+        assert_eq!(h.text(), "aBcDEfGH");
+        assert_eq!(h.stats.conflicting_overlaps, 2);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let isn = u32::MAX - 3;
+        let mut h = Harness::new(isn);
+        h.push(isn.wrapping_add(1), b"abc");
+        h.push(isn.wrapping_add(7), b"ghi"); // past the wrap, out of order
+        h.push(isn.wrapping_add(4), b"def"); // crosses the wrap
+        assert_eq!(h.text(), "abcdefghi");
+    }
+
+    #[test]
+    fn fin_ends_after_the_last_byte_even_out_of_order() {
+        let mut h = Harness::new(0);
+        h.push_flags(4, b"def", false, true, false);
+        assert_eq!(h.text(), "");
+        h.push(1, b"abc");
+        assert_eq!(h.text(), "abcdef$");
+        h.push(7, b"late");
+        assert_eq!(h.stats.after_end_bytes, 4);
+    }
+
+    #[test]
+    fn rst_declares_holes_and_ends() {
+        let mut h = Harness::new(0);
+        h.push(1, b"ab");
+        h.push(6, b"fg");
+        h.push_flags(0, b"", false, false, true);
+        assert_eq!(h.text(), "ab###fg$");
+        assert_eq!(h.stats.gap_bytes, 3);
+    }
+
+    #[test]
+    fn pending_cap_skips_the_hole() {
+        let mut h = Harness::new(0);
+        h.max_pending = 4;
+        h.push(1, b"ab");
+        h.push(5, b"ef");
+        h.push(7, b"gh");
+        assert_eq!(h.text(), "ab");
+        h.push(9, b"i"); // 5 bytes held > 4: the hole at 3..5 is given up
+        assert_eq!(h.text(), "ab##efghi");
+        assert_eq!((h.stats.overflow_gaps, h.stats.gap_bytes), (1, 2));
+        h.push(3, b"cd"); // the late retransmission is a duplicate now
+        assert_eq!(h.text(), "ab##efghi");
+    }
+
+    #[test]
+    fn unsynced_data_is_counted_not_delivered() {
+        let mut r = StreamReassembler::default();
+        let (mut stats, mut out) = (ReassemblyStats::default(), Vec::new());
+        let payload = Bytes::from_static(b"xyz");
+        let seg = SegmentIn {
+            seq: 5,
+            payload: &payload,
+            ts_ns: 0,
+            syn: false,
+            fin: false,
+            rst: false,
+            segment_start: true,
+        };
+        r.push(&seg, 100, &mut stats, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(stats.unsynced_bytes, 3);
+        r.sync(5);
+        r.push(&seg, 100, &mut stats, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn far_away_segments_are_out_of_window() {
+        let mut h = Harness::new(0);
+        h.push(1 << 31, b"x");
+        assert_eq!(h.stats.out_of_window_segments, 1);
+        assert_eq!(h.r.buffered(), 0);
+    }
+}
