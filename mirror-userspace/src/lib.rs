@@ -9,4 +9,5 @@ pub mod capture;
 pub mod http;
 pub mod reassembly;
 pub mod segment;
+pub mod synth;
 pub mod tap;

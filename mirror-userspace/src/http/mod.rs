@@ -13,6 +13,9 @@ pub use exchange::HttpConnection;
 pub use framer::{is_message_start, Decision, Frame, HttpFramer, Role};
 pub use head::{declared_body, BodyKind, Head, HeadError};
 
+#[cfg(test)]
+mod tests;
+
 use crate::reassembly::{ConnId, FlowTable};
 
 /// Limits of the HTTP stage.

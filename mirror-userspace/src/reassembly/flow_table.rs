@@ -98,28 +98,58 @@ impl<C: StreamConsumer> FlowTable<C> {
         };
         let rst = input.rst;
         let mut events = std::mem::take(&mut self.scratch);
-        stream.push(
-            &input,
-            self.config.max_pending_per_direction,
-            &mut self.stats,
-            &mut events,
-        );
+        let max_pending = self.config.max_pending_per_direction;
+        stream.push(&input, max_pending, &mut self.stats, &mut events);
+        let other = &mut conn.streams[1 - index(dir)];
+        let mut other_events = Vec::new();
         if rst {
             // A reset ends both directions.
-            let other = &mut conn.streams[1 - index(dir)];
-            let mut rest = Vec::new();
-            other.close(&mut self.stats, &mut rest);
-            deliver(conn, &mut self.shared, &id, dir, &mut events, out);
-            deliver(conn, &mut self.shared, &id, dir.opposite(), &mut rest, out);
-        } else {
-            deliver(conn, &mut self.shared, &id, dir, &mut events, out);
+            other.close(&mut self.stats, &mut other_events);
+        } else if seg.has(tcp_flags::ACK) {
+            // Holes the sender acknowledges were received by it: the capture missed them
+            // and they will never be filled.
+            other.acknowledged(seg.ack, &mut self.stats, &mut other_events);
         }
+        // The other direction first: a request freed by this ACK precedes its response.
+        deliver(
+            conn,
+            &mut self.shared,
+            &id,
+            dir.opposite(),
+            &mut other_events,
+            out,
+        );
+        deliver(conn, &mut self.shared, &id, dir, &mut events, out);
         self.scratch = events;
         self.account(&id, out);
     }
 
-    /// Evicts connections idle since before `now_ns - idle_timeout`.
+    /// Gives up on holes open since before `now_ns - hole_timeout` and evicts connections
+    /// idle since before `now_ns - idle_timeout`. Call it periodically (about once a second).
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<C::Event>) {
+        let hole_deadline = now_ns.saturating_sub(self.config.hole_timeout_ns);
+        let stale: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.streams
+                    .iter()
+                    .any(|s| s.oldest_pending_ts().is_some_and(|t| t < hole_deadline))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            // Accounting for an earlier one may have evicted this one.
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            for dir in [Direction::Request, Direction::Response] {
+                let mut events = Vec::new();
+                conn.streams[index(dir)].skip_holes(&mut self.stats, &mut events);
+                deliver(conn, &mut self.shared, &id, dir, &mut events, out);
+            }
+            self.account(&id, out);
+        }
         let deadline = now_ns.saturating_sub(self.config.idle_timeout_ns);
         while let Some((id, conn)) = self.conns.front() {
             if conn.last_ts_ns >= deadline {

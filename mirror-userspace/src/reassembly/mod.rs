@@ -63,6 +63,9 @@ pub struct ReassemblyConfig {
     pub max_buffered_total: usize,
     /// A connection without segments for this long is evicted.
     pub idle_timeout_ns: u64,
+    /// A hole open this long is given up on (when the peer's ACK has not already shown the
+    /// bytes were received, which gives up on it at once).
+    pub hole_timeout_ns: u64,
 }
 
 impl Default for ReassemblyConfig {
@@ -73,6 +76,7 @@ impl Default for ReassemblyConfig {
             max_buffered_per_connection: 40 << 20,
             max_buffered_total: 512 << 20,
             idle_timeout_ns: 300_000_000_000,
+            hole_timeout_ns: 2_000_000_000,
         }
     }
 }

@@ -277,6 +277,47 @@ impl StreamReassembler {
         self.drain(out);
     }
 
+    /// The peer acknowledged everything before `ack`: holes below it were received by the
+    /// peer but missed by the capture, so they will never be filled. Skip them.
+    pub fn acknowledged(
+        &mut self,
+        ack: u32,
+        stats: &mut ReassemblyStats,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(base) = self.base_seq else { return };
+        let next_seq = base.wrapping_add(self.next_off as u32);
+        let ahead = ack.wrapping_sub(next_seq) as i32;
+        if ahead <= 0 || self.ended {
+            return;
+        }
+        let acked_off = self.next_off + ahead as u64;
+        while self
+            .pending
+            .first_key_value()
+            .is_some_and(|(&k, _)| k <= acked_off)
+        {
+            self.skip_hole(stats, out);
+        }
+        self.check_fin(out);
+    }
+
+    /// Capture time of the oldest held segment, if any: how long a hole has been open.
+    pub fn oldest_pending_ts(&self) -> Option<u64> {
+        self.pending.values().map(|p| p.ts_ns).min()
+    }
+
+    /// Skips every hole (a hole open too long will not be filled).
+    pub fn skip_holes(&mut self, stats: &mut ReassemblyStats, out: &mut Vec<StreamEvent>) {
+        while !self.pending.is_empty() {
+            self.skip_hole(stats, out);
+        }
+        self.check_fin(out);
+    }
+
     fn check_fin(&mut self, out: &mut Vec<StreamEvent>) {
         if self.fin_off.is_some_and(|fin| self.next_off >= fin) && !self.ended {
             self.ended = true;
@@ -445,6 +486,17 @@ mod tests {
         assert_eq!((h.stats.overflow_gaps, h.stats.gap_bytes), (1, 2));
         h.push(3, b"cd"); // the late retransmission is a duplicate now
         assert_eq!(h.text(), "ab##efghi");
+    }
+
+    #[test]
+    fn acknowledged_holes_are_skipped() {
+        let mut h = Harness::new(0);
+        h.push(1, b"ab");
+        h.push(6, b"fg");
+        h.r.acknowledged(5, &mut h.stats, &mut h.out); // the hole is seq 3..=5: not all acked
+        assert_eq!(h.text(), "ab");
+        h.r.acknowledged(6, &mut h.stats, &mut h.out);
+        assert_eq!(h.text(), "ab###fg");
     }
 
     #[test]

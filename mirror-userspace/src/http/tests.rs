@@ -1,0 +1,405 @@
+//! The HTTP and TCP cases, each built from explicit segments through the whole
+//! reassembly + framing pipeline.
+use std::net::SocketAddr;
+
+use super::*;
+use crate::{
+    reassembly::ReassemblyConfig,
+    segment::{Direction, Segment},
+    synth::Conversation,
+};
+
+const MSS: usize = 1448;
+
+fn conv(port: u16) -> Conversation {
+    let client: SocketAddr = format!("10.0.0.1:{port}").parse().unwrap();
+    Conversation::new(client, "10.0.0.2:8080".parse().unwrap(), 1000, 5000)
+}
+
+struct Run {
+    x: HttpExtractor,
+    events: Vec<HttpEvent>,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run::with(ReassemblyConfig::default(), HttpConfig::default())
+    }
+
+    fn with(r: ReassemblyConfig, h: HttpConfig) -> Run {
+        Run {
+            x: extractor(r, h),
+            events: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, segs: impl IntoIterator<Item = Segment>) -> &mut Self {
+        for s in segs {
+            self.x.push(&s, &mut self.events);
+        }
+        self
+    }
+
+    fn requests(&self) -> Vec<&HttpRequest> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                HttpEvent::Request(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn responses(&self) -> Vec<&HttpResponse> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                HttpEvent::Response(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn request_bytes(&self) -> Vec<Vec<u8>> {
+        self.requests().iter().map(|r| r.to_bytes()).collect()
+    }
+
+    fn stats(&self) -> HttpStats {
+        self.x.shared().stats
+    }
+}
+
+fn ok(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn content_length_and_bodyless_requests_with_their_responses() {
+    let mut c = conv(1);
+    let get = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+    let post = b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+    let mut run = Run::new();
+    run.feed(c.open())
+        .feed(c.request(get, MSS))
+        .feed(c.response(ok("x").as_bytes(), MSS));
+    run.feed(c.request(post, 7))
+        .feed(c.response(ok("yy").as_bytes(), 3))
+        .feed(c.close());
+    assert_eq!(run.request_bytes(), vec![get.to_vec(), post.to_vec()]);
+    let reqs = run.requests();
+    assert_eq!(
+        (reqs[1].head.method(), reqs[1].head.target()),
+        (Some("POST"), Some("/b"))
+    );
+    assert_eq!(&reqs[1].body[..], b"hello");
+    let resps = run.responses();
+    assert_eq!(resps.len(), 2);
+    assert_eq!(
+        resps.iter().map(|r| r.request_id).collect::<Vec<_>>(),
+        vec![Some(0), Some(1)]
+    );
+    assert_eq!(&resps[1].body[..], b"yy");
+    assert_eq!(run.x.connections(), 0, "closed by both FINs");
+}
+
+#[test]
+fn chunked_request_with_trailers() {
+    let mut c = conv(2);
+    let req = b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nDigest: abc\r\n\r\n";
+    let next = b"GET /next HTTP/1.1\r\n\r\n";
+    let mut run = Run::new();
+    run.feed(c.open())
+        .feed(c.request(&[&req[..], &next[..]].concat(), 9));
+    assert_eq!(run.request_bytes(), vec![req.to_vec(), next.to_vec()]);
+}
+
+#[test]
+fn pipelined_requests_in_one_segment_and_http_1_0() {
+    let mut c = conv(3);
+    let a = b"GET /1 HTTP/1.1\r\n\r\n";
+    let b = b"POST /2 HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc";
+    let d = b"HEAD /3 HTTP/1.1\r\n\r\n";
+    let mut run = Run::new();
+    run.feed(c.open())
+        .feed(c.request(&[&a[..], &b[..], &d[..]].concat(), MSS));
+    assert_eq!(
+        run.request_bytes(),
+        vec![a.to_vec(), b.to_vec(), d.to_vec()]
+    );
+    assert_eq!(run.requests()[1].head.version(), 0);
+    // HEAD's response has no body even though it declares a length; the next is paired too.
+    let resp = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na".to_owned()
+        + &ok("bb")
+        + "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+    run.feed(c.response(resp.as_bytes(), MSS));
+    let resps = run.responses();
+    assert_eq!(
+        resps.iter().map(|r| r.request_id).collect::<Vec<_>>(),
+        vec![Some(0), Some(1), Some(2)]
+    );
+    assert!(resps[2].body.is_empty());
+}
+
+#[test]
+fn expect_100_continue_skips_the_interim_response() {
+    let mut c = conv(4);
+    let head = b"PUT /big HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+    let mut run = Run::new();
+    run.feed(c.open()).feed(c.request(head, MSS));
+    run.feed(c.response(b"HTTP/1.1 100 Continue\r\n\r\n", MSS));
+    run.feed(c.request(b"body", MSS));
+    run.feed(c.response(ok("done").as_bytes(), MSS));
+    assert_eq!(run.request_bytes(), vec![[&head[..], b"body"].concat()]);
+    let resps = run.responses();
+    assert_eq!(resps.len(), 1);
+    assert_eq!(
+        (resps[0].head.status(), resps[0].request_id),
+        (Some(200), Some(0))
+    );
+    assert_eq!(run.stats().interim_responses, 1);
+}
+
+#[test]
+fn bodyless_statuses_and_close_delimited_responses() {
+    let mut c = conv(5);
+    let mut run = Run::new();
+    run.feed(c.open());
+    for path in ["/a", "/b", "/c", "/d"] {
+        run.feed(c.request(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(), MSS));
+    }
+    let resp = "HTTP/1.1 204 No Content\r\n\r\n\
+                HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n\
+                HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n\
+                HTTP/1.1 200 OK\r\n\r\n";
+    run.feed(c.response(resp.as_bytes(), MSS));
+    run.feed(c.response(b"until the end", 4));
+    assert_eq!(
+        run.responses().len(),
+        2,
+        "the close-delimited body is not complete yet"
+    );
+    run.feed([c.fin(Direction::Response)]);
+    let resps = run.responses();
+    assert_eq!(resps.len(), 3);
+    assert_eq!(&resps[2].body[..], b"until the end");
+    assert_eq!(
+        resps.iter().map(|r| r.request_id).collect::<Vec<_>>(),
+        vec![Some(0), Some(1), Some(2)]
+    );
+}
+
+#[test]
+fn upgrade_and_connect_stop_extraction() {
+    for req in [
+        &b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
+        &b"CONNECT example.com:443 HTTP/1.1\r\n\r\n"[..],
+    ] {
+        let mut c = conv(6);
+        let mut run = Run::new();
+        run.feed(c.open()).feed(c.request(req, MSS));
+        run.feed(c.response(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", MSS));
+        run.feed(c.request(b"GET /not-http HTTP/1.1\r\n\r\n", MSS));
+        assert!(run.events.is_empty());
+        assert_eq!(run.stats().upgraded_connections, 1);
+    }
+}
+
+#[test]
+fn oversized_messages_are_skipped_and_the_next_one_survives() {
+    let mut c = conv(7);
+    let http = HttpConfig {
+        max_message_bytes: 100,
+    };
+    let mut run = Run::with(ReassemblyConfig::default(), http);
+    let big = [
+        &b"POST /big HTTP/1.1\r\nContent-Length: 500\r\n\r\n"[..],
+        &[b'x'; 500],
+    ]
+    .concat();
+    let chunked = [
+        &b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        b"c8\r\n",
+        &[b'y'; 200],
+        b"\r\n0\r\n\r\n",
+    ]
+    .concat();
+    let small = b"GET /small HTTP/1.1\r\n\r\n";
+    run.feed(c.open())
+        .feed(c.request(&[&big[..], &chunked, small].concat(), 64));
+    assert_eq!(run.request_bytes(), vec![small.to_vec()]);
+    assert_eq!(run.stats().oversized_requests, 2);
+    assert!(run.x.buffered() < 200, "skipped bodies are not buffered");
+}
+
+#[test]
+fn malformed_heads_are_counted_and_the_stream_resynchronises() {
+    let mut c = conv(8);
+    let mut run = Run::new();
+    run.feed(c.open());
+    run.feed(c.request(b"GET /\x01bad HTTP/1.1\r\n\r\n", MSS));
+    run.feed(c.request(b"garbage that is not http", MSS));
+    run.feed(c.request(
+        b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        MSS,
+    ));
+    let good = b"GET /good HTTP/1.1\r\n\r\n";
+    run.feed(c.request(good, MSS));
+    assert_eq!(run.request_bytes(), vec![good.to_vec()]);
+    assert_eq!(run.stats().malformed_requests, 2);
+    assert!(run.stats().resync_skipped_bytes > 0);
+}
+
+#[test]
+fn joining_mid_stream_starts_at_the_first_message() {
+    let mut c = conv(9);
+    c.open(); // not captured: the connection predates the agent
+    let first = b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+    let second = b"GET /y HTTP/1.1\r\n\r\n";
+    let mut segs = c.request(first, 20);
+    let tail = segs.split_off(1); // capture starts inside the first request
+    let mut run = Run::new();
+    run.feed(tail).feed(c.request(second, MSS));
+    run.feed(c.response(ok("r").as_bytes(), MSS));
+    assert_eq!(run.request_bytes(), vec![second.to_vec()]);
+    assert_eq!(run.x.stats().unsynced_bytes, first.len() as u64 - 20);
+    assert_eq!(run.responses().len(), 1);
+    drop(segs);
+}
+
+#[test]
+fn reordered_duplicated_overlapping_and_wrapping_segments() {
+    let client: SocketAddr = "10.0.0.1:10".parse().unwrap();
+    let mut c = Conversation::new(client, "10.0.0.2:8080".parse().unwrap(), u32::MAX - 50, 7);
+    let req = [
+        &b"POST /w HTTP/1.1\r\nContent-Length: 200\r\n\r\n"[..],
+        &[b'z'; 200],
+    ]
+    .concat();
+    let mut segs = c.open();
+    let mut data = c.request(&req, 30);
+    data.reverse();
+    // A conflicting copy of a segment still held out of order: the first arrival wins.
+    let mut conflicting = data[2].clone();
+    conflicting.payload = bytes::Bytes::from(vec![b'Q'; conflicting.payload.len()]);
+    data.insert(3, conflicting);
+    data.insert(1, data[4].clone()); // an exact duplicate
+    data.push(data[0].clone()); // a retransmission after delivery
+    segs.extend(data);
+    let mut run = Run::new();
+    run.feed(segs);
+    assert_eq!(run.request_bytes(), vec![req]);
+    assert!(run.x.stats().duplicate_bytes >= 30);
+    assert_eq!(run.x.stats().conflicting_overlaps, 1);
+}
+
+const GET_B: &[u8] = b"GET /b HTTP/1.1\r\n\r\n";
+
+/// A 300-byte POST in 100-byte segments, the one at `lost` never captured, then GET_B.
+fn post_with_lost_segment_then_get(c: &mut Conversation, lost: usize) -> Vec<Segment> {
+    let a = [
+        &b"POST /a HTTP/1.1\r\nContent-Length: 300\r\n\r\n"[..],
+        &[b'a'; 300],
+    ]
+    .concat();
+    let mut data = c.request(&a, 100);
+    data.remove(lost);
+    data.extend(c.request(GET_B, MSS));
+    data
+}
+
+#[test]
+fn a_lost_body_segment_invalidates_only_its_message() {
+    let mut c = conv(11);
+    let mut segs = c.open();
+    segs.extend(post_with_lost_segment_then_get(&mut c, 2));
+    segs.extend(c.close());
+    let mut run = Run::new();
+    run.feed(segs);
+    assert_eq!(run.request_bytes(), vec![GET_B.to_vec()]);
+    assert_eq!(run.stats().lost_messages, 1);
+    assert_eq!(run.x.stats().gap_bytes, 100);
+}
+
+#[test]
+fn a_lost_head_segment_resynchronises_at_the_next_request() {
+    let mut c = conv(12);
+    let a = b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: h\r\n\r\n";
+    let b = b"GET /b HTTP/1.1\r\n\r\n";
+    let mut segs = c.open();
+    let mut data = c.request(a, 16);
+    data.remove(1);
+    segs.extend(data);
+    segs.extend(c.request(b, MSS));
+    segs.extend(c.close());
+    let mut run = Run::new();
+    run.feed(segs);
+    assert_eq!(run.request_bytes(), vec![b.to_vec()]);
+}
+
+#[test]
+fn rst_ends_the_connection() {
+    let mut c = conv(13);
+    let mut run = Run::new();
+    run.feed(c.open())
+        .feed(c.request(b"GET / HTTP/1.1\r\n\r\n", MSS));
+    run.feed([c.rst(Direction::Response)]);
+    assert_eq!(run.requests().len(), 1);
+    assert_eq!(run.x.connections(), 0);
+}
+
+#[test]
+fn idle_connections_are_evicted() {
+    let mut run = Run::new();
+    let mut c = conv(14);
+    run.feed(c.at(1_000).open())
+        .feed(c.request(b"GET /partial HTTP/1.1\r\n", MSS));
+    let mut fresh = conv(15);
+    run.feed(fresh.at(200_000_000_000).open());
+    run.x.expire(301_000_000_000, &mut run.events);
+    assert_eq!(run.x.connections(), 1);
+    assert_eq!(run.x.stats().evicted_idle, 1);
+    assert_eq!(run.x.buffered(), 0);
+}
+
+#[test]
+fn connection_and_memory_caps_evict_the_oldest() {
+    let config = ReassemblyConfig {
+        max_connections: 10,
+        max_buffered_total: 1000,
+        ..ReassemblyConfig::default()
+    };
+    let mut run = Run::with(config, HttpConfig::default());
+    for port in 0..50 {
+        let mut c = conv(1000 + port);
+        run.feed(c.open())
+            .feed(c.request(b"POST /x HTTP/1.1\r\nContent-Length: 100000\r\n\r\n", MSS));
+        run.feed(c.request(&[b'p'; 150], MSS));
+        assert!(run.x.connections() <= 10);
+        assert!(run.x.buffered() <= 1000);
+    }
+    let stats = run.x.stats();
+    assert!(
+        stats.evicted_connection_cap + stats.evicted_total_memory >= 40,
+        "{stats:?}"
+    );
+    assert!(stats.evicted_total_memory > 0, "{stats:?}");
+}
+
+#[test]
+fn without_acks_a_hole_is_given_up_after_the_hole_timeout() {
+    // Only requests are captured, so no ACK tells that the hole will never be filled.
+    let mut c = conv(16);
+    let mut segs = vec![c.at(1_000_000).open().remove(0)];
+    segs.extend(post_with_lost_segment_then_get(&mut c, 1));
+    let mut run = Run::new();
+    run.feed(segs);
+    assert!(run.requests().is_empty(), "waiting for a retransmission");
+    run.x.expire(1_500_000_000, &mut run.events);
+    assert!(run.requests().is_empty(), "not yet timed out");
+    run.x.expire(2_100_000_000, &mut run.events);
+    assert_eq!(run.request_bytes(), vec![GET_B.to_vec()]);
+    assert_eq!(run.stats().lost_messages, 1);
+}
