@@ -98,3 +98,57 @@ pub fn curl(ns: &Netns, args: &[&str]) -> Result<String> {
     cmd.args(["-sS", "--fail"]).args(args);
     Ok(String::from_utf8(run(&mut cmd)?.stdout)?)
 }
+
+/// Writes all `requests` at once on one connection (pipelining), then reads and checks the
+/// responses in order. Returns the client's local address.
+pub fn pipelined(ns: &Netns, server: SocketAddr, requests: Vec<RawRequest>) -> Result<SocketAddr> {
+    ns.run(move || -> Result<SocketAddr> {
+        let mut stream = TcpStream::connect(server).context("connect")?;
+        let local = stream.local_addr()?;
+        let all: Vec<u8> = requests
+            .iter()
+            .flat_map(|r| r.bytes.iter().copied())
+            .collect();
+        stream.write_all(&all)?;
+        let mut pending = Vec::new();
+        for (i, req) in requests.iter().enumerate() {
+            let body = read_response(&mut stream, &mut pending)?;
+            if body != req.expected_body.as_bytes() {
+                bail!("pipelined response {i} differs");
+            }
+        }
+        Ok(SocketAddr::new(local.ip().to_canonical(), local.port()))
+    })
+}
+
+/// Sends `count` requests with a hyper client on one keep-alive connection from inside
+/// `ns`; checks every response and returns the client's local address.
+pub fn hyper_client(ns: &Netns, server: SocketAddr, count: usize) -> Result<SocketAddr> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    ns.run(move || -> Result<SocketAddr> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let stream = tokio::net::TcpStream::connect(server).await?;
+            let local = stream.local_addr()?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            for i in 0..count {
+                let body = vec![b'h'; i * 100];
+                let target = format!("/hyper/{i}");
+                let req = hyper::Request::post(&target)
+                    .header("host", "svc:8080")
+                    .body(Full::new(bytes::Bytes::from(body.clone())))?;
+                let resp = sender.send_request(req).await?;
+                let got = resp.into_body().collect().await?.to_bytes();
+                if got != crate::server::expected_body("POST", &target, &body).as_bytes() {
+                    bail!("hyper response {i} differs");
+                }
+            }
+            Ok(SocketAddr::new(local.ip().to_canonical(), local.port()))
+        })
+    })
+}

@@ -39,3 +39,65 @@ pub fn require_root() {
         "integration tests must run as root"
     );
 }
+
+pub mod live {
+    //! The live tap feeding reassembly and framing, as the agent does.
+    use mirror::{
+        capture::CaptureSource,
+        http::{extractor, HttpConfig, HttpEvent, HttpStats},
+        reassembly::{ReassemblyConfig, ReassemblyStats},
+        tap::RingSource,
+    };
+    use tokio::sync::oneshot;
+
+    /// What the extractor produced, with its counters.
+    pub struct Extracted {
+        pub events: Vec<HttpEvent>,
+        pub reassembly: ReassemblyStats,
+        pub http: HttpStats,
+    }
+
+    /// Consumes the ring in a task until [`LiveExtractor::finish`].
+    pub struct LiveExtractor {
+        stop: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Extracted>,
+    }
+
+    impl LiveExtractor {
+        pub fn start(mut source: RingSource) -> LiveExtractor {
+            let (stop, mut stopped) = oneshot::channel();
+            let task = tokio::spawn(async move {
+                let mut x = extractor(ReassemblyConfig::default(), HttpConfig::default());
+                let (mut batch, mut events) = (Vec::new(), Vec::new());
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        more = source.next_batch(&mut batch) => {
+                            if !more.expect("ring") { break; }
+                        }
+                    }
+                    for s in batch.drain(..) {
+                        x.push(&s, &mut events);
+                    }
+                }
+                // Everything the clients caused is in the ring by now.
+                while source.drain_now(&mut batch) > 0 {
+                    for s in batch.drain(..) {
+                        x.push(&s, &mut events);
+                    }
+                }
+                Extracted {
+                    events,
+                    reassembly: *x.stats(),
+                    http: x.shared().stats,
+                }
+            });
+            LiveExtractor { stop, task }
+        }
+
+        pub async fn finish(self) -> Extracted {
+            let _ = self.stop.send(());
+            self.task.await.expect("extractor task")
+        }
+    }
+}
