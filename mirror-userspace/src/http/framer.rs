@@ -106,9 +106,10 @@ impl HttpFramer {
         }
     }
 
-    /// Bytes held for the current message.
+    /// Bytes held for the current message, counted by allocation (capacity), not by use.
     pub fn buffered(&self) -> usize {
-        self.head_buf.len() + self.body.len()
+        let held = |b: &BytesMut| if b.is_empty() { 0 } else { b.capacity() };
+        held(&self.head_buf) + held(&self.body)
     }
 
     pub fn resyncs(&self) -> u64 {
@@ -283,6 +284,10 @@ impl HttpFramer {
                 self.state = State::Opaque;
             }
             Ok(Decision::Message { body, tag }) => {
+                let mut head = head;
+                if body != BodyKind::None {
+                    head.unshare(); // held until the body is complete
+                }
                 self.head = Some(head);
                 self.tag = tag;
                 self.state = match body {

@@ -105,6 +105,12 @@ impl Head {
         }
     }
 
+    /// Gives the head its own copy of its bytes, so that keeping it (while its body
+    /// arrives) does not keep the larger capture buffer it was sliced from alive.
+    pub fn unshare(&mut self) {
+        self.bytes = Bytes::copy_from_slice(&self.bytes);
+    }
+
     /// The exact head bytes.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes

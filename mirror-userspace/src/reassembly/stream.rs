@@ -226,7 +226,9 @@ impl StreamReassembler {
                 Some((&k, _)) => (k - off) as usize,
                 None => p.bytes.len(),
             };
-            let head = p.bytes.split_to(limit);
+            // Copied: a slice would keep its whole capture buffer alive while it waits,
+            // and held bytes must cost what they are counted as.
+            let head = Bytes::copy_from_slice(&p.bytes.split_to(limit));
             self.pending_bytes += head.len();
             let piece = Pending {
                 ts_ns: p.ts_ns,
