@@ -133,3 +133,115 @@ impl Conversation {
         }
     }
 }
+
+/// Decodes arbitrary bytes into segments of up to four connections, for fuzzing the stages
+/// after capture. Each record is a control byte (connection, direction, flags), a signed
+/// sequence offset from that direction's high-water mark (so segments overlap, repeat, go
+/// back or jump ahead, and sequence numbers wrap), and a payload length; the payload follows.
+pub fn segments_from_fuzz(data: &[u8]) -> Vec<Segment> {
+    let server: SocketAddr = "10.0.0.2:8080".parse().expect("literal");
+    // Per connection and direction: the sequence number of the highest byte sent.
+    let mut marks = [[0u32; 2]; 4];
+    for (i, m) in marks.iter_mut().enumerate() {
+        *m = [
+            (u32::MAX - 300).wrapping_add(i as u32 * 1000),
+            7 + i as u32 * 77_777,
+        ];
+    }
+    let mut out = Vec::new();
+    let mut rest = data;
+    let mut ts = 1u64;
+    while rest.len() >= 4 {
+        let (ctl, off, len) = (
+            rest[0],
+            i16::from_le_bytes([rest[1], rest[2]]),
+            rest[3] as usize,
+        );
+        rest = &rest[4..];
+        let len = len.min(rest.len());
+        let payload = Bytes::copy_from_slice(&rest[..len]);
+        rest = &rest[len..];
+        let conn = (ctl & 3) as usize;
+        let dir = if ctl & 4 == 0 {
+            Direction::Request
+        } else {
+            Direction::Response
+        };
+        let d = (ctl >> 2 & 1) as usize;
+        const FLAGS: [u8; 8] = [
+            tcp_flags::ACK,
+            tcp_flags::ACK | tcp_flags::PSH,
+            tcp_flags::SYN,
+            tcp_flags::SYN | tcp_flags::ACK,
+            tcp_flags::FIN | tcp_flags::ACK,
+            tcp_flags::RST,
+            tcp_flags::ACK,
+            0,
+        ];
+        let flags = FLAGS[(ctl >> 3 & 7) as usize];
+        let seq = marks[conn][d].wrapping_add(off as i32 as u32);
+        let end = seq.wrapping_add(len as u32);
+        if (end.wrapping_sub(marks[conn][d]) as i32) > 0 {
+            marks[conn][d] = end;
+        }
+        let client: SocketAddr = SocketAddr::new([10, 0, 0, 1].into(), 40000 + conn as u16);
+        let (src, dst) = match dir {
+            Direction::Request => (client, server),
+            Direction::Response => (server, client),
+        };
+        ts += u64::from(ctl >> 6) * 700_000_000;
+        out.push(Segment {
+            ts_ns: ts,
+            ifindex: 1,
+            hook: Hook::Ingress,
+            direction: dir,
+            src,
+            dst,
+            seq,
+            ack: marks[conn][1 - d],
+            flags,
+            window: 0,
+            segment_len: len as u32,
+            chunk_offset: 0,
+            payload,
+        });
+    }
+    out
+}
+
+/// Runs decoded fuzz input through reassembly and framing with small caps, checking the
+/// invariants after every segment. Panics on a violation (that is the fuzzer's signal).
+pub fn fuzz_extract(data: &[u8]) {
+    use crate::{
+        http::{extractor, HttpConfig},
+        reassembly::ReassemblyConfig,
+    };
+    let config = ReassemblyConfig {
+        max_connections: 3,
+        max_pending_per_direction: 4096,
+        max_buffered_per_connection: 16384,
+        max_buffered_total: 24576,
+        idle_timeout_ns: 5_000_000_000,
+        hole_timeout_ns: 1_000_000_000,
+    };
+    let mut x = extractor(
+        config.clone(),
+        HttpConfig {
+            max_message_bytes: 8192,
+        },
+    );
+    let mut events = Vec::new();
+    for seg in segments_from_fuzz(data) {
+        x.push(&seg, &mut events);
+        x.expire(seg.ts_ns, &mut events);
+        assert!(x.connections() <= config.max_connections);
+        assert!(x.buffered() <= config.max_buffered_total);
+    }
+    x.finish(&mut events);
+    assert_eq!((x.connections(), x.buffered()), (0, 0));
+    for e in &events {
+        if let crate::http::HttpEvent::Request(r) = e {
+            assert!(r.head.bytes().len() + r.body.len() <= 8192);
+        }
+    }
+}

@@ -37,6 +37,12 @@ enum Task {
     },
     /// Self-contained demo in network namespaces.
     Demo,
+    /// Benchmarks (never part of `test`): criterion benchmarks of the userspace pipeline.
+    Bench {
+        /// Extra arguments passed to `cargo bench` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Build and run the agent on this host (as root, or through sudo).
     Run {
         #[arg(last = true)]
@@ -60,6 +66,7 @@ fn run(task: Task) -> Result<()> {
         Task::Build { release } => build(release),
         Task::Test { args } => test(&args),
         Task::Demo => demo(),
+        Task::Bench { args } => bench(&args),
         Task::Run { args } => run_agent(&args),
     }
 }
@@ -129,6 +136,23 @@ fn test(args: &[String]) -> Result<()> {
         cargo()
             .args(["test", "--locked", "--workspace"])
             .env("MIRROR_BIN", bin)
+            .args(args),
+    )
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    setup::ensure()?;
+    check(
+        cargo()
+            .args([
+                "bench",
+                "--locked",
+                "-p",
+                "mirror-userspace",
+                "--bench",
+                "extract",
+                "--",
+            ])
             .args(args),
     )
 }

@@ -24,8 +24,13 @@ struct Span {
 }
 
 impl Span {
+    /// Where `inner` lies in `outer`. httparse hands out subslices of its input, except for
+    /// empty parts, which may point anywhere (a static ""): those become an empty span.
     fn of(outer: &[u8], inner: &[u8]) -> Span {
-        let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
+        let start = (inner.as_ptr() as usize).wrapping_sub(outer.as_ptr() as usize);
+        if inner.is_empty() || start > outer.len() || start + inner.len() > outer.len() {
+            return Span { start: 0, end: 0 };
+        }
         Span {
             start: start as u32,
             end: (start + inner.len()) as u32,
