@@ -107,7 +107,23 @@ async fn requests_come_out_exactly_as_sent(family: Family) {
             }
         }
     }
+    // Likewise the extracted responses are what the server wrote, but for the interim
+    // 100 Continue responses, which are skipped by design.
+    let mut responses_by_conn: HashMap<SocketAddr, Vec<u8>> = HashMap::new();
+    for e in &extracted.events {
+        if let HttpEvent::Response(r) = e {
+            let bytes = responses_by_conn.entry(r.conn.client).or_default();
+            bytes.extend_from_slice(r.head.bytes());
+            bytes.extend_from_slice(&r.body);
+        }
+    }
     let conns = server.connections();
+    for (client, record) in &conns {
+        let sent =
+            String::from_utf8_lossy(&record.sent).replace("HTTP/1.1 100 Continue\r\n\r\n", "");
+        let got = String::from_utf8_lossy(&responses_by_conn[client]).into_owned();
+        assert!(got == sent, "responses of {client} differ");
+    }
     assert_eq!(
         by_conn.len(),
         conns.len(),

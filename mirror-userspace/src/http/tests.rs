@@ -403,3 +403,21 @@ fn without_acks_a_hole_is_given_up_after_the_hole_timeout() {
     assert_eq!(run.request_bytes(), vec![GET_B.to_vec()]);
     assert_eq!(run.stats().lost_messages, 1);
 }
+
+#[test]
+fn a_connection_over_its_byte_cap_is_evicted() {
+    let config = ReassemblyConfig {
+        max_buffered_per_connection: 10_000,
+        ..ReassemblyConfig::default()
+    };
+    let mut run = Run::with(config, HttpConfig::default());
+    let mut c = conv(17);
+    run.feed(c.open());
+    run.feed(c.request(b"POST /x HTTP/1.1\r\nContent-Length: 50000\r\n\r\n", MSS));
+    run.feed(c.request(&[b'x'; 20_000], MSS));
+    assert_eq!(run.x.stats().evicted_connection_memory, 1);
+    // Its later segments track it again as joined mid-stream, holding nothing until a
+    // message starts.
+    assert_eq!(run.x.buffered(), 0);
+    assert!(run.x.stats().unsynced_bytes > 0);
+}
