@@ -50,6 +50,9 @@ pub struct TapConfig {
     pub capture: u32,
     /// Non-zero: the service side of a segment must also lie in one of the service networks.
     pub restrict_addrs: u32,
+    /// Non-zero: packets carrying this mark (`SO_MARK` of the agent's own sockets) are
+    /// ignored, so the agent never captures its own copies.
+    pub ignore_mark: u32,
 }
 
 /// Which way a segment travels relative to the service.
@@ -194,6 +197,6 @@ mod tests {
     fn header_layout_is_stable() {
         assert_eq!(HEADER_LEN, 80);
         assert_eq!(core::mem::align_of::<SegmentHeader>(), 8);
-        assert_eq!(core::mem::size_of::<TapConfig>(), 8);
+        assert_eq!(core::mem::size_of::<TapConfig>(), 12);
     }
 }

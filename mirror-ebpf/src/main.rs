@@ -102,6 +102,9 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
     if cfg.capture == 0 {
         return None;
     }
+    if cfg.ignore_mark != 0 && unsafe { (*ctx.skb.skb).mark } == cfg.ignore_mark {
+        return None; // the agent's own traffic to a shadow
+    }
     let eth: EthHdr = ctx.load(0).ok()?;
     let mut ether_type = u16::from_be(eth.ether_type);
     let mut l3 = EthHdr::LEN;
@@ -141,15 +144,9 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
     // frames. GSO/BIG TCP packets may carry an IP length of 0: then the skb length rules.
     let skb_payload = ctx.len().saturating_sub(payload_offset);
     let ip_payload = ip_payload_len.saturating_sub(tcp_len);
-    header.payload_len = if ip_payload_len == 0 || ip_payload > skb_payload {
-        skb_payload
-    } else {
-        ip_payload
-    };
-    Some(Selected {
-        payload_offset,
-        header,
-    })
+    header.payload_len =
+        if ip_payload_len == 0 || ip_payload > skb_payload { skb_payload } else { ip_payload };
+    Some(Selected { payload_offset, header })
 }
 
 #[inline(always)]
@@ -291,11 +288,7 @@ fn emit(ctx: &TcContext, sel: &Selected) {
             return;
         }
         let offset = i * LARGE_CHUNK as u32;
-        let n = if i + 1 == chunks {
-            len - offset
-        } else {
-            LARGE_CHUNK as u32
-        };
+        let n = if i + 1 == chunks { len - offset } else { LARGE_CHUNK as u32 };
         if !emit_chunk::<LARGE_CHUNK>(ctx, sel, offset, n) {
             return;
         }

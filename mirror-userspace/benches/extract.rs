@@ -40,10 +40,7 @@ fn run(segs: &[Segment]) -> usize {
     let mut requests = 0;
     for s in segs {
         x.push(s, &mut events);
-        requests += events
-            .iter()
-            .filter(|e| matches!(e, HttpEvent::Request(_)))
-            .count();
+        requests += events.iter().filter(|e| matches!(e, HttpEvent::Request(_))).count();
         events.clear();
     }
     requests
@@ -58,9 +55,7 @@ fn small_gets(c: &mut Criterion) {
     assert_eq!(run(&segs), n);
     let mut g = c.benchmark_group("extract");
     g.throughput(Throughput::Elements(n as u64));
-    g.bench_with_input(BenchmarkId::new("small_get", n), &segs, |b, segs| {
-        b.iter(|| run(segs))
-    });
+    g.bench_with_input(BenchmarkId::new("small_get", n), &segs, |b, segs| b.iter(|| run(segs)));
     g.finish();
 }
 
@@ -77,9 +72,7 @@ fn large_posts(c: &mut Criterion) {
     assert_eq!(run(&segs), n);
     let mut g = c.benchmark_group("extract");
     g.throughput(Throughput::Bytes((n * body) as u64));
-    g.bench_with_input(BenchmarkId::new("post_64k", n), &segs, |b, segs| {
-        b.iter(|| run(segs))
-    });
+    g.bench_with_input(BenchmarkId::new("post_64k", n), &segs, |b, segs| b.iter(|| run(segs)));
     g.finish();
 }
 

@@ -26,10 +26,7 @@ pub struct MemorySource {
 
 impl MemorySource {
     pub fn new(segments: impl IntoIterator<Item = Segment>, batch: usize) -> Self {
-        Self {
-            segments: segments.into_iter().collect(),
-            batch: batch.max(1),
-        }
+        Self { segments: segments.into_iter().collect(), batch: batch.max(1) }
     }
 }
 

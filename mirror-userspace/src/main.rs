@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Mirror live requests of a service to shadow services until SIGINT/SIGTERM.
+    Run(Box<cli::run::RunArgs>),
     /// Attach the tap and print the captured segments (one line each) until interrupted.
     Tap(cli::tap::TapArgs),
 }
@@ -44,10 +46,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
+        Command::Run(args) => rt.block_on(cli::run::run(*args)),
         Command::Tap(args) => rt.block_on(cli::tap::run(args)),
     }
 }

@@ -37,10 +37,7 @@ impl Segment {
     pub fn from_record(h: &SegmentHeader, payload: Bytes) -> Option<Segment> {
         let (src_ip, dst_ip) = match h.family {
             4 => (ipv4(&h.saddr), ipv4(&h.daddr)),
-            6 => (
-                IpAddr::V6(Ipv6Addr::from(h.saddr)),
-                IpAddr::V6(Ipv6Addr::from(h.daddr)),
-            ),
+            6 => (IpAddr::V6(Ipv6Addr::from(h.saddr)), IpAddr::V6(Ipv6Addr::from(h.daddr))),
             _ => return None,
         };
         let direction = match h.direction {
@@ -48,11 +45,7 @@ impl Segment {
             1 => Direction::Response,
             _ => return None,
         };
-        let hook = if h.hook == Hook::Egress as u8 {
-            Hook::Egress
-        } else {
-            Hook::Ingress
-        };
+        let hook = if h.hook == Hook::Egress as u8 { Hook::Egress } else { Hook::Ingress };
         Some(Segment {
             ts_ns: h.ts_ns,
             ifindex: h.ifindex,
@@ -82,9 +75,7 @@ impl Segment {
     /// Bytes this chunk should hold: the kernel cuts payloads into chunks of at most
     /// `LARGE_CHUNK` bytes (smaller payloads travel whole).
     fn expected_len(&self) -> u32 {
-        self.segment_len
-            .saturating_sub(self.chunk_offset)
-            .min(mirror_common::LARGE_CHUNK as u32)
+        self.segment_len.saturating_sub(self.chunk_offset).min(mirror_common::LARGE_CHUNK as u32)
     }
 
     /// True if bytes of this chunk are missing (the kernel could not copy them all).

@@ -19,13 +19,7 @@ pub struct Conversation {
 impl Conversation {
     /// A conversation whose initial sequence numbers are `client_isn` and `server_isn`.
     pub fn new(client: SocketAddr, server: SocketAddr, client_isn: u32, server_isn: u32) -> Self {
-        Self {
-            client,
-            server,
-            client_seq: client_isn,
-            server_seq: server_isn,
-            ts_ns: 1,
-        }
+        Self { client, server, client_seq: client_isn, server_seq: server_isn, ts_ns: 1 }
     }
 
     /// Sets the clock used for the next segments.
@@ -38,11 +32,8 @@ impl Conversation {
     pub fn open(&mut self) -> Vec<Segment> {
         let syn = self.segment(Direction::Request, tcp_flags::SYN, Bytes::new());
         self.client_seq = self.client_seq.wrapping_add(1);
-        let syn_ack = self.segment(
-            Direction::Response,
-            tcp_flags::SYN | tcp_flags::ACK,
-            Bytes::new(),
-        );
+        let syn_ack =
+            self.segment(Direction::Response, tcp_flags::SYN | tcp_flags::ACK, Bytes::new());
         self.server_seq = self.server_seq.wrapping_add(1);
         vec![syn, syn_ack]
     }
@@ -80,11 +71,7 @@ impl Conversation {
         let mut off = 0;
         while off < data.len() {
             let n = mss.max(1).min(data.len() - off);
-            out.push(self.segment(
-                dir,
-                tcp_flags::ACK | tcp_flags::PSH,
-                data.slice(off..off + n),
-            ));
+            out.push(self.segment(dir, tcp_flags::ACK | tcp_flags::PSH, data.slice(off..off + n)));
             *self.seq_mut(dir) = self.seq_mut(dir).wrapping_add(n as u32);
             off += n;
         }
@@ -100,20 +87,12 @@ impl Conversation {
 
     fn segment(&mut self, dir: Direction, flags: u8, payload: Bytes) -> Segment {
         let (src, dst, seq, ack, hook) = match dir {
-            Direction::Request => (
-                self.client,
-                self.server,
-                self.client_seq,
-                self.server_seq,
-                Hook::Egress,
-            ),
-            Direction::Response => (
-                self.server,
-                self.client,
-                self.server_seq,
-                self.client_seq,
-                Hook::Ingress,
-            ),
+            Direction::Request => {
+                (self.client, self.server, self.client_seq, self.server_seq, Hook::Egress)
+            }
+            Direction::Response => {
+                (self.server, self.client, self.server_seq, self.client_seq, Hook::Ingress)
+            }
         };
         self.ts_ns += 1;
         Segment {
@@ -143,30 +122,19 @@ pub fn segments_from_fuzz(data: &[u8]) -> Vec<Segment> {
     // Per connection and direction: the sequence number of the highest byte sent.
     let mut marks = [[0u32; 2]; 4];
     for (i, m) in marks.iter_mut().enumerate() {
-        *m = [
-            (u32::MAX - 300).wrapping_add(i as u32 * 1000),
-            7 + i as u32 * 77_777,
-        ];
+        *m = [(u32::MAX - 300).wrapping_add(i as u32 * 1000), 7 + i as u32 * 77_777];
     }
     let mut out = Vec::new();
     let mut rest = data;
     let mut ts = 1u64;
     while rest.len() >= 4 {
-        let (ctl, off, len) = (
-            rest[0],
-            i16::from_le_bytes([rest[1], rest[2]]),
-            rest[3] as usize,
-        );
+        let (ctl, off, len) = (rest[0], i16::from_le_bytes([rest[1], rest[2]]), rest[3] as usize);
         rest = &rest[4..];
         let len = len.min(rest.len());
         let payload = Bytes::copy_from_slice(&rest[..len]);
         rest = &rest[len..];
         let conn = (ctl & 3) as usize;
-        let dir = if ctl & 4 == 0 {
-            Direction::Request
-        } else {
-            Direction::Response
-        };
+        let dir = if ctl & 4 == 0 { Direction::Request } else { Direction::Response };
         let d = (ctl >> 2 & 1) as usize;
         const FLAGS: [u8; 8] = [
             tcp_flags::ACK,
@@ -224,12 +192,7 @@ pub fn fuzz_extract(data: &[u8]) {
         idle_timeout_ns: 5_000_000_000,
         hole_timeout_ns: 1_000_000_000,
     };
-    let mut x = extractor(
-        config.clone(),
-        HttpConfig {
-            max_message_bytes: 8192,
-        },
-    );
+    let mut x = extractor(config.clone(), HttpConfig { max_message_bytes: 8192 });
     let mut events = Vec::new();
     for seg in segments_from_fuzz(data) {
         x.push(&seg, &mut events);

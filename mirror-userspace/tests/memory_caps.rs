@@ -51,13 +51,8 @@ fn half_open_connections_and_partial_requests_stay_within_the_caps() {
     PEAK.store(baseline, Ordering::Relaxed);
     let server = "10.9.0.1:8080".parse().unwrap();
     for i in 0..100_000u32 {
-        let client = format!(
-            "10.{}.{}.{}:{}",
-            10 + i % 200,
-            (i >> 8) & 255,
-            i & 255,
-            1024 + i % 60000
-        );
+        let client =
+            format!("10.{}.{}.{}:{}", 10 + i % 200, (i >> 8) & 255, i & 255, 1024 + i % 60000);
         let mut c = Conversation::new(client.parse().unwrap(), server, i.wrapping_mul(7919), 1);
         let open = c.open();
         x.push(&open[0], &mut events); // SYN only: half-open
@@ -93,20 +88,14 @@ fn half_open_connections_and_partial_requests_stay_within_the_caps() {
     assert_eq!(stats.connections_opened, 100_000);
     let evicted = stats.evicted_connection_cap + stats.evicted_total_memory;
     assert_eq!(evicted + x.connections() as u64, 100_000, "{stats:?}");
-    assert!(
-        stats.evicted_total_memory > 0,
-        "the byte cap was reached: {stats:?}"
-    );
+    assert!(stats.evicted_total_memory > 0, "the byte cap was reached: {stats:?}");
     assert!(events.is_empty(), "no request was complete");
 
     // Heap: the table's buffers within MAX_TOTAL plus bounded per-connection state.
     let peak = PEAK.load(Ordering::Relaxed) - baseline;
     let per_connection = (peak.saturating_sub(MAX_TOTAL)) / MAX_CONNECTIONS;
     eprintln!("peak heap {} KiB for {MAX_CONNECTIONS} connections ({per_connection} B each beyond the byte cap)", peak >> 10);
-    assert!(
-        peak < MAX_TOTAL + MAX_CONNECTIONS * 2048,
-        "peak heap {peak} bytes"
-    );
+    assert!(peak < MAX_TOTAL + MAX_CONNECTIONS * 2048, "peak heap {peak} bytes");
 
     // Closing everything gives the memory back.
     x.finish(&mut events);

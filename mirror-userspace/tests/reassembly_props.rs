@@ -22,18 +22,14 @@ fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
         Just(Body::None),
         bytes.prop_map(Body::Length),
-        (
-            prop::collection::vec(prop::collection::vec(any::<u8>(), 1..700), 0..5),
-            any::<bool>()
-        )
+        (prop::collection::vec(prop::collection::vec(any::<u8>(), 1..700), 0..5), any::<bool>())
             .prop_map(|(chunks, trailer)| Body::Chunked(chunks, trailer)),
     ]
 }
 
 fn request() -> impl Strategy<Value = Vec<u8>> {
-    let method = prop::sample::select(vec![
-        "GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD",
-    ]);
+    let method =
+        prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]);
     let path = "/[a-z0-9/._-]{0,40}(\\?[a-z0-9=&]{0,20})?";
     let header = ("X-[A-Za-z0-9-]{1,16}", "[ -~]{0,60}");
     let headers = prop::collection::vec(header, 0..6);

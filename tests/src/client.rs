@@ -26,10 +26,7 @@ impl RawRequest {
         bytes.push_str("\r\n");
         let mut bytes = bytes.into_bytes();
         bytes.extend_from_slice(body);
-        RawRequest {
-            bytes,
-            expected_body: crate::server::expected_body(method, target, body),
-        }
+        RawRequest { bytes, expected_body: crate::server::expected_body(method, target, body) }
     }
 }
 
@@ -105,10 +102,7 @@ pub fn pipelined(ns: &Netns, server: SocketAddr, requests: Vec<RawRequest>) -> R
     ns.run(move || -> Result<SocketAddr> {
         let mut stream = TcpStream::connect(server).context("connect")?;
         let local = stream.local_addr()?;
-        let all: Vec<u8> = requests
-            .iter()
-            .flat_map(|r| r.bytes.iter().copied())
-            .collect();
+        let all: Vec<u8> = requests.iter().flat_map(|r| r.bytes.iter().copied()).collect();
         stream.write_all(&all)?;
         let mut pending = Vec::new();
         for (i, req) in requests.iter().enumerate() {
@@ -127,9 +121,7 @@ pub fn hyper_client(ns: &Netns, server: SocketAddr, count: usize) -> Result<Sock
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::TokioIo;
     ns.run(move || -> Result<SocketAddr> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
             let stream = tokio::net::TcpStream::connect(server).await?;
             let local = stream.local_addr()?;

@@ -17,11 +17,7 @@ pub fn mirror_bin() -> std::path::PathBuf {
     }
     // target/<profile>/deps/<test> -> target/<profile>/mirror
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("mirror");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("mirror");
     assert!(
         bin.exists(),
         "{} is missing: build it first (`cargo build -p mirror-userspace`; `cargo xtask test` does)",
@@ -33,11 +29,7 @@ pub fn mirror_bin() -> std::path::PathBuf {
 /// Integration tests need root (namespaces, BPF). Fail loudly rather than skip.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "integration tests must run as root"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "integration tests must run as root");
 }
 
 pub mod live {
@@ -86,11 +78,7 @@ pub mod live {
                         x.push(&s, &mut events);
                     }
                 }
-                Extracted {
-                    events,
-                    reassembly: *x.stats(),
-                    http: x.shared().stats,
-                }
+                Extracted { events, reassembly: *x.stats(), http: x.shared().stats }
             });
             LiveExtractor { stop, task }
         }
@@ -98,6 +86,95 @@ pub mod live {
         pub async fn finish(self) -> Extracted {
             let _ = self.stop.send(());
             self.task.await.expect("extractor task")
+        }
+    }
+}
+
+pub mod agent {
+    //! The `mirror` binary as a child process: started, waited for, stopped with SIGTERM.
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Child, Command, Stdio},
+        sync::{Arc, Mutex},
+        thread::JoinHandle,
+    };
+
+    pub struct AgentProcess {
+        child: Child,
+        stderr: Arc<Mutex<String>>,
+        reader: Option<JoinHandle<()>>,
+        pub stdout: Option<std::process::ChildStdout>,
+    }
+
+    impl AgentProcess {
+        /// Starts `mirror ARGS` and waits until it prints `ready_line` on stderr.
+        pub fn start(args: &[String], ready_line: &str) -> AgentProcess {
+            let mut child = Command::new(crate::mirror_bin())
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawning mirror");
+            let stderr = child.stderr.take().unwrap();
+            let mut lines = BufReader::new(stderr).lines();
+            let text = Arc::new(Mutex::new(String::new()));
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                text.lock().unwrap().push_str(&line);
+                text.lock().unwrap().push('\n');
+                if line.contains(ready_line) {
+                    break;
+                }
+            }
+            assert!(
+                text.lock().unwrap().contains(ready_line),
+                "agent failed: {}",
+                text.lock().unwrap()
+            );
+            let sink = text.clone();
+            let reader = std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    let mut t = sink.lock().unwrap();
+                    t.push_str(&line);
+                    t.push('\n');
+                }
+            });
+            let stdout = child.stdout.take();
+            AgentProcess { child, stderr: text, reader: Some(reader), stdout }
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// Peak resident memory so far (VmHWM), in KiB.
+        pub fn peak_rss_kib(&self) -> u64 {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap()
+        }
+
+        /// SIGTERM, wait for a clean exit, return everything it printed on stderr.
+        pub fn stop(mut self) -> String {
+            // SAFETY: kill(2) on our child's pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let status = self.child.wait().unwrap();
+            if let Some(r) = self.reader.take() {
+                r.join().unwrap();
+            }
+            let text = self.stderr.lock().unwrap().clone();
+            assert!(status.success(), "agent exited with {status}: {text}");
+            text
+        }
+    }
+
+    impl Drop for AgentProcess {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

@@ -16,9 +16,7 @@ impl Netns {
     /// Creates the namespace; fails if the name is taken.
     pub fn create(name: &str) -> Result<Netns> {
         run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Netns {
-            name: name.to_owned(),
-        };
+        let ns = Netns { name: name.to_owned() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -59,9 +57,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
@@ -79,10 +75,7 @@ fn enter(path: &str) -> Result<()> {
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out)
 }

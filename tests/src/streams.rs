@@ -8,10 +8,8 @@ use mirror::segment::{tcp_flags, Direction, Segment};
 /// The bytes of one direction of the connection whose client is `client`, in sequence
 /// order, starting right after the SYN. Retransmitted and overlapping bytes count once.
 pub fn assemble(segments: &[Segment], client: SocketAddr, dir: Direction) -> Result<Vec<u8>> {
-    let ours: Vec<&Segment> = segments
-        .iter()
-        .filter(|s| s.client() == client && s.direction == dir)
-        .collect();
+    let ours: Vec<&Segment> =
+        segments.iter().filter(|s| s.client() == client && s.direction == dir).collect();
     let Some(syn) = ours.iter().find(|s| s.has(tcp_flags::SYN)) else {
         bail!("no SYN captured for {client} {dir:?}");
     };
@@ -21,9 +19,7 @@ pub fn assemble(segments: &[Segment], client: SocketAddr, dir: Direction) -> Res
         if s.is_truncated() {
             bail!("truncated segment at seq {}", s.payload_seq());
         }
-        by_offset
-            .entry(s.payload_seq().wrapping_sub(start))
-            .or_insert(&s.payload);
+        by_offset.entry(s.payload_seq().wrapping_sub(start)).or_insert(&s.payload);
     }
     let mut out = Vec::new();
     for (offset, bytes) in by_offset {

@@ -23,9 +23,7 @@ fn url(addr: std::net::IpAddr, path: &str) -> String {
 }
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[0] ^ seed)
-        .collect()
+    (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[0] ^ seed).collect()
 }
 
 async fn requests_come_out_exactly_as_sent(family: Family) {
@@ -75,11 +73,7 @@ async fn requests_come_out_exactly_as_sent(family: Family) {
         let target = u(&format!("/upload/{name}"));
         args.push(&target);
         let out = curl(client_ns, &args).unwrap();
-        assert_eq!(
-            out,
-            expected_body("POST", &format!("/upload/{name}"), &body),
-            "{name}"
-        );
+        assert_eq!(out, expected_body("POST", &format!("/upload/{name}"), &body), "{name}");
         uploads.push(name);
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -95,10 +89,7 @@ async fn requests_come_out_exactly_as_sent(family: Family) {
     for e in &extracted.events {
         match e {
             HttpEvent::Request(r) => {
-                by_conn
-                    .entry(r.conn.client)
-                    .or_default()
-                    .extend(r.to_bytes());
+                by_conn.entry(r.conn.client).or_default().extend(r.to_bytes());
                 *count.entry(r.conn.client).or_default() += 1;
             }
             HttpEvent::Response(r) => {
@@ -124,15 +115,9 @@ async fn requests_come_out_exactly_as_sent(family: Family) {
         let got = String::from_utf8_lossy(&responses_by_conn[client]).into_owned();
         assert!(got == sent, "responses of {client} differ");
     }
-    assert_eq!(
-        by_conn.len(),
-        conns.len(),
-        "one extracted stream per connection"
-    );
+    assert_eq!(by_conn.len(), conns.len(), "one extracted stream per connection");
     for (client, record) in &conns {
-        let got = by_conn
-            .get(client)
-            .unwrap_or_else(|| panic!("no requests from {client}"));
+        let got = by_conn.get(client).unwrap_or_else(|| panic!("no requests from {client}"));
         assert!(
             got == &record.received,
             "requests of {client} differ ({} vs {} bytes)",

@@ -65,10 +65,7 @@ fn assert_captured(segments: &[Segment], frame: &TcpFrame) {
 async fn vlan_tag_in_packet_data_is_parsed() {
     let mut fx = Fixture::new();
     for family in [Family::V4, Family::V6] {
-        let frame = TcpFrame {
-            vlan: Some(10),
-            ..fx.frame(family)
-        };
+        let frame = TcpFrame { vlan: Some(10), ..fx.frame(family) };
         let got = fx.capture(&frame);
         assert_captured(&got, &frame);
     }
@@ -78,10 +75,7 @@ async fn vlan_tag_in_packet_data_is_parsed() {
 async fn ipv4_options_and_ipv6_extension_headers_are_skipped() {
     let mut fx = Fixture::new();
     for family in [Family::V4, Family::V6] {
-        let frame = TcpFrame {
-            ip_options: true,
-            ..fx.frame(family)
-        };
+        let frame = TcpFrame { ip_options: true, ..fx.frame(family) };
         let got = fx.capture(&frame);
         assert_captured(&got, &frame);
     }
@@ -90,29 +84,21 @@ async fn ipv4_options_and_ipv6_extension_headers_are_skipped() {
 #[tokio::test]
 async fn non_tcp_and_later_fragments_are_ignored() {
     let mut fx = Fixture::new();
-    let udp = TcpFrame {
-        protocol: 17,
-        ..fx.frame(Family::V4)
-    };
+    let udp = TcpFrame { protocol: 17, ..fx.frame(Family::V4) };
     assert!(fx.capture(&udp).is_empty());
-    let fragment = TcpFrame {
-        later_fragment: true,
-        ..fx.frame(Family::V4)
-    };
+    let fragment = TcpFrame { later_fragment: true, ..fx.frame(Family::V4) };
     assert!(fx.capture(&fragment).is_empty());
     let counters = fx.tap.counters().unwrap();
-    assert_eq!((counters.seen, counters.selected), (2, 0), "{counters}");
+    // The interface may also carry the kernel's own IPv6 neighbour discovery meanwhile.
+    assert!(counters.seen >= 2, "{counters}");
+    assert_eq!((counters.selected, counters.records), (0, 0), "{counters}");
 }
 
 #[tokio::test]
 async fn pure_acks_are_not_emitted_but_syn_fin_rst_are() {
     let mut fx = Fixture::new();
     for (flags, emitted) in [(0x10, false), (0x02, true), (0x11, true), (0x04, true)] {
-        let frame = TcpFrame {
-            flags,
-            payload: Vec::new(),
-            ..fx.frame(Family::V4)
-        };
+        let frame = TcpFrame { flags, payload: Vec::new(), ..fx.frame(Family::V4) };
         let got = fx.capture(&frame);
         assert_eq!(got.len(), usize::from(emitted), "flags {flags:#x}: {got:?}");
         if emitted {
@@ -131,10 +117,7 @@ async fn payload_size_classes_are_exact_at_their_edges() {
     fx.topo.server.ip(&[&mtu[..], &["eth0"]].concat()).unwrap();
     for len in [1, 255, 256, 257, 2047, 2048, 2049, 16384, 16385, 40000] {
         let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
-        let frame = TcpFrame {
-            payload,
-            ..fx.frame(Family::V6)
-        };
+        let frame = TcpFrame { payload, ..fx.frame(Family::V6) };
         let got = fx.capture(&frame);
         let mut joined = Vec::new();
         for s in &got {

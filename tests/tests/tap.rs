@@ -44,12 +44,7 @@ fn mixed_requests(host: &str) -> Vec<RawRequest> {
         };
         let body: Vec<u8> = (0..size).map(|j| (j * 31 + i) as u8).collect();
         let method = if size == 0 { "GET" } else { "POST" };
-        reqs.push(RawRequest::new(
-            method,
-            &format!("/item/{i}?q={size}"),
-            host,
-            &body,
-        ));
+        reqs.push(RawRequest::new(method, &format!("/item/{i}?q={size}"), host, &body));
     }
     reqs
 }
@@ -75,35 +70,21 @@ async fn capture_is_byte_exact(family: Family) {
     // curl: three requests on one connection, then a 1 MiB upload (GSO super-packets).
     let out = curl(
         &topo.client,
-        &[
-            &url(&topo, family, SERVICE_PORT, "/a"),
-            &url(&topo, family, SERVICE_PORT, "/b?x=1"),
-        ],
+        &[&url(&topo, family, SERVICE_PORT, "/a"), &url(&topo, family, SERVICE_PORT, "/b?x=1")],
     )
     .unwrap();
     assert_eq!(
         out,
-        format!(
-            "{}{}",
-            expected_body("GET", "/a", b""),
-            expected_body("GET", "/b?x=1", b"")
-        )
+        format!("{}{}", expected_body("GET", "/a", b""), expected_body("GET", "/b?x=1", b""))
     );
-    let upload: Vec<u8> = (0..1 << 20)
-        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
-        .collect();
+    let upload: Vec<u8> =
+        (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
     let file = std::env::temp_dir().join(format!("mirror-upload-{}", topo.id));
     std::fs::write(&file, &upload).unwrap();
     let data = format!("@{}", file.display());
     let out = curl(
         &topo.client,
-        &[
-            "--data-binary",
-            &data,
-            "-H",
-            "Expect:",
-            &url(&topo, family, SERVICE_PORT, "/upload"),
-        ],
+        &["--data-binary", &data, "-H", "Expect:", &url(&topo, family, SERVICE_PORT, "/upload")],
     )
     .unwrap();
     std::fs::remove_file(&file).unwrap();
@@ -117,10 +98,8 @@ async fn capture_is_byte_exact(family: Family) {
     let counters = tap.counters().unwrap();
 
     let connections = server.connections();
-    let service_conns: Vec<_> = connections
-        .iter()
-        .filter(|(c, _)| segments.iter().any(|s| s.client() == **c))
-        .collect();
+    let service_conns: Vec<_> =
+        connections.iter().filter(|(c, _)| segments.iter().any(|s| s.client() == **c)).collect();
     // The raw client and curl's two connections; the OTHER_PORT connection is not captured.
     assert_eq!(
         service_conns.len(),
@@ -138,24 +117,16 @@ async fn capture_is_byte_exact(family: Family) {
             record.received.len()
         );
         let responses = assemble(&segments, **client, Direction::Response).unwrap();
-        assert!(
-            responses == record.sent,
-            "response bytes of {client} differ"
-        );
+        assert!(responses == record.sent, "response bytes of {client} differ");
     }
     assert!(
         segments.iter().all(|s| s.server().port() == SERVICE_PORT),
         "only the service port is captured"
     );
-    assert!(segments
-        .iter()
-        .all(|s| s.server().ip() == topo.server_addr(family)));
+    assert!(segments.iter().all(|s| s.server().ip() == topo.server_addr(family)));
     let control = tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST;
     assert!(
-        segments
-            .iter()
-            .filter(|s| s.segment_len == 0)
-            .all(|s| s.flags & control != 0),
+        segments.iter().filter(|s| s.segment_len == 0).all(|s| s.flags & control != 0),
         "segments without payload are emitted only for SYN, FIN and RST"
     );
 
@@ -198,11 +169,7 @@ async fn unselected_port_produces_no_records() {
     let mut segments = Vec::new();
     source.drain_now(&mut segments);
     let counters = tap.counters().unwrap();
-    assert!(
-        segments.is_empty(),
-        "{} records for an unselected port",
-        segments.len()
-    );
+    assert!(segments.is_empty(), "{} records for an unselected port", segments.len());
     assert!(counters.seen > 100, "{counters}");
     assert_eq!((counters.selected, counters.records), (0, 0), "{counters}");
 }
@@ -223,9 +190,7 @@ async fn service_networks_restrict_the_selection() {
     let mut segments = Vec::new();
     source.drain_now(&mut segments);
     assert!(!segments.is_empty());
-    assert!(segments
-        .iter()
-        .all(|s| s.server().ip() == topo.server_addr(Family::V6)));
+    assert!(segments.iter().all(|s| s.server().ip() == topo.server_addr(Family::V6)));
 }
 
 // ---- the `mirror tap` binary: attach, capture, and leave nothing behind ----
@@ -233,13 +198,7 @@ async fn service_networks_restrict_the_selection() {
 /// Starts `mirror tap` and waits for its readiness line.
 fn start_agent(topo: &Topology, extra: &[&str]) -> Child {
     let mut child = Command::new(mirror_bin())
-        .args([
-            "tap",
-            "-i",
-            &topo.server_host_if,
-            "--port",
-            &SERVICE_PORT.to_string(),
-        ])
+        .args(["tap", "-i", &topo.server_host_if, "--port", &SERVICE_PORT.to_string()])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -248,10 +207,7 @@ fn start_agent(topo: &Topology, extra: &[&str]) -> Child {
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     loop {
-        let line = lines
-            .next()
-            .expect("agent exited before it was ready")
-            .unwrap();
+        let line = lines.next().expect("agent exited before it was ready").unwrap();
         if line.contains("mirror tap: ready") {
             break;
         }
@@ -266,11 +222,7 @@ fn tcx_program_names(iface: &str) -> HashSet<String> {
     let mut names = HashSet::new();
     for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
         let (_, progs) = SchedClassifier::query_tcx(iface, hook).unwrap();
-        names.extend(
-            progs
-                .iter()
-                .filter_map(|p| p.name_as_str().map(str::to_owned)),
-        );
+        names.extend(progs.iter().filter_map(|p| p.name_as_str().map(str::to_owned)));
     }
     names
 }
@@ -294,12 +246,7 @@ fn sigterm_and_wait(mut child: Child) {
 
 fn send_one(topo: &Topology) {
     let service = SocketAddr::new(topo.server_addr(Family::V4), SERVICE_PORT);
-    keep_alive(
-        &topo.client,
-        service,
-        vec![RawRequest::new("GET", "/", "svc", b"")],
-    )
-    .unwrap();
+    keep_alive(&topo.client, service, vec![RawRequest::new("GET", "/", "svc", b"")]).unwrap();
 }
 
 #[test]
@@ -308,10 +255,7 @@ fn agent_with_tcx_leaves_nothing_after_sigterm() {
     let _server = RecordingServer::start(&topo.server, &[SERVICE_PORT]);
     let mut agent = start_agent(&topo, &["--attach", "tcx"]);
     let names = tcx_program_names(&topo.server_host_if);
-    assert!(
-        names.contains("mirror_ingress") && names.contains("mirror_egress"),
-        "{names:?}"
-    );
+    assert!(names.contains("mirror_ingress") && names.contains("mirror_egress"), "{names:?}");
     send_one(&topo);
     // The agent prints the captured segments.
     let mut stdout = BufReader::new(agent.stdout.take().unwrap()).lines();
@@ -320,10 +264,7 @@ fn agent_with_tcx_leaves_nothing_after_sigterm() {
     sigterm_and_wait(agent);
     assert!(tcx_program_names(&topo.server_host_if).is_empty());
     let (qdiscs, filters) = tc_state(&topo.server_host_if);
-    assert!(
-        !qdiscs.contains("clsact") && filters.is_empty(),
-        "{qdiscs}{filters}"
-    );
+    assert!(!qdiscs.contains("clsact") && filters.is_empty(), "{qdiscs}{filters}");
 }
 
 #[test]
@@ -333,17 +274,11 @@ fn agent_with_netlink_leaves_nothing_after_sigterm() {
     let agent = start_agent(&topo, &["--attach", "netlink"]);
     let (qdiscs, filters) = tc_state(&topo.server_host_if);
     assert!(qdiscs.contains("clsact"), "{qdiscs}");
-    assert!(
-        filters.contains("mirror_ingress") && filters.contains("mirror_egress"),
-        "{filters}"
-    );
+    assert!(filters.contains("mirror_ingress") && filters.contains("mirror_egress"), "{filters}");
     send_one(&topo);
     sigterm_and_wait(agent);
     let (qdiscs, filters) = tc_state(&topo.server_host_if);
-    assert!(
-        !qdiscs.contains("clsact") && filters.is_empty(),
-        "{qdiscs}{filters}"
-    );
+    assert!(!qdiscs.contains("clsact") && filters.is_empty(), "{qdiscs}{filters}");
 }
 
 #[test]
@@ -359,10 +294,7 @@ fn agent_exiting_normally_leaves_nothing_and_keeps_a_foreign_qdisc() {
     let out = agent.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let (qdiscs, filters) = tc_state(iface);
-    assert!(
-        qdiscs.contains("clsact"),
-        "foreign clsact removed: {qdiscs}"
-    );
+    assert!(qdiscs.contains("clsact"), "foreign clsact removed: {qdiscs}");
     assert!(filters.is_empty(), "{filters}");
 }
 
@@ -372,15 +304,7 @@ fn bad_arguments_exit_2_and_attach_nothing() {
     for args in [
         vec!["tap", "-i", "no-such-if0", "--port", "80"],
         vec!["tap", "-i", &topo.server_host_if, "--port", "0"],
-        vec![
-            "tap",
-            "-i",
-            &topo.server_host_if,
-            "--port",
-            "80",
-            "--ring-bytes",
-            "1000",
-        ],
+        vec!["tap", "-i", &topo.server_host_if, "--port", "80", "--ring-bytes", "1000"],
         vec!["tap", "-i", &topo.server_host_if],
     ] {
         let out = Command::new(mirror_bin()).args(&args).output().unwrap();

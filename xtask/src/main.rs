@@ -72,10 +72,7 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -109,12 +106,7 @@ fn test(args: &[String]) -> Result<()> {
     // gives its mirror-common dependency the `user` feature (and so std).
     let clippy = ["clippy", "--locked", "--all-targets"];
     let deny = ["--", "-D", "warnings"];
-    check(
-        cargo()
-            .args(clippy)
-            .args(["--workspace", "--exclude", "mirror-ebpf"])
-            .args(deny),
-    )?;
+    check(cargo().args(clippy).args(["--workspace", "--exclude", "mirror-ebpf"]).args(deny))?;
     check(
         cargo()
             .args(["clippy", "--locked", "-p", "mirror-ebpf"])
@@ -123,36 +115,16 @@ fn test(args: &[String]) -> Result<()> {
     )?;
     // The integration tests drive the `mirror` binary too; cargo builds a package's binaries
     // only for that package's own integration tests, so build it first.
-    check(cargo().args([
-        "build",
-        "--locked",
-        "-p",
-        "mirror-userspace",
-        "--bin",
-        "mirror",
-    ]))?;
+    check(cargo().args(["build", "--locked", "-p", "mirror-userspace", "--bin", "mirror"]))?;
     let bin = workspace_root().join("target/debug/mirror");
-    check(
-        cargo()
-            .args(["test", "--locked", "--workspace"])
-            .env("MIRROR_BIN", bin)
-            .args(args),
-    )
+    check(cargo().args(["test", "--locked", "--workspace"]).env("MIRROR_BIN", bin).args(args))
 }
 
 fn bench(args: &[String]) -> Result<()> {
     setup::ensure()?;
     check(
         cargo()
-            .args([
-                "bench",
-                "--locked",
-                "-p",
-                "mirror-userspace",
-                "--bench",
-                "extract",
-                "--",
-            ])
+            .args(["bench", "--locked", "-p", "mirror-userspace", "--bench", "extract", "--"])
             .args(args),
     )
 }
@@ -160,11 +132,7 @@ fn bench(args: &[String]) -> Result<()> {
 fn demo() -> Result<()> {
     build(true)?;
     let script = workspace_root().join("xtask/demo.sh");
-    check(
-        Command::new("bash")
-            .arg(script)
-            .arg(workspace_root().join("target/release/mirror")),
-    )
+    check(Command::new("bash").arg(script).arg(workspace_root().join("target/release/mirror")))
 }
 
 fn run_agent(args: &[String]) -> Result<()> {

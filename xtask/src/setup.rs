@@ -103,11 +103,7 @@ pub fn run() -> Result<()> {
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .env("LLVM_PREFIX", LLVM_PREFIX)
                 .env("LLVM_SYS_220_PREFIX", LLVM_PREFIX)
-                .args([
-                    "install",
-                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-                    "--locked",
-                ])
+                .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"])
                 .args(["--no-default-features", "--features", "llvm-22"]),
         )?;
     }

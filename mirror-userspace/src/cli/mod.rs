@@ -1,2 +1,3 @@
 //! Subcommands of the `mirror` binary.
+pub mod run;
 pub mod tap;

@@ -58,10 +58,7 @@ pub async fn run(args: TapArgs) -> Result<ExitCode> {
         service_nets: args.service_nets,
         directions: match args.capture {
             CaptureArg::Requests => Directions::REQUESTS,
-            CaptureArg::Responses => Directions {
-                requests: false,
-                responses: true,
-            },
+            CaptureArg::Responses => Directions { requests: false, responses: true },
             CaptureArg::Both => Directions::BOTH,
         },
         ring_bytes: args.ring_bytes,

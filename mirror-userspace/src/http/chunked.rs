@@ -45,11 +45,7 @@ impl ChunkedDecoder {
             if let State::Data(n) = self.state {
                 let take = n.min((data.len() - i) as u64);
                 i += take as usize;
-                self.state = if take == n {
-                    State::DataCr
-                } else {
-                    State::Data(n - take)
-                };
+                self.state = if take == n { State::DataCr } else { State::Data(n - take) };
                 continue;
             }
             self.step(data[i])?;
@@ -152,5 +148,39 @@ mod tests {
         assert!(body_len(b"x\r\n", 1).is_err());
         assert!(body_len(b"5\r\nabcdeXX", 1).is_err());
         assert!(body_len(b"11111111111111111\r\n", 1).is_err());
+    }
+}
+
+/// The data of a complete chunked body (chunk framing, extensions and trailers removed).
+/// `None` if the framing is invalid.
+pub fn decode_chunked(body: &[u8]) -> Option<bytes::Bytes> {
+    let mut out = bytes::BytesMut::with_capacity(body.len());
+    let mut rest = body;
+    loop {
+        let eol = rest.iter().position(|&b| b == b'\n')?;
+        let line = &rest[..eol];
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        if digits == 0 || digits > 16 {
+            return None;
+        }
+        let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()?;
+        rest = &rest[eol + 1..];
+        if size == 0 {
+            return Some(out.freeze());
+        }
+        let size = usize::try_from(size).ok()?;
+        out.extend_from_slice(rest.get(..size)?);
+        rest = &rest[size..];
+        rest = rest.strip_prefix(b"\r\n").or_else(|| rest.strip_prefix(b"\n"))?;
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    #[test]
+    fn decodes_data_and_drops_framing() {
+        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\n\r\n";
+        assert_eq!(&super::decode_chunked(body).unwrap()[..], b"Wikipedia");
+        assert!(super::decode_chunked(b"5\r\nab").is_none());
     }
 }

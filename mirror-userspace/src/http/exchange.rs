@@ -55,13 +55,7 @@ impl HttpConnection {
         out: &mut Vec<HttpEvent>,
     ) {
         let resyncs = self.requests.resyncs();
-        let Self {
-            requests,
-            outstanding,
-            next_id,
-            scratch,
-            ..
-        } = self;
+        let Self { requests, outstanding, next_id, scratch, .. } = self;
         let mut decide = |head: &Head| -> Result<Decision, HeadError> {
             let method = head.method().unwrap_or("");
             let upgrade =
@@ -72,14 +66,8 @@ impl HttpConnection {
             let body = declared_body(head)?.unwrap_or(BodyKind::None);
             let id = *next_id;
             *next_id += 1;
-            outstanding.push_back(Outstanding {
-                id,
-                head_request: method == "HEAD",
-            });
-            Ok(Decision::Message {
-                body,
-                tag: Some(id),
-            })
+            outstanding.push_back(Outstanding { id, head_request: method == "HEAD" });
+            Ok(Decision::Message { body, tag: Some(id) })
         };
         requests.push(event, &mut decide, &mut shared.stats, scratch);
         for frame in self.scratch.drain(..) {
@@ -109,37 +97,20 @@ impl HttpConnection {
         event: StreamEvent,
         out: &mut Vec<HttpEvent>,
     ) {
-        let Self {
-            responses,
-            outstanding,
-            scratch,
-            pairing_lost,
-            ..
-        } = self;
+        let Self { responses, outstanding, scratch, pairing_lost, .. } = self;
         let mut decide = |head: &Head| -> Result<Decision, HeadError> {
             let status = head.status().unwrap_or(0);
             if (100..200).contains(&status) {
-                return Ok(if status == 101 {
-                    Decision::Stop
-                } else {
-                    Decision::Interim
-                });
+                return Ok(if status == 101 { Decision::Stop } else { Decision::Interim });
             }
-            let request = if *pairing_lost {
-                None
-            } else {
-                outstanding.pop_front()
-            };
+            let request = if *pairing_lost { None } else { outstanding.pop_front() };
             let body = if request.is_some_and(|r| r.head_request) || status == 204 || status == 304
             {
                 BodyKind::None
             } else {
                 declared_body(head)?.unwrap_or(BodyKind::UntilClose)
             };
-            Ok(Decision::Message {
-                body,
-                tag: request.map(|r| r.id),
-            })
+            Ok(Decision::Message { body, tag: request.map(|r| r.id) })
         };
         responses.push(event, &mut decide, &mut shared.stats, scratch);
         for frame in scratch.drain(..) {

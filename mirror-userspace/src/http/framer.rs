@@ -129,11 +129,7 @@ impl HttpFramer {
         out: &mut Vec<Frame>,
     ) {
         match event {
-            StreamEvent::Data {
-                ts_ns,
-                bytes,
-                segment_start,
-            } => {
+            StreamEvent::Data { ts_ns, bytes, segment_start } => {
                 if self.state == State::Resync {
                     // Mid-stream, only a segment start can be trusted as a message start.
                     if !(segment_start && is_message_start(self.role, &bytes)) {
@@ -178,9 +174,7 @@ impl HttpFramer {
                 State::Body { remaining } => {
                     let n = remaining.min(data.len() as u64);
                     self.take_body(&mut data, n as usize);
-                    self.state = State::Body {
-                        remaining: remaining - n,
-                    };
+                    self.state = State::Body { remaining: remaining - n };
                     if n == remaining {
                         self.emit(out);
                     }
@@ -214,9 +208,7 @@ impl HttpFramer {
                     self.state = if n == remaining {
                         State::Head
                     } else {
-                        State::Skip {
-                            remaining: remaining - n,
-                        }
+                        State::Skip { remaining: remaining - n }
                     };
                 }
                 State::SkipChunked => match self.chunked.advance(&data) {
@@ -253,10 +245,7 @@ impl HttpFramer {
         match parse(&self.head_buf)? {
             Some((len, parts)) => {
                 *data = self.head_buf.split_off(len).freeze();
-                Ok(Some(HeadParts::with_bytes(
-                    parts,
-                    self.head_buf.split().freeze(),
-                )))
+                Ok(Some(HeadParts::with_bytes(parts, self.head_buf.split().freeze())))
             }
             None if self.head_buf.len() > MAX_HEAD_BYTES => {
                 Err(HeadError::Syntax("head too large"))
@@ -349,16 +338,12 @@ impl HttpFramer {
         match self.state {
             State::Resync | State::Opaque | State::SkipUntilClose | State::Closed => {}
             State::Skip { remaining } if len < remaining => {
-                self.state = State::Skip {
-                    remaining: remaining - len,
-                };
+                self.state = State::Skip { remaining: remaining - len };
             }
             State::Body { remaining } if len < remaining => {
                 // The end of the damaged message is known: skip to it, keep our place.
                 stats.lost_messages += 1;
-                self.drop_message(State::Skip {
-                    remaining: remaining - len,
-                });
+                self.drop_message(State::Skip { remaining: remaining - len });
             }
             State::UntilClose => {
                 stats.lost_messages += 1;

@@ -31,10 +31,7 @@ impl Span {
         if inner.is_empty() || start > outer.len() || start + inner.len() > outer.len() {
             return Span { start: 0, end: 0 };
         }
-        Span {
-            start: start as u32,
-            end: (start + inner.len()) as u32,
-        }
+        Span { start: start as u32, end: (start + inner.len()) as u32 }
     }
 
     fn range(self) -> Range<usize> {
@@ -71,14 +68,7 @@ impl Head {
                     target: Span::of(buf, req.path.unwrap_or("").as_bytes()),
                 };
                 let headers = spans(buf, req.headers);
-                Ok(Some((
-                    len,
-                    HeadParts {
-                        start,
-                        version: req.version.unwrap_or(1),
-                        headers,
-                    },
-                )))
+                Ok(Some((len, HeadParts { start, version: req.version.unwrap_or(1), headers })))
             }
             Ok(httparse::Status::Partial) => Ok(None),
             Err(e) => Err(HeadError::Syntax(error_name(e))),
@@ -96,14 +86,7 @@ impl Head {
                     reason: Span::of(buf, resp.reason.unwrap_or("").as_bytes()),
                 };
                 let headers = spans(buf, resp.headers);
-                Ok(Some((
-                    len,
-                    HeadParts {
-                        start,
-                        version: resp.version.unwrap_or(1),
-                        headers,
-                    },
-                )))
+                Ok(Some((len, HeadParts { start, version: resp.version.unwrap_or(1), headers })))
             }
             Ok(httparse::Status::Partial) => Ok(None),
             Err(e) => Err(HeadError::Syntax(error_name(e))),
@@ -161,26 +144,19 @@ impl Head {
 
     /// Header fields in their original order, names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.headers
-            .iter()
-            .map(|&(n, v)| (self.text(n), &self.bytes[v.range()]))
+        self.headers.iter().map(|&(n, v)| (self.text(n), &self.bytes[v.range()]))
     }
 
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// Whether any value of `name` holds `token` in its comma-separated list.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.headers()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .any(|(_, v)| {
-                v.split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-            })
+        self.headers().filter(|(n, _)| n.eq_ignore_ascii_case(name)).any(|(_, v)| {
+            v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
     }
 }
 
@@ -195,20 +171,12 @@ pub struct HeadParts {
 impl HeadParts {
     /// Attaches the head bytes (exactly the `len` bytes that were parsed).
     pub fn with_bytes(self, bytes: Bytes) -> Head {
-        Head {
-            bytes,
-            start: self.start,
-            version: self.version,
-            headers: self.headers,
-        }
+        Head { bytes, start: self.start, version: self.version, headers: self.headers }
     }
 }
 
 fn spans(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Span, Span)> {
-    headers
-        .iter()
-        .map(|h| (Span::of(buf, h.name.as_bytes()), Span::of(buf, h.value)))
-        .collect()
+    headers.iter().map(|h| (Span::of(buf, h.name.as_bytes()), Span::of(buf, h.value))).collect()
 }
 
 fn error_name(e: httparse::Error) -> &'static str {
@@ -252,10 +220,7 @@ pub fn declared_body(head: &Head) -> Result<Option<BodyKind>, HeadError> {
         };
     }
     let mut length: Option<u64> = None;
-    for (_, v) in head
-        .headers()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-    {
+    for (_, v) in head.headers().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
         for part in v.split(|&b| b == b',') {
             let n = parse_decimal(part.trim_ascii())
                 .ok_or(HeadError::Framing("invalid content-length"))?;
@@ -265,13 +230,7 @@ pub fn declared_body(head: &Head) -> Result<Option<BodyKind>, HeadError> {
             length = Some(n);
         }
     }
-    Ok(length.map(|n| {
-        if n == 0 {
-            BodyKind::None
-        } else {
-            BodyKind::Length(n)
-        }
-    }))
+    Ok(length.map(|n| if n == 0 { BodyKind::None } else { BodyKind::Length(n) }))
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {
@@ -298,10 +257,7 @@ mod tests {
         assert_eq!(h.version(), 0);
         assert_eq!(h.header("HOST"), Some(&b"x:80"[..]));
         assert_eq!(h.header("x-y"), Some(&b"z"[..]));
-        assert_eq!(
-            h.bytes().len(),
-            "POST /a?b=1 HTTP/1.0\r\nHost: x:80\r\nX-Y:  z \r\n\r\n".len()
-        );
+        assert_eq!(h.bytes().len(), "POST /a?b=1 HTTP/1.0\r\nHost: x:80\r\nX-Y:  z \r\n\r\n".len());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! connection, an [`HttpFramer`] per direction cuts the stream into messages (httparse parses
 //! the heads), and responses are paired with their requests in order.
 mod chunked;
+pub use chunked::decode_chunked;
 mod exchange;
 mod framer;
 mod head;
@@ -27,9 +28,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self {
-            max_message_bytes: 16 << 20,
-        }
+        Self { max_message_bytes: 16 << 20 }
     }
 }
 
@@ -171,11 +170,5 @@ pub fn extractor(
     reassembly: crate::reassembly::ReassemblyConfig,
     http: HttpConfig,
 ) -> HttpExtractor {
-    FlowTable::new(
-        reassembly,
-        HttpShared {
-            config: http,
-            stats: HttpStats::default(),
-        },
-    )
+    FlowTable::new(reassembly, HttpShared { config: http, stats: HttpStats::default() })
 }

@@ -27,10 +27,7 @@ impl Run {
     }
 
     fn with(r: ReassemblyConfig, h: HttpConfig) -> Run {
-        Run {
-            x: extractor(r, h),
-            events: Vec::new(),
-        }
+        Run { x: extractor(r, h), events: Vec::new() }
     }
 
     fn feed(&mut self, segs: impl IntoIterator<Item = Segment>) -> &mut Self {
@@ -70,10 +67,7 @@ impl Run {
 }
 
 fn ok(body: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
+    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
 #[test]
@@ -82,25 +76,15 @@ fn content_length_and_bodyless_requests_with_their_responses() {
     let get = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
     let post = b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
     let mut run = Run::new();
-    run.feed(c.open())
-        .feed(c.request(get, MSS))
-        .feed(c.response(ok("x").as_bytes(), MSS));
-    run.feed(c.request(post, 7))
-        .feed(c.response(ok("yy").as_bytes(), 3))
-        .feed(c.close());
+    run.feed(c.open()).feed(c.request(get, MSS)).feed(c.response(ok("x").as_bytes(), MSS));
+    run.feed(c.request(post, 7)).feed(c.response(ok("yy").as_bytes(), 3)).feed(c.close());
     assert_eq!(run.request_bytes(), vec![get.to_vec(), post.to_vec()]);
     let reqs = run.requests();
-    assert_eq!(
-        (reqs[1].head.method(), reqs[1].head.target()),
-        (Some("POST"), Some("/b"))
-    );
+    assert_eq!((reqs[1].head.method(), reqs[1].head.target()), (Some("POST"), Some("/b")));
     assert_eq!(&reqs[1].body[..], b"hello");
     let resps = run.responses();
     assert_eq!(resps.len(), 2);
-    assert_eq!(
-        resps.iter().map(|r| r.request_id).collect::<Vec<_>>(),
-        vec![Some(0), Some(1)]
-    );
+    assert_eq!(resps.iter().map(|r| r.request_id).collect::<Vec<_>>(), vec![Some(0), Some(1)]);
     assert_eq!(&resps[1].body[..], b"yy");
     assert_eq!(run.x.connections(), 0, "closed by both FINs");
 }
@@ -111,8 +95,7 @@ fn chunked_request_with_trailers() {
     let req = b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nDigest: abc\r\n\r\n";
     let next = b"GET /next HTTP/1.1\r\n\r\n";
     let mut run = Run::new();
-    run.feed(c.open())
-        .feed(c.request(&[&req[..], &next[..]].concat(), 9));
+    run.feed(c.open()).feed(c.request(&[&req[..], &next[..]].concat(), 9));
     assert_eq!(run.request_bytes(), vec![req.to_vec(), next.to_vec()]);
 }
 
@@ -123,12 +106,8 @@ fn pipelined_requests_in_one_segment_and_http_1_0() {
     let b = b"POST /2 HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc";
     let d = b"HEAD /3 HTTP/1.1\r\n\r\n";
     let mut run = Run::new();
-    run.feed(c.open())
-        .feed(c.request(&[&a[..], &b[..], &d[..]].concat(), MSS));
-    assert_eq!(
-        run.request_bytes(),
-        vec![a.to_vec(), b.to_vec(), d.to_vec()]
-    );
+    run.feed(c.open()).feed(c.request(&[&a[..], &b[..], &d[..]].concat(), MSS));
+    assert_eq!(run.request_bytes(), vec![a.to_vec(), b.to_vec(), d.to_vec()]);
     assert_eq!(run.requests()[1].head.version(), 0);
     // HEAD's response has no body even though it declares a length; the next is paired too.
     let resp = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na".to_owned()
@@ -155,10 +134,7 @@ fn expect_100_continue_skips_the_interim_response() {
     assert_eq!(run.request_bytes(), vec![[&head[..], b"body"].concat()]);
     let resps = run.responses();
     assert_eq!(resps.len(), 1);
-    assert_eq!(
-        (resps[0].head.status(), resps[0].request_id),
-        (Some(200), Some(0))
-    );
+    assert_eq!((resps[0].head.status(), resps[0].request_id), (Some(200), Some(0)));
     assert_eq!(run.stats().interim_responses, 1);
 }
 
@@ -176,11 +152,7 @@ fn bodyless_statuses_and_close_delimited_responses() {
                 HTTP/1.1 200 OK\r\n\r\n";
     run.feed(c.response(resp.as_bytes(), MSS));
     run.feed(c.response(b"until the end", 4));
-    assert_eq!(
-        run.responses().len(),
-        2,
-        "the close-delimited body is not complete yet"
-    );
+    assert_eq!(run.responses().len(), 2, "the close-delimited body is not complete yet");
     run.feed([c.fin(Direction::Response)]);
     let resps = run.responses();
     assert_eq!(resps.len(), 3);
@@ -210,15 +182,9 @@ fn upgrade_and_connect_stop_extraction() {
 #[test]
 fn oversized_messages_are_skipped_and_the_next_one_survives() {
     let mut c = conv(7);
-    let http = HttpConfig {
-        max_message_bytes: 100,
-    };
+    let http = HttpConfig { max_message_bytes: 100 };
     let mut run = Run::with(ReassemblyConfig::default(), http);
-    let big = [
-        &b"POST /big HTTP/1.1\r\nContent-Length: 500\r\n\r\n"[..],
-        &[b'x'; 500],
-    ]
-    .concat();
+    let big = [&b"POST /big HTTP/1.1\r\nContent-Length: 500\r\n\r\n"[..], &[b'x'; 500]].concat();
     let chunked = [
         &b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
         b"c8\r\n",
@@ -227,8 +193,7 @@ fn oversized_messages_are_skipped_and_the_next_one_survives() {
     ]
     .concat();
     let small = b"GET /small HTTP/1.1\r\n\r\n";
-    run.feed(c.open())
-        .feed(c.request(&[&big[..], &chunked, small].concat(), 64));
+    run.feed(c.open()).feed(c.request(&[&big[..], &chunked, small].concat(), 64));
     assert_eq!(run.request_bytes(), vec![small.to_vec()]);
     assert_eq!(run.stats().oversized_requests, 2);
     assert!(run.x.buffered() < 200, "skipped bodies are not buffered");
@@ -241,10 +206,9 @@ fn malformed_heads_are_counted_and_the_stream_resynchronises() {
     run.feed(c.open());
     run.feed(c.request(b"GET /\x01bad HTTP/1.1\r\n\r\n", MSS));
     run.feed(c.request(b"garbage that is not http", MSS));
-    run.feed(c.request(
-        b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-        MSS,
-    ));
+    run.feed(
+        c.request(b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", MSS),
+    );
     let good = b"GET /good HTTP/1.1\r\n\r\n";
     run.feed(c.request(good, MSS));
     assert_eq!(run.request_bytes(), vec![good.to_vec()]);
@@ -273,11 +237,7 @@ fn joining_mid_stream_starts_at_the_first_message() {
 fn reordered_duplicated_overlapping_and_wrapping_segments() {
     let client: SocketAddr = "10.0.0.1:10".parse().unwrap();
     let mut c = Conversation::new(client, "10.0.0.2:8080".parse().unwrap(), u32::MAX - 50, 7);
-    let req = [
-        &b"POST /w HTTP/1.1\r\nContent-Length: 200\r\n\r\n"[..],
-        &[b'z'; 200],
-    ]
-    .concat();
+    let req = [&b"POST /w HTTP/1.1\r\nContent-Length: 200\r\n\r\n"[..], &[b'z'; 200]].concat();
     let mut segs = c.open();
     let mut data = c.request(&req, 30);
     data.reverse();
@@ -299,11 +259,7 @@ const GET_B: &[u8] = b"GET /b HTTP/1.1\r\n\r\n";
 
 /// A 300-byte POST in 100-byte segments, the one at `lost` never captured, then GET_B.
 fn post_with_lost_segment_then_get(c: &mut Conversation, lost: usize) -> Vec<Segment> {
-    let a = [
-        &b"POST /a HTTP/1.1\r\nContent-Length: 300\r\n\r\n"[..],
-        &[b'a'; 300],
-    ]
-    .concat();
+    let a = [&b"POST /a HTTP/1.1\r\nContent-Length: 300\r\n\r\n"[..], &[b'a'; 300]].concat();
     let mut data = c.request(&a, 100);
     data.remove(lost);
     data.extend(c.request(GET_B, MSS));
@@ -343,8 +299,7 @@ fn a_lost_head_segment_resynchronises_at_the_next_request() {
 fn rst_ends_the_connection() {
     let mut c = conv(13);
     let mut run = Run::new();
-    run.feed(c.open())
-        .feed(c.request(b"GET / HTTP/1.1\r\n\r\n", MSS));
+    run.feed(c.open()).feed(c.request(b"GET / HTTP/1.1\r\n\r\n", MSS));
     run.feed([c.rst(Direction::Response)]);
     assert_eq!(run.requests().len(), 1);
     assert_eq!(run.x.connections(), 0);
@@ -354,8 +309,7 @@ fn rst_ends_the_connection() {
 fn idle_connections_are_evicted() {
     let mut run = Run::new();
     let mut c = conv(14);
-    run.feed(c.at(1_000).open())
-        .feed(c.request(b"GET /partial HTTP/1.1\r\n", MSS));
+    run.feed(c.at(1_000).open()).feed(c.request(b"GET /partial HTTP/1.1\r\n", MSS));
     let mut fresh = conv(15);
     run.feed(fresh.at(200_000_000_000).open());
     run.x.expire(301_000_000_000, &mut run.events);
@@ -381,10 +335,7 @@ fn connection_and_memory_caps_evict_the_oldest() {
         assert!(run.x.buffered() <= 1000);
     }
     let stats = run.x.stats();
-    assert!(
-        stats.evicted_connection_cap + stats.evicted_total_memory >= 40,
-        "{stats:?}"
-    );
+    assert!(stats.evicted_connection_cap + stats.evicted_total_memory >= 40, "{stats:?}");
     assert!(stats.evicted_total_memory > 0, "{stats:?}");
 }
 
@@ -406,10 +357,8 @@ fn without_acks_a_hole_is_given_up_after_the_hole_timeout() {
 
 #[test]
 fn a_connection_over_its_byte_cap_is_evicted() {
-    let config = ReassemblyConfig {
-        max_buffered_per_connection: 10_000,
-        ..ReassemblyConfig::default()
-    };
+    let config =
+        ReassemblyConfig { max_buffered_per_connection: 10_000, ..ReassemblyConfig::default() };
     let mut run = Run::with(config, HttpConfig::default());
     let mut c = conv(17);
     run.feed(c.open());

@@ -65,10 +65,7 @@ impl<C: StreamConsumer> FlowTable<C> {
     /// Feeds one captured segment; what the consumers produce is appended to `out`.
     pub fn push(&mut self, seg: &Segment, out: &mut Vec<C::Event>) {
         self.stats.segments += 1;
-        let id = ConnId {
-            client: seg.client(),
-            server: seg.server(),
-        };
+        let id = ConnId { client: seg.client(), server: seg.server() };
         let dir = seg.direction;
         if !self.conns.contains_key(&id) {
             if seg.payload.is_empty() && !seg.has(tcp_flags::SYN) {
@@ -111,14 +108,7 @@ impl<C: StreamConsumer> FlowTable<C> {
             other.acknowledged(seg.ack, &mut self.stats, &mut other_events);
         }
         // The other direction first: a request freed by this ACK precedes its response.
-        deliver(
-            conn,
-            &mut self.shared,
-            &id,
-            dir.opposite(),
-            &mut other_events,
-            out,
-        );
+        deliver(conn, &mut self.shared, &id, dir.opposite(), &mut other_events, out);
         deliver(conn, &mut self.shared, &id, dir, &mut events, out);
         self.scratch = events;
         self.account(&id, out);
@@ -132,9 +122,7 @@ impl<C: StreamConsumer> FlowTable<C> {
             .conns
             .iter()
             .filter(|(_, c)| {
-                c.streams
-                    .iter()
-                    .any(|s| s.oldest_pending_ts().is_some_and(|t| t < hole_deadline))
+                c.streams.iter().any(|s| s.oldest_pending_ts().is_some_and(|t| t < hole_deadline))
             })
             .map(|(id, _)| *id)
             .collect();

@@ -15,11 +15,7 @@ use super::ReassemblyStats;
 pub enum StreamEvent {
     /// In-order bytes. `segment_start` is true when they begin a captured segment, the only
     /// places where a message boundary is looked for after a loss.
-    Data {
-        ts_ns: u64,
-        bytes: Bytes,
-        segment_start: bool,
-    },
+    Data { ts_ns: u64, bytes: Bytes, segment_start: bool },
     /// `len` bytes that were never captured and never will be.
     Gap { len: u64 },
     /// The direction ended: its FIN was reached, or the connection was reset.
@@ -150,9 +146,7 @@ impl StreamReassembler {
         if let Some(fin) = self.fin_off {
             if fin > self.next_off && self.base_seq.is_some() {
                 stats.gap_bytes += fin - self.next_off;
-                out.push(StreamEvent::Gap {
-                    len: fin - self.next_off,
-                });
+                out.push(StreamEvent::Gap { len: fin - self.next_off });
                 self.next_off = fin;
             }
         }
@@ -184,22 +178,10 @@ impl StreamReassembler {
         if off == self.next_off && self.pending.is_empty() {
             // The common case: in order, nothing buffered.
             self.next_off += bytes.len() as u64;
-            out.push(StreamEvent::Data {
-                ts_ns: seg.ts_ns,
-                bytes,
-                segment_start,
-            });
+            out.push(StreamEvent::Data { ts_ns: seg.ts_ns, bytes, segment_start });
             return;
         }
-        self.insert(
-            off,
-            Pending {
-                ts_ns: seg.ts_ns,
-                bytes,
-                segment_start,
-            },
-            stats,
-        );
+        self.insert(off, Pending { ts_ns: seg.ts_ns, bytes, segment_start }, stats);
         self.drain(out);
     }
 
@@ -230,11 +212,7 @@ impl StreamReassembler {
             // and held bytes must cost what they are counted as.
             let head = Bytes::copy_from_slice(&p.bytes.split_to(limit));
             self.pending_bytes += head.len();
-            let piece = Pending {
-                ts_ns: p.ts_ns,
-                bytes: head,
-                segment_start: p.segment_start,
-            };
+            let piece = Pending { ts_ns: p.ts_ns, bytes: head, segment_start: p.segment_start };
             self.pending.insert(off, piece);
             p.segment_start = false;
             off += limit as u64;
@@ -297,11 +275,7 @@ impl StreamReassembler {
             return;
         }
         let acked_off = self.next_off + ahead as u64;
-        while self
-            .pending
-            .first_key_value()
-            .is_some_and(|(&k, _)| k <= acked_off)
-        {
+        while self.pending.first_key_value().is_some_and(|(&k, _)| k <= acked_off) {
             self.skip_hole(stats, out);
         }
         self.check_fin(out);
@@ -364,17 +338,9 @@ mod tests {
 
         fn push_flags(&mut self, seq: u32, data: &[u8], syn: bool, fin: bool, rst: bool) {
             let payload = Bytes::copy_from_slice(data);
-            let seg = SegmentIn {
-                seq,
-                payload: &payload,
-                ts_ns: 0,
-                syn,
-                fin,
-                rst,
-                segment_start: true,
-            };
-            self.r
-                .push(&seg, self.max_pending, &mut self.stats, &mut self.out);
+            let seg =
+                SegmentIn { seq, payload: &payload, ts_ns: 0, syn, fin, rst, segment_start: true };
+            self.r.push(&seg, self.max_pending, &mut self.stats, &mut self.out);
         }
 
         /// Delivered bytes so far, with gaps shown as '#'.

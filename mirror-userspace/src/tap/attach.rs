@@ -41,7 +41,8 @@ impl Attachment {
     }
 }
 
-pub(super) fn ifindex(name: &str) -> Option<u32> {
+/// The index of interface `name`, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     // SAFETY: `c` is a valid NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -58,10 +59,8 @@ pub(super) fn attach(
         Hook::Ingress => (PROG_INGRESS, TcAttachType::Ingress),
         Hook::Egress => (PROG_EGRESS, TcAttachType::Egress),
     };
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .context("program missing")?
-        .try_into()?;
+    let prog: &mut SchedClassifier =
+        ebpf.program_mut(name).context("program missing")?.try_into()?;
     if mode != AttachMode::Netlink {
         let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
         match prog.attach_with_options(iface, attach_type, tcx) {
@@ -84,12 +83,8 @@ pub(super) fn attach(
         Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
         Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {iface}")),
     };
-    let mut att = Attachment {
-        iface: iface.into(),
-        hook,
-        mode: AttachMode::Netlink,
-        created_clsact,
-    };
+    let mut att =
+        Attachment { iface: iface.into(), hook, mode: AttachMode::Netlink, created_clsact };
     let nl = TcAttachOptions::Netlink(NlOptions::default());
     if let Err(e) = prog.attach_with_options(iface, attach_type, nl) {
         // Undo the qdisc now: the caller never sees this attachment.

@@ -64,11 +64,7 @@ impl Socket {
     fn open() -> io::Result<Socket> {
         // SAFETY: plain socket(2) call.
         let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());
@@ -79,14 +75,8 @@ impl Socket {
     /// Sends one request and returns the errno of its ack (0 or a negative errno).
     fn request(&self, req: &Request) -> io::Result<i32> {
         // SAFETY: `req` is a repr(C) struct of the size we pass.
-        let sent = unsafe {
-            libc::send(
-                self.0,
-                (req as *const Request).cast(),
-                size_of::<Request>(),
-                0,
-            )
-        };
+        let sent =
+            unsafe { libc::send(self.0, (req as *const Request).cast(), size_of::<Request>(), 0) };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -99,21 +89,13 @@ impl Socket {
         let n = n as usize;
         let hdr_len = size_of::<libc::nlmsghdr>();
         if n < hdr_len + 4 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "short netlink ack",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "short netlink ack"));
         }
         let msg_type = u16::from_ne_bytes([buf[4], buf[5]]);
         if msg_type != libc::NLMSG_ERROR as u16 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "unexpected netlink reply",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected netlink reply"));
         }
-        Ok(i32::from_ne_bytes(
-            buf[hdr_len..hdr_len + 4].try_into().expect("4 bytes"),
-        ))
+        Ok(i32::from_ne_bytes(buf[hdr_len..hdr_len + 4].try_into().expect("4 bytes")))
     }
 }
 

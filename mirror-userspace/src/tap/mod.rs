@@ -21,8 +21,8 @@ use mirror_common::{
     MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_SEGMENTS, PROG_EGRESS, PROG_INGRESS,
 };
 
-pub use attach::AttachMode;
 use attach::Attachment;
+pub use attach::{ifindex as interface_index, AttachMode};
 pub use ring::RingSource;
 
 /// The kernel object built from `mirror-ebpf` by this crate's build script.
@@ -38,14 +38,8 @@ pub struct Directions {
 }
 
 impl Directions {
-    pub const BOTH: Directions = Directions {
-        requests: true,
-        responses: true,
-    };
-    pub const REQUESTS: Directions = Directions {
-        requests: true,
-        responses: false,
-    };
+    pub const BOTH: Directions = Directions { requests: true, responses: true };
+    pub const REQUESTS: Directions = Directions { requests: true, responses: false };
 
     fn bits(self) -> u32 {
         (if self.requests { CAPTURE_REQUESTS } else { 0 })
@@ -69,6 +63,8 @@ pub struct TapSettings {
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
     pub attach_mode: AttachMode,
+    /// Packets with this mark are ignored (0: none). The agent marks its own sockets.
+    pub ignore_mark: u32,
 }
 
 impl Default for TapSettings {
@@ -81,6 +77,7 @@ impl Default for TapSettings {
             directions: Directions::BOTH,
             ring_bytes: DEFAULT_RING_BYTES,
             attach_mode: AttachMode::Auto,
+            ignore_mark: 0,
         }
     }
 }
@@ -177,16 +174,11 @@ impl Tap {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("loading program {name}"))?;
+            prog.load().with_context(|| format!("loading program {name}"))?;
         }
         let ring = ebpf.take_map(MAP_SEGMENTS).context("ring map missing")?;
         let ring = RingBuf::try_from(ring)?;
-        let mut tap = Tap {
-            ebpf: Some(ebpf),
-            ring: Some(ring),
-            attachments: Vec::new(),
-        };
+        let mut tap = Tap { ebpf: Some(ebpf), ring: Some(ring), attachments: Vec::new() };
         for iface in &settings.interfaces {
             for &hook in &settings.hooks {
                 let ebpf = tap.ebpf.as_mut().expect("present until drop");
@@ -199,17 +191,12 @@ impl Tap {
 
     /// Where each program is attached and how.
     pub fn attachments(&self) -> impl Iterator<Item = (&str, Hook, AttachMode)> {
-        self.attachments
-            .iter()
-            .map(|a| (a.iface.as_str(), a.hook, a.mode))
+        self.attachments.iter().map(|a| (a.iface.as_str(), a.hook, a.mode))
     }
 
     /// Takes the segment stream. Must be called from within a tokio runtime; only once.
     pub fn segments(&mut self) -> Result<RingSource> {
-        let ring = self
-            .ring
-            .take()
-            .context("the segment stream was already taken")?;
+        let ring = self.ring.take().context("the segment stream was already taken")?;
         RingSource::new(ring)
     }
 
@@ -257,19 +244,15 @@ fn configure(ebpf: &mut Ebpf, settings: &TapSettings) -> Result<()> {
     for &port in &settings.ports {
         ports.set(port as u32, 1, 0)?;
     }
-    let mut v4: LpmTrie<_, [u8; 4], u8> = ebpf
-        .map_mut(MAP_NETS_V4)
-        .context("v4 nets map")?
-        .try_into()?;
+    let mut v4: LpmTrie<_, [u8; 4], u8> =
+        ebpf.map_mut(MAP_NETS_V4).context("v4 nets map")?.try_into()?;
     for net in &settings.service_nets {
         if let (IpNet::V4(n), IpAddr::V4(a)) = (net, net.network()) {
             v4.insert(&Key::new(n.prefix_len() as u32, a.octets()), 1, 0)?;
         }
     }
-    let mut v6: LpmTrie<_, [u8; 16], u8> = ebpf
-        .map_mut(MAP_NETS_V6)
-        .context("v6 nets map")?
-        .try_into()?;
+    let mut v6: LpmTrie<_, [u8; 16], u8> =
+        ebpf.map_mut(MAP_NETS_V6).context("v6 nets map")?.try_into()?;
     for net in &settings.service_nets {
         if let (IpNet::V6(n), IpAddr::V6(a)) = (net, net.network()) {
             v6.insert(&Key::new(n.prefix_len() as u32, a.octets()), 1, 0)?;
@@ -278,6 +261,7 @@ fn configure(ebpf: &mut Ebpf, settings: &TapSettings) -> Result<()> {
     let cfg = TapConfig {
         capture: settings.directions.bits(),
         restrict_addrs: u32::from(!settings.service_nets.is_empty()),
+        ignore_mark: settings.ignore_mark,
     };
     let mut config: Array<_, TapConfig> =
         ebpf.map_mut(MAP_CONFIG).context("config map")?.try_into()?;

@@ -30,11 +30,7 @@ impl RingSource {
         // it stays open and the same until the AsyncFd is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("registering the ring with tokio: {e}"))?;
-        Ok(Self {
-            ring,
-            arena: BytesMut::new(),
-            malformed: 0,
-        })
+        Ok(Self { ring, arena: BytesMut::new(), malformed: 0 })
     }
 
     /// Records that could not be decoded (never expected: both sides share the layout).
@@ -44,11 +40,7 @@ impl RingSource {
 
     /// Drains what is in the ring right now without waiting; returns the number added.
     pub fn drain_now(&mut self, out: &mut Vec<Segment>) -> usize {
-        let Self {
-            ring,
-            arena,
-            malformed,
-        } = self;
+        let Self { ring, arena, malformed } = self;
         drain(ring.get_mut(), arena, malformed, out)
     }
 }
@@ -59,12 +51,7 @@ impl CaptureSource for RingSource {
             let mut guard = self.ring.readable_mut().await?;
             // Clear before draining: a record submitted after the drain raises a new edge.
             guard.clear_ready();
-            let n = drain(
-                guard.get_inner_mut(),
-                &mut self.arena,
-                &mut self.malformed,
-                out,
-            );
+            let n = drain(guard.get_inner_mut(), &mut self.arena, &mut self.malformed, out);
             if n > 0 {
                 return Ok(true);
             }

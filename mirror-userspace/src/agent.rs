@@ -1,0 +1,315 @@
+//! `mirror run`: the whole pipeline, live.
+//!
+//! tap -> segments -> reassembly + framing -> match -> sample (per shadow) -> rewrite ->
+//! shadow queues. One task runs everything up to the queues, so a request costs no thread
+//! hand-off until its copy is queued; each shadow's dispatcher sends copies on its own.
+use std::{
+    collections::HashSet,
+    fmt,
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    capture::CaptureSource,
+    config::{parse_shadow_url, MirrorConfig},
+    http::{extractor, HttpConfig, HttpEvent, HttpExtractor, HttpRequest, HttpStats},
+    metrics::{self, Metrics, ShadowMetrics, Stage},
+    reassembly::{ReassemblyConfig, ReassemblyStats},
+    rewrite::Rewriter,
+    segment::Segment,
+    select::{RequestMatcher, Sampler},
+    shadow::{OwnSockets, RequestLog, ShadowClient},
+    tap::{Directions, KernelCounters, Tap, TapSettings},
+};
+
+/// Marks the agent's own sockets; the kernel tap ignores packets carrying it ("mir").
+pub const OWN_MARK: u32 = 0x006d_6972;
+
+/// Options of a run that are not part of the mirroring configuration.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Print one line per copy when its shadow answers.
+    pub log_requests: bool,
+    pub ring_bytes: Option<u32>,
+}
+
+struct Shadow {
+    client: ShadowClient,
+    percent: f64,
+    metrics: Arc<ShadowMetrics>,
+    offered: u64,
+}
+
+/// What a run did, printed when it ends.
+pub struct Summary {
+    pub kernel: KernelCounters,
+    pub reassembly: ReassemblyStats,
+    pub http: HttpStats,
+    pub captured_requests: u64,
+    pub not_matched: u64,
+    pub uncopyable: u64,
+    pub shadows: Vec<ShadowSummary>,
+}
+
+pub struct ShadowSummary {
+    pub authority: String,
+    /// Copies queued for this shadow.
+    pub offered: u64,
+    pub not_sampled: u64,
+    pub answered: [u64; 5],
+    pub dropped: Vec<(&'static str, u64)>,
+}
+
+/// Runs until `shutdown` completes; then detaches and returns the summary.
+pub async fn run(
+    config: MirrorConfig,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary> {
+    config.validate()?;
+    let matcher = RequestMatcher::new(&config.match_rules).context("match")?;
+    let rewriter = Rewriter::new(config.host_rewrite.clone(), &config.headers.request)
+        .map_err(|e| anyhow::anyhow!("headers: {e}"))?;
+    let sampler = Sampler::new(config.sample_by_header.clone(), config.seed);
+    let metrics = Arc::new(Metrics::default());
+    let listener = match config.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    let own = OwnSockets::default();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let mut shadows = Vec::new();
+    for (i, m) in config.mirrors.iter().enumerate() {
+        let uri = parse_shadow_url(&m.url).with_context(|| format!("mirrors[{i}].url"))?;
+        let shadow_metrics = Arc::new(metrics.shadow(&m.url));
+        let log = opts.log_requests.then(RequestLog::stdout);
+        let client = ShadowClient::start(
+            &uri,
+            &config.limits,
+            queued.clone(),
+            own.clone(),
+            OWN_MARK,
+            shadow_metrics.clone(),
+            log,
+        );
+        let percent = config.percentage(i);
+        shadows.push(Shadow { client, percent, metrics: shadow_metrics, offered: 0 });
+    }
+    let shadow_ports: HashSet<u16> = shadows
+        .iter()
+        .filter_map(|s| s.client.authority().rsplit(':').next()?.parse().ok())
+        .collect();
+
+    let mut tap = Tap::attach(&TapSettings {
+        interfaces: config.interfaces.clone(),
+        ports: config.ports.clone(),
+        service_nets: config.service_nets.clone(),
+        directions: Directions::BOTH,
+        ring_bytes: opts.ring_bytes.unwrap_or(mirror_common::DEFAULT_RING_BYTES),
+        ignore_mark: OWN_MARK,
+        ..TapSettings::default()
+    })?;
+    let ready = Arc::new(AtomicBool::new(true));
+    if let Some(listener) = listener {
+        tokio::spawn(metrics::serve(listener, metrics.clone(), ready.clone()));
+    }
+    eprintln!("mirror run: ready");
+
+    let mut source = tap.segments()?;
+    let mut pipeline = Pipeline {
+        extractor: extractor(ReassemblyConfig::default(), HttpConfig::default()),
+        own,
+        shadow_ports,
+        stages: Stages { matcher, sampler, rewriter, metrics: metrics.clone() },
+        shadows,
+        events: Vec::new(),
+        captured_requests: 0,
+    };
+    let mut batch = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            more = source.next_batch(&mut batch) => {
+                if !more? {
+                    break;
+                }
+                pipeline.segments(&mut batch);
+            }
+            _ = tick.tick() => {
+                pipeline.tick(monotonic_ns());
+                metrics.sync(Stage::Kernel, &kernel_fields(&tap.counters()?));
+                metrics.sync(Stage::Reassembly, &pipeline.extractor.stats().fields());
+                metrics.sync(Stage::Http, &pipeline.extractor.shared().stats.fields());
+            }
+        }
+    }
+    // Everything captured before the signal is mirrored: drain the ring to the end.
+    while source.drain_now(&mut batch) > 0 {
+        pipeline.segments(&mut batch);
+    }
+    ready.store(false, Ordering::Relaxed);
+    let kernel = tap.counters()?;
+    tap.detach()?;
+    // Let copies already queued finish (bounded by the per-request timeout).
+    let deadline =
+        tokio::time::Instant::now() + config.limits.timeout() + Duration::from_millis(200);
+    while queued.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Pipeline { extractor: x, shadows, captured_requests, .. } = pipeline;
+    Ok(Summary {
+        kernel,
+        reassembly: *x.stats(),
+        http: x.shared().stats,
+        captured_requests,
+        not_matched: metrics.skipped_count("not_matched"),
+        uncopyable: metrics.skipped_count("uncopyable"),
+        shadows: shadows
+            .iter()
+            .map(|s| ShadowSummary {
+                authority: s.client.authority().to_owned(),
+                offered: s.offered,
+                not_sampled: metrics
+                    .skipped_count(&format!("not_sampled:{}", s.client.authority())),
+                answered: s.metrics.answered_by_class(),
+                dropped: s.metrics.dropped_by_reason(),
+            })
+            .collect(),
+    })
+}
+
+/// Everything between the capture and the shadow queues.
+struct Pipeline {
+    extractor: HttpExtractor,
+    own: OwnSockets,
+    shadow_ports: HashSet<u16>,
+    stages: Stages,
+    shadows: Vec<Shadow>,
+    events: Vec<HttpEvent>,
+    captured_requests: u64,
+}
+
+impl Pipeline {
+    fn segments(&mut self, batch: &mut Vec<Segment>) {
+        for seg in batch.drain(..) {
+            // Loop prevention: our own connections to a shadow behind a tapped interface
+            // (the kernel already skips their marked packets in one direction).
+            if self.shadow_ports.contains(&seg.server().port()) && self.own.contains(&seg.client())
+            {
+                continue;
+            }
+            self.extractor.push(&seg, &mut self.events);
+        }
+        self.dispatch();
+    }
+
+    fn tick(&mut self, now_ns: u64) {
+        self.extractor.expire(now_ns, &mut self.events);
+        self.dispatch();
+    }
+
+    fn dispatch(&mut self) {
+        for event in self.events.drain(..) {
+            if let HttpEvent::Request(req) = event {
+                self.captured_requests += 1;
+                self.stages.mirror(&req, &mut self.shadows);
+            }
+        }
+    }
+}
+
+/// The per-request stages after framing.
+struct Stages {
+    matcher: RequestMatcher,
+    sampler: Sampler,
+    rewriter: Rewriter,
+    metrics: Arc<Metrics>,
+}
+
+impl Stages {
+    fn mirror(&mut self, req: &HttpRequest, shadows: &mut [Shadow]) {
+        if !self.matcher.matches(&req.head) {
+            self.metrics.skipped("not_matched");
+            return;
+        }
+        for shadow in shadows.iter_mut() {
+            if !self.sampler.sample(shadow.percent, &req.head) {
+                self.metrics.skipped(&format!("not_sampled:{}", shadow.client.authority()));
+                continue;
+            }
+            let copy =
+                match self.rewriter.copy(req, shadow.client.authority(), req.conn.client.ip()) {
+                    Ok(copy) => copy,
+                    Err(_) => {
+                        self.metrics.skipped("uncopyable");
+                        continue;
+                    }
+                };
+            let bytes = req.head.bytes().len() + req.body.len();
+            if shadow.client.offer(copy, bytes).is_ok() {
+                shadow.offered += 1;
+            }
+        }
+    }
+}
+
+fn kernel_fields(k: &KernelCounters) -> [(&'static str, u64); 6] {
+    [
+        ("seen", k.seen),
+        ("selected", k.selected),
+        ("records", k.records),
+        ("bytes", k.bytes),
+        ("lost", k.lost),
+        ("truncated", k.truncated),
+    ]
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's capture timestamps.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "captured: kernel {}", self.kernel)?;
+        writeln!(
+            f,
+            "requests: {} captured, {} not matched, {} not copyable",
+            self.captured_requests, self.not_matched, self.uncopyable
+        )?;
+        for s in &self.shadows {
+            let [c1, c2, c3, c4, c5] = s.answered;
+            write!(
+                f,
+                "shadow {}: {} mirrored, {} not sampled; answered 1xx {c1} 2xx {c2} 3xx {c3} 4xx {c4} 5xx {c5}; dropped",
+                s.authority, s.offered, s.not_sampled
+            )?;
+            for (reason, n) in &s.dropped {
+                write!(f, " {reason} {n}")?;
+            }
+            writeln!(f)?;
+        }
+        let nonzero = |fields: &[(&'static str, u64)]| {
+            fields
+                .iter()
+                .filter(|(_, v)| *v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(f, "reassembly: {}", nonzero(&self.reassembly.fields()))?;
+        write!(f, "http: {}", nonzero(&self.http.fields()))
+    }
+}

@@ -1,0 +1,201 @@
+//! `mirror run`: mirror live requests of a service to shadow services.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ipnet::IpNet;
+use mirror::{
+    agent::{self, RunOptions},
+    config::{HostRewrite, MatchRule, Mirror, MirrorConfig, Percentage, StringMatch},
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Interface to tap, on ingress and egress (repeatable).
+    #[arg(short = 'i', long = "interface")]
+    interfaces: Vec<String>,
+    /// Service port (repeatable).
+    #[arg(short = 'p', long = "port")]
+    ports: Vec<u16>,
+    /// Only services in this network (repeatable).
+    #[arg(long = "service-net")]
+    service_nets: Vec<IpNet>,
+    /// Shadow service, optionally with its own percentage: http://host:port[@PERCENT]
+    /// (repeatable).
+    #[arg(long = "shadow")]
+    shadows: Vec<String>,
+    /// Percentage of requests mirrored (0-100, fractions allowed) where a shadow sets none.
+    #[arg(long)]
+    percent: Option<f64>,
+    /// Sample consistently by this header's value (a user id, a session cookie).
+    #[arg(long)]
+    sample_by_header: Option<String>,
+    /// Host of the copies: `suffix` (Envoy: host:port -> host-shadow:port), `keep`, or a
+    /// literal host.
+    #[arg(long)]
+    host_rewrite: Option<String>,
+    /// Mirror only these methods (repeatable).
+    #[arg(long = "match-method")]
+    match_methods: Vec<String>,
+    /// Mirror only targets starting with this.
+    #[arg(long)]
+    match_path_prefix: Option<String>,
+    /// Mirror only targets matching this regex (whole target).
+    #[arg(long)]
+    match_path_regex: Option<String>,
+    /// Header condition: NAME=VALUE (exact), NAME^=PREFIX or NAME~=REGEX (repeatable).
+    #[arg(long = "match-header")]
+    match_headers: Vec<String>,
+    /// Set a header on the copies: NAME:VALUE (repeatable).
+    #[arg(long = "set-header")]
+    set_headers: Vec<String>,
+    /// Append a header to the copies: NAME:VALUE (repeatable).
+    #[arg(long = "add-header")]
+    add_headers: Vec<String>,
+    /// Remove a header from the copies, e.g. Authorization (repeatable).
+    #[arg(long = "remove-header")]
+    remove_headers: Vec<String>,
+    /// Requests in flight per shadow.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Copies waiting per shadow before new ones are dropped.
+    #[arg(long)]
+    queue_length: Option<usize>,
+    /// Per-copy timeout in milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Requests per second per shadow.
+    #[arg(long)]
+    rate_limit: Option<f64>,
+    /// Serve Prometheus metrics, /healthz and /readyz on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// YAML configuration (Istio-like names); flags extend and override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Seed of the sampling random numbers.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print a line per copy when its shadow answers.
+    #[arg(long)]
+    log_requests: bool,
+    /// Ring buffer size in bytes (power of two).
+    #[arg(long)]
+    ring_bytes: Option<u32>,
+}
+
+impl RunArgs {
+    /// The configuration: the file, extended and overridden by the flags.
+    fn config(&self) -> Result<MirrorConfig> {
+        let mut c = match &self.config {
+            Some(path) => MirrorConfig::from_file(path)?,
+            None => MirrorConfig::default(),
+        };
+        c.interfaces.extend(self.interfaces.iter().cloned());
+        c.ports.extend(&self.ports);
+        c.service_nets.extend(&self.service_nets);
+        for s in &self.shadows {
+            c.mirrors.push(parse_shadow_flag(s)?);
+        }
+        if let Some(p) = self.percent {
+            c.mirror_percentage = Some(Percentage { value: p });
+        }
+        if let Some(h) = &self.sample_by_header {
+            c.sample_by_header = Some(h.clone());
+        }
+        if let Some(h) = &self.host_rewrite {
+            c.host_rewrite = match h.as_str() {
+                "suffix" => HostRewrite::ShadowSuffix,
+                "keep" => HostRewrite::Keep,
+                literal => HostRewrite::Literal(literal.to_owned()),
+            };
+        }
+        if let Some(rule) = self.match_rule()? {
+            c.match_rules.push(rule);
+        }
+        let ops = &mut c.headers.request;
+        for h in &self.set_headers {
+            let (n, v) = split_header("--set-header", h)?;
+            ops.set.insert(n, v);
+        }
+        for h in &self.add_headers {
+            let (n, v) = split_header("--add-header", h)?;
+            ops.add.insert(n, v);
+        }
+        ops.remove.extend(self.remove_headers.iter().cloned());
+        let l = &mut c.limits;
+        l.max_in_flight = self.max_in_flight.unwrap_or(l.max_in_flight);
+        l.queue_length = self.queue_length.unwrap_or(l.queue_length);
+        l.timeout_ms = self.timeout_ms.unwrap_or(l.timeout_ms);
+        l.rate_limit = self.rate_limit.or(l.rate_limit);
+        c.metrics = self.metrics.or(c.metrics);
+        c.seed = self.seed.or(c.seed);
+        Ok(c)
+    }
+
+    fn match_rule(&self) -> Result<Option<MatchRule>> {
+        let mut rule = MatchRule { methods: self.match_methods.clone(), ..MatchRule::default() };
+        rule.uri = match (&self.match_path_prefix, &self.match_path_regex) {
+            (Some(_), Some(_)) => {
+                bail!("--match-path-prefix and --match-path-regex exclude each other")
+            }
+            (Some(p), None) => Some(StringMatch::Prefix(p.clone())),
+            (None, Some(r)) => Some(StringMatch::Regex(r.clone())),
+            (None, None) => None,
+        };
+        for h in &self.match_headers {
+            let (name, cond) = if let Some((n, v)) = h.split_once("^=") {
+                (n, StringMatch::Prefix(v.to_owned()))
+            } else if let Some((n, v)) = h.split_once("~=") {
+                (n, StringMatch::Regex(v.to_owned()))
+            } else if let Some((n, v)) = h.split_once('=') {
+                (n, StringMatch::Exact(v.to_owned()))
+            } else {
+                bail!("--match-header {h:?}: expected NAME=VALUE, NAME^=PREFIX or NAME~=REGEX");
+            };
+            rule.headers.insert(name.to_ascii_lowercase(), cond);
+        }
+        let empty = rule.methods.is_empty() && rule.uri.is_none() && rule.headers.is_empty();
+        Ok((!empty).then_some(rule))
+    }
+}
+
+fn parse_shadow_flag(s: &str) -> Result<Mirror> {
+    let (url, percent) = match s.rsplit_once('@') {
+        Some((url, p)) => {
+            let value: f64 =
+                p.parse().with_context(|| format!("--shadow {s:?}: bad percentage"))?;
+            (url, Some(Percentage { value }))
+        }
+        None => (s, None),
+    };
+    Ok(Mirror { url: url.to_owned(), mirror_percentage: percent })
+}
+
+fn split_header(flag: &str, h: &str) -> Result<(String, String)> {
+    let (n, v) = h.split_once(':').with_context(|| format!("{flag} {h:?}: expected NAME:VALUE"))?;
+    Ok((n.trim().to_owned(), v.trim().to_owned()))
+}
+
+pub async fn run(args: RunArgs) -> Result<ExitCode> {
+    let config = match args.config().and_then(|c| c.validate().map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mirror run: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let opts = RunOptions { log_requests: args.log_requests, ring_bytes: args.ring_bytes };
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    let summary = agent::run(config, opts, shutdown).await?;
+    eprintln!("mirror run: stopped\n{summary}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,229 @@
+//! Prometheus metrics of the agent, and the HTTP endpoint serving them with /healthz and
+//! /readyz.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use crate::shadow::DropReason;
+
+pub type Labels = Vec<(&'static str, String)>;
+
+fn label(key: &'static str, value: &str) -> Labels {
+    vec![(key, value.to_owned())]
+}
+
+/// Every metric of the agent.
+pub struct Metrics {
+    registry: Registry,
+    kernel: Family<Labels, Counter>,
+    reassembly: Family<Labels, Counter>,
+    http: Family<Labels, Counter>,
+    skipped: Family<Labels, Counter>,
+    shadow_requests: Family<Labels, Counter>,
+    shadow_dropped: Family<Labels, Counter>,
+    shadow_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    shadow_queue: Family<Labels, Gauge>,
+    /// Last values of the counters copied from elsewhere (kernel, reassembly, framing).
+    last: Mutex<HashMap<(&'static str, &'static str), u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mirror");
+        let kernel = Family::default();
+        registry.register("kernel", "Kernel tap counters (per-CPU sums)", kernel.clone());
+        let reassembly = Family::default();
+        registry.register("reassembly", "TCP reassembly counters", reassembly.clone());
+        let http = Family::default();
+        registry.register("http", "HTTP framing counters", http.clone());
+        let skipped = Family::default();
+        registry.register("requests_skipped", "Requests not mirrored, by reason", skipped.clone());
+        let shadow_requests = Family::default();
+        registry.register(
+            "shadow_requests",
+            "Copies answered by a shadow, by status class",
+            shadow_requests.clone(),
+        );
+        let shadow_dropped = Family::default();
+        registry.register(
+            "shadow_dropped",
+            "Copies not delivered to a shadow, by reason",
+            shadow_dropped.clone(),
+        );
+        let shadow_latency: Family<Labels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "shadow_latency_seconds",
+            "Time from sending a copy to the end of the shadow's response",
+            shadow_latency.clone(),
+        );
+        let shadow_queue = Family::default();
+        registry.register("shadow_queue_depth", "Copies waiting for a slot", shadow_queue.clone());
+        Self {
+            registry,
+            kernel,
+            reassembly,
+            http,
+            skipped,
+            shadow_requests,
+            shadow_dropped,
+            shadow_latency,
+            shadow_queue,
+            last: Mutex::default(),
+        }
+    }
+}
+
+/// Latency buckets from 0.5 ms to about 16 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Which family counters copied from another stage go to.
+#[derive(Clone, Copy)]
+pub enum Stage {
+    Kernel,
+    Reassembly,
+    Http,
+}
+
+impl Metrics {
+    /// Brings a stage's counters up to `values` (monotonic totals kept elsewhere).
+    pub fn sync(&self, stage: Stage, values: &[(&'static str, u64)]) {
+        let (family, key) = match stage {
+            Stage::Kernel => (&self.kernel, "kernel"),
+            Stage::Reassembly => (&self.reassembly, "reassembly"),
+            Stage::Http => (&self.http, "http"),
+        };
+        let mut last = self.last.lock().expect("not poisoned");
+        for &(name, value) in values {
+            let prev = last.entry((key, name)).or_insert(0);
+            if value > *prev {
+                family.get_or_create(&label("counter", name)).inc_by(value - *prev);
+                *prev = value;
+            }
+        }
+    }
+
+    pub fn skipped(&self, reason: &str) {
+        self.skipped.get_or_create(&label("reason", reason)).inc();
+    }
+
+    pub fn skipped_count(&self, reason: &str) -> u64 {
+        self.skipped.get_or_create(&label("reason", reason)).get()
+    }
+
+    /// Handles for one shadow's metrics.
+    pub fn shadow(&self, shadow: &str) -> ShadowMetrics {
+        let with =
+            |k: &'static str, v: &str| vec![("shadow", shadow.to_owned()), (k, v.to_owned())];
+        ShadowMetrics {
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| self.shadow_requests.get_or_create(&with("class", c)).clone()),
+            dropped: DropReason::ALL
+                .map(|r| self.shadow_dropped.get_or_create(&with("reason", r.name())).clone()),
+            latency: self.shadow_latency.get_or_create(&label("shadow", shadow)).clone(),
+            queue_depth: self.shadow_queue.get_or_create(&label("shadow", shadow)).clone(),
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// One shadow's metrics (clones share the underlying values).
+pub struct ShadowMetrics {
+    by_class: [Counter; 5],
+    dropped: [Counter; 5],
+    latency: Histogram,
+    pub queue_depth: Gauge,
+}
+
+impl ShadowMetrics {
+    pub fn answered(&self, status: u16, elapsed: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].inc();
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn dropped(&self, reason: DropReason) {
+        let i = DropReason::ALL.iter().position(|r| *r == reason).expect("listed");
+        self.dropped[i].inc();
+    }
+
+    /// Copies answered, by class 1xx..5xx.
+    pub fn answered_by_class(&self) -> [u64; 5] {
+        self.by_class.each_ref().map(Counter::get)
+    }
+
+    pub fn dropped_by_reason(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL.iter().zip(&self.dropped).map(|(r, c)| (r.name(), c.get())).collect()
+    }
+}
+
+/// Serves /metrics, /healthz and /readyz (ready once the tap is attached).
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = match req.uri().path() {
+                    "/metrics" => Response::builder()
+                        .header(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(Full::new(Bytes::from(metrics.encode()))),
+                    "/healthz" => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
+                    "/readyz" if ready.load(Ordering::Relaxed) => {
+                        Response::builder().body(Full::new(Bytes::from_static(b"ready\n")))
+                    }
+                    "/readyz" => Response::builder()
+                        .status(StatusCode::SERVICE_UNAVAILABLE)
+                        .body(Full::new(Bytes::from_static(b"not ready\n"))),
+                    _ => Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Full::new(Bytes::from_static(b"not found\n"))),
+                };
+                async move { response }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Binds the metrics listener (before anything is attached, so a bad address fails early).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics: cannot listen on {addr}: {e}"))
+}

@@ -1,0 +1,152 @@
+//! Which requests are mirrored: match rules (Istio's `match`) and sampling.
+use regex::Regex;
+
+use crate::{
+    config::{MatchRule, StringMatch},
+    http::Head,
+};
+
+enum Cond {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl Cond {
+    fn compile(m: &StringMatch) -> Result<Cond, regex::Error> {
+        Ok(match m {
+            StringMatch::Exact(s) => Cond::Exact(s.clone()),
+            StringMatch::Prefix(s) => Cond::Prefix(s.clone()),
+            // Anchored, as Istio's RE2 full match.
+            StringMatch::Regex(r) => Cond::Regex(Regex::new(&format!("^(?:{r})$"))?),
+        })
+    }
+
+    fn holds(&self, value: &[u8]) -> bool {
+        let Ok(value) = std::str::from_utf8(value) else {
+            return false;
+        };
+        match self {
+            Cond::Exact(s) => value == s,
+            Cond::Prefix(s) => value.starts_with(s.as_str()),
+            Cond::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+struct Rule {
+    methods: Vec<String>,
+    uri: Option<Cond>,
+    headers: Vec<(String, Cond)>,
+}
+
+/// The compiled match rules; no rules means every request matches.
+pub struct RequestMatcher {
+    rules: Vec<Rule>,
+}
+
+impl RequestMatcher {
+    pub fn new(rules: &[MatchRule]) -> Result<Self, regex::Error> {
+        let rules = rules
+            .iter()
+            .map(|r| {
+                Ok(Rule {
+                    methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+                    uri: r.uri.as_ref().map(Cond::compile).transpose()?,
+                    headers: r
+                        .headers
+                        .iter()
+                        .map(|(n, c)| Ok((n.clone(), Cond::compile(c)?)))
+                        .collect::<Result<_, regex::Error>>()?,
+                })
+            })
+            .collect::<Result<_, regex::Error>>()?;
+        Ok(Self { rules })
+    }
+
+    pub fn matches(&self, head: &Head) -> bool {
+        self.rules.is_empty() || self.rules.iter().any(|r| rule_holds(r, head))
+    }
+}
+
+fn rule_holds(rule: &Rule, head: &Head) -> bool {
+    let method = head.method().unwrap_or("");
+    (rule.methods.is_empty() || rule.methods.iter().any(|m| m == method))
+        && rule.uri.as_ref().is_none_or(|c| c.holds(head.target().unwrap_or("").as_bytes()))
+        && rule.headers.iter().all(|(name, c)| head.header(name).is_some_and(|v| c.holds(v)))
+}
+
+/// Per-request sampling, optionally consistent by the hash of a header's value.
+pub struct Sampler {
+    by_header: Option<String>,
+    rng: fastrand::Rng,
+}
+
+impl Sampler {
+    pub fn new(by_header: Option<String>, seed: Option<u64>) -> Self {
+        let rng = seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        Self { by_header, rng }
+    }
+
+    /// Whether this request is mirrored at `percent` (0..=100).
+    pub fn sample(&mut self, percent: f64, head: &Head) -> bool {
+        if percent >= 100.0 {
+            return true;
+        }
+        if percent <= 0.0 {
+            return false;
+        }
+        let key = self.by_header.as_deref().and_then(|name| head.header(name));
+        let unit = match key {
+            // The same value always lands at the same point of [0, 1).
+            Some(value) => (fnv1a(value) >> 11) as f64 / (1u64 << 53) as f64,
+            None => self.rng.f64(),
+        };
+        unit * 100.0 < percent
+    }
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn head(text: &str) -> Head {
+        let (len, parts) = Head::parse_request(text.as_bytes()).unwrap().unwrap();
+        parts.with_bytes(Bytes::copy_from_slice(&text.as_bytes()[..len]))
+    }
+
+    #[test]
+    fn rules_are_ored_and_conditions_anded() {
+        let yaml = r#"
+- methods: [post]
+  uri: { prefix: /api/ }
+- headers: { x-canary: { regex: "y.s" } }
+"#;
+        let rules: Vec<MatchRule> = serde_saphyr::from_str(yaml).unwrap();
+        let m = RequestMatcher::new(&rules).unwrap();
+        assert!(m.matches(&head("POST /api/x HTTP/1.1\r\n\r\n")));
+        assert!(!m.matches(&head("GET /api/x HTTP/1.1\r\n\r\n")));
+        assert!(!m.matches(&head("POST /other HTTP/1.1\r\n\r\n")));
+        assert!(m.matches(&head("GET / HTTP/1.1\r\nX-Canary: yes\r\n\r\n")));
+        assert!(!m.matches(&head("GET / HTTP/1.1\r\nX-Canary: yes!\r\n\r\n")), "anchored");
+        assert!(RequestMatcher::new(&[]).unwrap().matches(&head("GET / HTTP/1.1\r\n\r\n")));
+    }
+
+    #[test]
+    fn consistent_sampling_by_header() {
+        let mut s = Sampler::new(Some("x-user".into()), Some(1));
+        let users: Vec<Head> =
+            (0..200).map(|u| head(&format!("GET / HTTP/1.1\r\nX-User: user{u}\r\n\r\n"))).collect();
+        let first: Vec<bool> = users.iter().map(|h| s.sample(30.0, h)).collect();
+        let again: Vec<bool> = users.iter().map(|h| s.sample(30.0, h)).collect();
+        assert_eq!(first, again, "a user is always in or always out");
+        let n = first.iter().filter(|&&b| b).count();
+        assert!((30..=90).contains(&n), "{n} of 200 users sampled at 30 %");
+    }
+}
