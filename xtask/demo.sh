@@ -1,49 +1,63 @@
 #!/usr/bin/env bash
-# Demo: a client and a server in their own network namespaces, joined through the root
-# namespace like pods on a Kubernetes node. The tap sits on the host side of the server's
-# veth and prints every captured segment of port 8000 while curl sends a few requests.
+# Demo of `mirror run`: a client, a primary and a shadow, each in its own network namespace,
+# joined through the root namespace like pods on a Kubernetes node. The agent taps the
+# host side of the primary's veth and mirrors every request to the shadow, rewriting
+# `Host: httpbin:8000` to `httpbin-shadow:8000` as Istio does. Each mirrored request is shown
+# when the shadow answers; Ctrl-C (or the end of the traffic) prints the summary.
 set -euo pipefail
 MIRROR=${1:?usage: demo.sh path/to/mirror}
 id=$$
-CLI=mdemo-c-$id SRV=mdemo-s-$id HC=mdc$id HS=mds$id
+CLI=mdemo-c-$id PRI=mdemo-p-$id SHA=mdemo-s-$id
+HC=mdc$id HP=mdp$id HS=mds$id
+WWW=/tmp/mirror-demo-$id
 cleanup() {
-    [[ -n ${TAP_PID:-} ]] && kill -INT "$TAP_PID" 2>/dev/null && wait "$TAP_PID" 2>/dev/null
-    [[ -n ${SRV_PID:-} ]] && kill "$SRV_PID" 2>/dev/null
-    ip netns del "$CLI" 2>/dev/null || true
-    ip netns del "$SRV" 2>/dev/null || true
-    ip link del "$HC" 2>/dev/null || true
-    ip link del "$HS" 2>/dev/null || true
+    [[ -n ${AGENT:-} ]] && kill -INT "$AGENT" 2>/dev/null && wait "$AGENT" 2>/dev/null
+    for p in ${SERVERS:-}; do kill "$p" 2>/dev/null || true; done
+    for ns in "$CLI" "$PRI" "$SHA"; do ip netns del "$ns" 2>/dev/null || true; done
+    for l in "$HC" "$HP" "$HS"; do ip link del "$l" 2>/dev/null || true; done
+    rm -rf "$WWW"
 }
 trap cleanup EXIT
 
-echo "== topology: $CLI (10.251.1.2) -> node -> $SRV (10.251.2.2:8000), tap on $HS"
-ip netns add "$CLI"; ip netns add "$SRV"
-ip link add "$HC" type veth peer name eth0 netns "$CLI"
-ip link add "$HS" type veth peer name eth0 netns "$SRV"
-ip addr add 10.251.1.1/24 dev "$HC"; ip link set "$HC" up
-ip addr add 10.251.2.1/24 dev "$HS"; ip link set "$HS" up
-for ns in "$CLI" "$SRV"; do ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up; done
-ip -n "$CLI" addr add 10.251.1.2/24 dev eth0; ip -n "$CLI" route add default via 10.251.1.1
-ip -n "$SRV" addr add 10.251.2.2/24 dev eth0; ip -n "$SRV" route add default via 10.251.2.1
+link() { # namespace, host-side veth, /24 prefix
+    ip netns add "$1"
+    ip link add "$2" type veth peer name eth0 netns "$1"
+    ip addr add "$3.1/24" dev "$2"; ip link set "$2" up
+    ip -n "$1" link set lo up; ip -n "$1" link set eth0 up
+    ip -n "$1" addr add "$3.2/24" dev eth0; ip -n "$1" route add default via "$3.1"
+}
+link "$CLI" "$HC" 10.251.1
+link "$PRI" "$HP" 10.251.2
+link "$SHA" "$HS" 10.251.3
 sysctl -qw net.ipv4.ip_forward=1
+echo "== client 10.251.1.2 -> node -> primary 10.251.2.2:8000; shadow 10.251.3.2:8000"
 
-mkdir -p /tmp/mirror-demo-$id && echo "hello from the primary" > /tmp/mirror-demo-$id/index.html
-ip netns exec "$SRV" python3 -m http.server 8000 --bind 10.251.2.2 \
-    --directory /tmp/mirror-demo-$id >/dev/null 2>&1 &
-SRV_PID=$!
+mkdir -p "$WWW/primary" "$WWW/shadow"
+echo "primary" > "$WWW/primary/index.html"; echo "shadow" > "$WWW/shadow/index.html"
+for pair in "$PRI:primary" "$SHA:shadow"; do
+    ip netns exec "${pair%%:*}" python3 -m http.server 8000 --directory "$WWW/${pair##*:}" \
+        >/dev/null 2>&1 &
+    SERVERS="${SERVERS:-} $!"
+done
 
-echo "== mirror tap -i $HS --port 8000"
-"$MIRROR" tap -i "$HS" --port 8000 2> >(sed 's/^/   [agent] /' >&2) &
-TAP_PID=$!
-for _ in $(seq 50); do
-    ip netns exec "$CLI" curl -s -o /dev/null http://10.251.2.2:8000/ && break
+echo "== mirror run -i $HP --port 8000 --shadow http://10.251.3.2:8000 --log-requests"
+"$MIRROR" run -i "$HP" --port 8000 --shadow http://10.251.3.2:8000 --log-requests \
+    2> >(sed 's/^/   [agent] /' >&2) &
+AGENT=$!
+for _ in $(seq 100); do # wait for the servers (not through the tap's port yet)
+    ip netns exec "$CLI" curl -sf -o /dev/null http://10.251.3.2:8000/ && break
     sleep 0.1
 done
-echo "== client: 3 requests on one keep-alive connection, and an upload"
-ip netns exec "$CLI" curl -s http://10.251.2.2:8000/ http://10.251.2.2:8000/?a=1 \
-    http://10.251.2.2:8000/?b=2 >/dev/null
-head -c 100000 /dev/urandom | ip netns exec "$CLI" curl -s -o /dev/null --data-binary @- \
-    http://10.251.2.2:8000/upload || true
-sleep 0.5
-rm -rf /tmp/mirror-demo-$id
-echo "== done"
+sleep 1 # the agent attaches in well under a second
+
+echo "== client: keep-alive requests with Host: httpbin:8000"
+ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" \
+    http://10.251.2.2:8000/ http://10.251.2.2:8000/index.html http://10.251.2.2:8000/missing
+ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" -d 'hello' \
+    http://10.251.2.2:8000/form
+for i in 1 2 3; do
+    ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" "http://10.251.2.2:8000/?n=$i"
+done
+sleep 1
+echo "== stopping the agent"
+kill -INT "$AGENT"; wait "$AGENT" || true; AGENT=
