@@ -146,7 +146,86 @@ fn absolute_path(target: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::{
+        http::{extractor, HttpConfig, HttpEvent},
+        reassembly::ReassemblyConfig,
+        synth::Conversation,
+    };
+
+    fn captured(raw: &[u8]) -> HttpRequest {
+        let mut c = Conversation::new(
+            "10.0.0.1:999".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+            1,
+            1,
+        );
+        let mut x = extractor(ReassemblyConfig::default(), HttpConfig::default());
+        let mut events = Vec::new();
+        for s in c.open().into_iter().chain(c.request(raw, 1448)) {
+            x.push(&s, &mut events);
+        }
+        match events.pop() {
+            Some(HttpEvent::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn names(r: &Request<Full<Bytes>>) -> Vec<String> {
+        r.headers().iter().map(|(n, v)| format!("{n}={}", v.to_str().unwrap())).collect()
+    }
+
+    #[test]
+    fn edits_keep_order_and_append_x_forwarded_for() {
+        let req = captured(
+            b"POST /p?q=1 HTTP/1.1\r\nHost: api:80\r\nAuthorization: x\r\nX-Forwarded-For: 1.2.3.4\r\nX-A: 1\r\nX-Set: old\r\nContent-Length: 2\r\n\r\nhi",
+        );
+        let ops = HeaderOps {
+            set: BTreeMap::from([("x-set".into(), "new".into())]),
+            add: BTreeMap::from([("x-add".into(), "a".into())]),
+            remove: vec!["authorization".into()],
+        };
+        let r = Rewriter::new(HostRewrite::ShadowSuffix, &ops).unwrap();
+        let copy = r.copy(&req, "10.9.9.9:8080", "10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(copy.method(), "POST");
+        assert_eq!(copy.uri(), "http://10.9.9.9:8080/p?q=1");
+        assert_eq!(
+            names(&copy),
+            [
+                "host=api-shadow:80",
+                "x-forwarded-for=1.2.3.4, 10.0.0.1",
+                "x-a=1",
+                "content-length=2",
+                "x-set=new",
+                "x-add=a"
+            ]
+        );
+    }
+
+    #[test]
+    fn keep_and_literal_hosts_and_chunked_bodies() {
+        let req = captured(b"PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+        let keep = Rewriter::new(HostRewrite::Keep, &HeaderOps::default()).unwrap();
+        let copy = keep.copy(&req, "s:1", "::1".parse().unwrap()).unwrap();
+        assert_eq!(copy.headers()["host"], "h");
+        assert_eq!(copy.headers()["x-forwarded-for"], "::1");
+        assert_eq!(copy.headers()["transfer-encoding"], "chunked");
+        let literal =
+            Rewriter::new(HostRewrite::Literal("canary".into()), &HeaderOps::default()).unwrap();
+        let copy = literal.copy(&req, "s:1", "::1".parse().unwrap()).unwrap();
+        assert_eq!(copy.headers()["host"], "canary");
+        let body = copy.into_body();
+        let data = futures_body(body);
+        assert_eq!(&data[..], b"abc");
+    }
+
+    fn futures_body(body: Full<Bytes>) -> Bytes {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(body.collect()).unwrap().to_bytes()
+    }
 
     #[test]
     fn envoy_host_rule() {

@@ -40,7 +40,13 @@ fn by_target(requests: &[SeenRequest]) -> HashMap<String, SeenRequest> {
 
 /// The summary line of the first shadow: "shadow A: N mirrored, ...".
 fn mirrored(summary: &str) -> u64 {
-    let line = summary.lines().find(|l| l.starts_with("shadow ")).expect(summary);
+    mirrored_by(summary, "")
+}
+
+/// Copies mirrored to the shadow whose summary line contains `authority`.
+fn mirrored_by(summary: &str, authority: &str) -> u64 {
+    let line =
+        summary.lines().find(|l| l.starts_with("shadow ") && l.contains(authority)).expect(summary);
     line.split(": ").nth(1).and_then(|s| s.split(' ').next()).unwrap().parse().unwrap()
 }
 
@@ -182,7 +188,10 @@ fn shadow_trouble(behavior: Option<Behavior>, reason: &str) {
     let _primary = RecordingServer::start(&topo.server, &[PORT]);
     let _shadow = behavior.map(|b| RecordingServer::start_with(&topo.shadow, &[PORT], b));
     let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
-    let limits = ["--timeout-ms", "300", "--max-in-flight", "4", "--queue-length", "16"];
+    let metrics_addr = free_local_addr();
+    let m = metrics_addr.to_string();
+    let limits =
+        ["--timeout-ms", "300", "--max-in-flight", "4", "--queue-length", "16", "--metrics", &m];
     let agent = agent(&topo, &shadow_url, &limits);
     // Every primary request still succeeds, with its full response (checked inside).
     for c in 0..3 {
@@ -193,6 +202,10 @@ fn shadow_trouble(behavior: Option<Behavior>, reason: &str) {
             .unwrap();
     }
     let rss = agent.peak_rss_kib();
+    let (_, text) = get(metrics_addr, "/metrics");
+    let label =
+        format!("mirror_shadow_dropped_total{{shadow=\"{shadow_url}\",reason=\"{reason}\"}}");
+    assert!(metric(&text, &label) > 0, "{text}");
     let summary = agent.stop();
     assert!(dropped(&summary, reason) > 0, "{summary}");
     assert!(rss < 200 * 1024, "agent peak RSS {rss} KiB");
@@ -236,6 +249,12 @@ fn own_copies_are_never_mirrored_again() {
     assert!(summary.contains("requests: 100 captured"), "{summary}");
 }
 
+/// A loopback address with a port nobody listens on (for the agent's metrics endpoint).
+fn free_local_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").unwrap();
@@ -260,10 +279,7 @@ fn match_rules_header_edits_and_metrics() {
     let _primary = RecordingServer::start(&topo.server, &[PORT]);
     let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
     let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
-    let metrics_addr: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let metrics_addr = free_local_addr();
     let m = metrics_addr.to_string();
     let agent = agent(
         &topo,
@@ -386,4 +402,46 @@ fn bad_flags_and_config_exit_2_before_attaching() {
         aya::programs::SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Ingress)
             .unwrap();
     assert!(progs.is_empty());
+}
+
+/// Two shadows, each with its own percentage.
+#[test]
+fn several_shadows_with_their_own_percentages() {
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let all = RecordingServer::start(&topo.shadow, &[PORT]);
+    let half = RecordingServer::start(&topo.shadow, &[PORT + 1]);
+    let a = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let b = http_url(topo.shadow_addr(Family::V4), PORT + 1, "@50");
+    let agent = agent(&topo, &a, &["--shadow", &b, "--seed", "3"]);
+    let requests: Vec<RawRequest> =
+        (0..400).map(|i| RawRequest::new("GET", &format!("/m/{i}"), "svc", b"")).collect();
+    keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
+        .unwrap();
+    let summary = agent.stop();
+    assert_eq!(all.requests().len(), 400, "{summary}");
+    let n = half.requests().len();
+    // Binomial(400, 0.5): mean 200, sd 10.
+    assert!((150..=250).contains(&n), "{n}: {summary}");
+    assert_eq!(mirrored_by(&summary, &format!(":{}", PORT + 1)) as usize, n);
+}
+
+/// A rate limit of 20 per second: a fast burst of 400 requests mostly goes unmirrored, and
+/// every dropped copy is counted.
+#[test]
+fn rate_limit_drops_and_counts_the_excess() {
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let agent = agent(&topo, &url, &["--rate-limit", "20"]);
+    let requests: Vec<RawRequest> =
+        (0..400).map(|i| RawRequest::new("GET", &format!("/r/{i}"), "svc", b"")).collect();
+    keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
+        .unwrap();
+    let summary = agent.stop();
+    let sent = shadow.requests().len() as u64;
+    let limited = dropped(&summary, "rate_limited");
+    assert_eq!(sent + limited, 400, "{summary}");
+    assert!(sent < 200, "{sent} copies passed a limit of 20/s: {summary}");
 }
