@@ -42,7 +42,7 @@ done
 
 echo "== mirror run -i $HP --port 8000 --shadow http://10.251.3.2:8000 --log-requests"
 "$MIRROR" run -i "$HP" --port 8000 --shadow http://10.251.3.2:8000 --log-requests \
-    2> >(sed 's/^/   [agent] /' >&2) &
+    2> >(sed -u 's/^/   [agent] /' >&2) &
 AGENT=$!
 for _ in $(seq 100); do # wait for the servers (not through the tap's port yet)
     ip netns exec "$CLI" curl -sf -o /dev/null http://10.251.3.2:8000/ && break
@@ -51,8 +51,8 @@ done
 sleep 1 # the agent attaches in well under a second
 
 echo "== client: keep-alive requests with Host: httpbin:8000"
-ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" \
-    http://10.251.2.2:8000/ http://10.251.2.2:8000/index.html http://10.251.2.2:8000/missing
+ip netns exec "$CLI" curl -s -H "Host: httpbin:8000" \
+    http://10.251.2.2:8000/ http://10.251.2.2:8000/index.html http://10.251.2.2:8000/missing >/dev/null
 ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" -d 'hello' \
     http://10.251.2.2:8000/form
 for i in 1 2 3; do

@@ -221,7 +221,8 @@ impl ShadowClient {
         let label = self.log.map(|_| {
             let host = request.headers().get(http::header::HOST);
             let host = host.and_then(|h| h.to_str().ok()).unwrap_or("-");
-            format!("{} {} Host: {host}", request.method(), request.uri().path())
+            let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            format!("{} {target} Host: {host}", request.method())
         });
         match self.queue.try_send(Job { request, bytes, label }) {
             Ok(()) => {
