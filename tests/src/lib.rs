@@ -109,7 +109,22 @@ pub mod agent {
     impl AgentProcess {
         /// Starts `mirror ARGS` and waits until it prints `ready_line` on stderr.
         pub fn start(args: &[String], ready_line: &str) -> AgentProcess {
-            let mut child = Command::new(crate::mirror_bin())
+            Self::spawn(Command::new(crate::mirror_bin()), args, ready_line)
+        }
+
+        /// The same, inside network namespace `ns` (as inside a pod).
+        pub fn start_in(
+            ns: &crate::netns::Netns,
+            args: &[String],
+            ready_line: &str,
+        ) -> AgentProcess {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns.name()]).arg(crate::mirror_bin());
+            Self::spawn(cmd, args, ready_line)
+        }
+
+        fn spawn(mut cmd: Command, args: &[String], ready_line: &str) -> AgentProcess {
+            let mut child = cmd
                 .args(args)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

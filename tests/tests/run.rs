@@ -445,3 +445,27 @@ fn rate_limit_drops_and_counts_the_excess() {
     assert_eq!(sent + limited, 400, "{summary}");
     assert!(sent < 200, "{sent} copies passed a limit of 20/s: {summary}");
 }
+
+/// Inside the pod: the agent runs in the primary's namespace on its eth0, where requests
+/// arrive on ingress and responses leave on egress (the opposite of the node side).
+#[test]
+fn works_inside_the_pod_too() {
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let args: Vec<String> = ["run", "-i", "eth0", "--port", "8000", "--shadow", &url]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let agent = AgentProcess::start_in(&topo.server, &args, "mirror run: ready");
+    let requests: Vec<RawRequest> =
+        (0..50).map(|i| RawRequest::new("GET", &format!("/pod/{i}"), "app:8000", b"")).collect();
+    keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
+        .unwrap();
+    let got = shadow.wait_for(50, WAIT);
+    let summary = agent.stop();
+    assert_eq!(got.len(), 50, "{summary}");
+    assert!(got.iter().all(|r| r.header("host") == Some(&b"app-shadow:8000"[..])));
+    assert!(summary.contains("http: requests 50, responses 50"), "{summary}");
+}
