@@ -145,7 +145,7 @@ pub async fn run(
                 pipeline.segments(&mut batch);
             }
             _ = tick.tick() => {
-                pipeline.tick(monotonic_ns());
+                pipeline.tick(wall_clock_ns());
                 metrics.sync(Stage::Kernel, &kernel_fields(&tap.counters()?));
                 metrics.sync(Stage::Reassembly, &pipeline.extractor.stats().fields());
                 metrics.sync(Stage::Http, &pipeline.extractor.shared().stats.fields());
@@ -273,12 +273,11 @@ fn kernel_fields(k: &KernelCounters) -> [(&'static str, u64); 6] {
     ]
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's capture timestamps.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// Nanoseconds since the Unix epoch: the clock of segment timestamps.
+pub fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl fmt::Display for Summary {

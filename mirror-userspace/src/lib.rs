@@ -9,8 +9,12 @@
 pub mod agent;
 pub mod capture;
 pub mod config;
+pub mod filter;
+pub mod format;
 pub mod http;
 pub mod metrics;
+pub mod packet;
+pub mod pcap;
 pub mod reassembly;
 pub mod rewrite;
 pub mod segment;

@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Mirror live requests of a service to shadow services until SIGINT/SIGTERM.
     Run(Box<cli::run::RunArgs>),
+    /// tcpdump for the mirrored flows: packet, HTTP or JSON lines, pcap in and out.
+    Dump(Box<cli::dump::DumpArgs>),
     /// Attach the tap and print the captured segments (one line each) until interrupted.
     Tap(cli::tap::TapArgs),
 }
@@ -50,5 +52,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => rt.block_on(cli::run::run(*args)),
         Command::Tap(args) => rt.block_on(cli::tap::run(args)),
+        Command::Dump(args) => rt.block_on(cli::dump::run(*args)),
     }
 }

@@ -11,7 +11,7 @@ pub use mirror_common::{tcp_flags, Direction, Hook};
 /// [`Segment::payload_seq`] is the sequence number of `payload[0]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
-    /// CLOCK_MONOTONIC nanoseconds at capture.
+    /// Capture time: nanoseconds since the Unix epoch.
     pub ts_ns: u64,
     pub ifindex: u32,
     pub hook: Hook,
@@ -102,6 +102,51 @@ impl Segment {
             Direction::Request => self.dst,
             Direction::Response => self.src,
         }
+    }
+}
+
+/// Joins the chunk records of large (GSO) segments back into whole segments, for views
+/// that show packets (dump lines, pcap files). Chunks of one segment share addresses, ports
+/// and sequence number; a segment whose chunks never all arrive (a full ring) is dropped once
+/// more than `MAX_OPEN` segments are open.
+#[derive(Debug, Default)]
+pub struct ChunkMerger {
+    open: Vec<(Segment, bytes::BytesMut)>,
+}
+
+impl ChunkMerger {
+    const MAX_OPEN: usize = 64;
+
+    /// Returns the segment once complete.
+    pub fn push(&mut self, seg: Segment) -> Option<Segment> {
+        if seg.chunk_offset == 0 && seg.is_last_chunk() {
+            return Some(seg);
+        }
+        let at = self.open.iter().position(|(s, buf)| {
+            s.src == seg.src
+                && s.dst == seg.dst
+                && s.seq == seg.seq
+                && buf.len() as u32 == seg.chunk_offset
+        });
+        let index = match at {
+            Some(i) => i,
+            None if seg.chunk_offset == 0 => {
+                if self.open.len() >= Self::MAX_OPEN {
+                    self.open.remove(0);
+                }
+                self.open.push((seg.clone(), bytes::BytesMut::new()));
+                self.open.len() - 1
+            }
+            None => return None, // a later chunk whose start was lost
+        };
+        let last = seg.is_last_chunk();
+        self.open[index].1.extend_from_slice(&seg.payload);
+        if !last {
+            return None;
+        }
+        let (mut whole, buf) = self.open.remove(index);
+        whole.payload = buf.freeze();
+        Some(whole)
     }
 }
 

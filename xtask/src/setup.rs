@@ -16,6 +16,8 @@ const PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "curl",
+    "tcpdump",
+    "tshark",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

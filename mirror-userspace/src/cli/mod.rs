@@ -1,3 +1,4 @@
 //! Subcommands of the `mirror` binary.
+pub mod dump;
 pub mod run;
 pub mod tap;

@@ -22,6 +22,8 @@ pub struct RingSource {
     ring: AsyncFd<RingBuf<MapData>>,
     arena: BytesMut,
     malformed: u64,
+    /// Added to the kernel's CLOCK_MONOTONIC timestamps to give wall-clock time.
+    clock_offset_ns: u64,
 }
 
 impl RingSource {
@@ -30,7 +32,9 @@ impl RingSource {
         // it stays open and the same until the AsyncFd is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("registering the ring with tokio: {e}"))?;
-        Ok(Self { ring, arena: BytesMut::new(), malformed: 0 })
+        let clock_offset_ns =
+            clock_ns(libc::CLOCK_REALTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
+        Ok(Self { ring, arena: BytesMut::new(), malformed: 0, clock_offset_ns })
     }
 
     /// Records that could not be decoded (never expected: both sides share the layout).
@@ -40,8 +44,8 @@ impl RingSource {
 
     /// Drains what is in the ring right now without waiting; returns the number added.
     pub fn drain_now(&mut self, out: &mut Vec<Segment>) -> usize {
-        let Self { ring, arena, malformed } = self;
-        drain(ring.get_mut(), arena, malformed, out)
+        let Self { ring, arena, malformed, clock_offset_ns } = self;
+        drain(ring.get_mut(), arena, malformed, *clock_offset_ns, out)
     }
 }
 
@@ -51,7 +55,13 @@ impl CaptureSource for RingSource {
             let mut guard = self.ring.readable_mut().await?;
             // Clear before draining: a record submitted after the drain raises a new edge.
             guard.clear_ready();
-            let n = drain(guard.get_inner_mut(), &mut self.arena, &mut self.malformed, out);
+            let n = drain(
+                guard.get_inner_mut(),
+                &mut self.arena,
+                &mut self.malformed,
+                self.clock_offset_ns,
+                out,
+            );
             if n > 0 {
                 return Ok(true);
             }
@@ -63,13 +73,15 @@ fn drain(
     ring: &mut RingBuf<MapData>,
     arena: &mut BytesMut,
     malformed: &mut u64,
+    clock_offset_ns: u64,
     out: &mut Vec<Segment>,
 ) -> usize {
     let mut n = 0;
     while n < MAX_BATCH {
         let Some(item) = ring.next() else { break };
         match decode(&item, arena) {
-            Some(segment) => {
+            Some(mut segment) => {
+                segment.ts_ns += clock_offset_ns;
                 out.push(segment);
                 n += 1;
             }
@@ -92,4 +104,11 @@ fn decode(record: &[u8], arena: &mut BytesMut) -> Option<Segment> {
     }
     arena.extend_from_slice(payload);
     Segment::from_record(&header, arena.split().freeze())
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

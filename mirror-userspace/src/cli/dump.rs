@@ -1,0 +1,300 @@
+//! `mirror dump`: tcpdump for the flows the tap sees, live or from a capture file, as
+//! packet lines, HTTP lines (`--http`) or JSON lines (`--json`); writes pcap with `-w`.
+use std::{
+    io::{BufWriter, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mirror::{
+    capture::CaptureSource,
+    filter::Filter,
+    format::{packet_json, HttpPrinter, LineStyle, PacketPrinter, PayloadStyle, TimeStyle},
+    http::{extractor, HttpConfig, HttpEvent},
+    packet::Classifier,
+    pcap::{PcapSink, PcapSource},
+    reassembly::ReassemblyConfig,
+    segment::{ChunkMerger, Hook, Segment},
+    tap::{KernelCounters, Tap, TapSettings},
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Interface to capture on (repeatable).
+    #[arg(short = 'i', long = "interface")]
+    interfaces: Vec<String>,
+    /// Do not resolve names (never done; accepted for tcpdump compatibility).
+    #[arg(short = 'n')]
+    numeric: bool,
+    /// Exit after this many packets (or HTTP messages with --http).
+    #[arg(short = 'c')]
+    count: Option<u64>,
+    /// Bytes of each packet kept in -w files.
+    #[arg(short = 's', default_value_t = 262144)]
+    snaplen: u32,
+    /// Print each packet in ASCII.
+    #[arg(short = 'A')]
+    ascii: bool,
+    /// Print each packet in hex.
+    #[arg(short = 'x')]
+    hex: bool,
+    /// Print each packet in hex and ASCII.
+    #[arg(short = 'X')]
+    hex_ascii: bool,
+    /// Quiet: less protocol information.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Verbose.
+    #[arg(short = 'v')]
+    verbose: bool,
+    /// Absolute TCP sequence numbers.
+    #[arg(short = 'S')]
+    absolute: bool,
+    /// Write packets to a pcap file instead of printing them.
+    #[arg(short = 'w')]
+    write: Option<PathBuf>,
+    /// Read packets from a pcap or pcapng file.
+    #[arg(short = 'r')]
+    read: Option<PathBuf>,
+    /// Direction: in (ingress), out (egress) or inout.
+    #[arg(short = 'Q', value_parser = ["in", "out", "inout"], default_value = "inout")]
+    direction: String,
+    /// -t: no timestamps; -tt: seconds since the epoch.
+    #[arg(short = 't', action = clap::ArgAction::Count)]
+    time: u8,
+    /// One line per HTTP request and response instead of per packet.
+    #[arg(long)]
+    http: bool,
+    /// JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Service ports, to tell requests from responses (default: from the expression, else
+    /// the lower port of a connection).
+    #[arg(long = "port")]
+    ports: Vec<u16>,
+    /// Filter expression (tcpdump syntax).
+    expression: Vec<String>,
+}
+
+/// What a run printed and matched, for tcpdump's closing counts.
+#[derive(Default)]
+struct Counts {
+    captured: u64,
+    matched: u64,
+}
+
+pub async fn run(args: DumpArgs) -> Result<ExitCode> {
+    let filter = match Filter::parse(&args.expression) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("mirror dump: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if args.read.is_none() && args.interfaces.is_empty() {
+        eprintln!("mirror dump: give an interface (-i) or a file (-r)");
+        return Ok(ExitCode::from(1));
+    }
+    let pushed: Vec<u16> = filter.ports().map(|p| p.into_iter().collect()).unwrap_or_default();
+    let ports = if args.ports.is_empty() { pushed.clone() } else { args.ports.clone() };
+    let classifier = Classifier::new(ports);
+    let mut out = Output::new(&args)?;
+    let mut counts = Counts::default();
+    let kernel = match &args.read {
+        Some(path) => {
+            let mut source = PcapSource::open(path, classifier.clone())?;
+            pump(
+                &mut source,
+                &filter,
+                &classifier,
+                &args,
+                &mut out,
+                &mut counts,
+                std::future::pending(),
+            )
+            .await?;
+            None
+        }
+        None => {
+            let hooks = match args.direction.as_str() {
+                "in" => vec![Hook::Ingress],
+                "out" => vec![Hook::Egress],
+                _ => vec![Hook::Ingress, Hook::Egress],
+            };
+            // What the kernel can select: the expression's ports, else every port.
+            let ports = if pushed.is_empty() { (1..=u16::MAX).collect() } else { pushed };
+            let settings = TapSettings {
+                interfaces: args.interfaces.clone(),
+                hooks,
+                ports,
+                ..TapSettings::default()
+            };
+            if let Err(e) = settings.validate() {
+                eprintln!("mirror dump: {e:#}");
+                return Ok(ExitCode::from(1));
+            }
+            let mut tap = Tap::attach(&settings)?;
+            eprintln!("mirror dump: listening on {}", args.interfaces.join(", "));
+            let mut source = tap.segments()?;
+            let mut sigint = signal(SignalKind::interrupt())?;
+            let mut sigterm = signal(SignalKind::terminate())?;
+            let stop = async move {
+                tokio::select! {
+                    _ = sigint.recv() => {}
+                    _ = sigterm.recv() => {}
+                }
+            };
+            pump(&mut source, &filter, &classifier, &args, &mut out, &mut counts, stop).await?;
+            let kernel = tap.counters()?;
+            tap.detach()?;
+            Some(kernel)
+        }
+    };
+    out.finish()?;
+    print_counts(&counts, kernel);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_counts(counts: &Counts, kernel: Option<KernelCounters>) {
+    eprintln!("{} packets captured", counts.captured);
+    eprintln!("{} packets received by filter", counts.matched);
+    if let Some(k) = kernel {
+        eprintln!("{} packets dropped by kernel", k.lost);
+    }
+}
+
+/// Where lines or packets go.
+enum Output {
+    Text {
+        out: BufWriter<std::io::Stdout>,
+        packets: PacketPrinter,
+        http: HttpPrinter,
+        style: LineStyle,
+    },
+    Pcap(PcapSink),
+}
+
+impl Output {
+    fn new(args: &DumpArgs) -> Result<Output> {
+        if let Some(path) = &args.write {
+            return Ok(Output::Pcap(PcapSink::create(path, args.snaplen)?));
+        }
+        let payload = if args.hex_ascii {
+            PayloadStyle::HexAscii
+        } else if args.hex {
+            PayloadStyle::Hex
+        } else if args.ascii {
+            PayloadStyle::Ascii
+        } else {
+            PayloadStyle::None
+        };
+        let time = match args.time {
+            0 => TimeStyle::Clock,
+            1 => TimeStyle::None,
+            _ => TimeStyle::Epoch,
+        };
+        let style = LineStyle {
+            time,
+            payload,
+            quiet: args.quiet,
+            verbose: args.verbose,
+            absolute: args.absolute,
+        };
+        Ok(Output::Text {
+            out: BufWriter::new(std::io::stdout()),
+            packets: PacketPrinter::default(),
+            http: HttpPrinter::default(),
+            style,
+        })
+    }
+
+    fn packet(&mut self, seg: &Segment, json: bool) -> Result<()> {
+        match self {
+            Output::Pcap(sink) => sink.write(seg),
+            Output::Text { out, .. } if json => Ok(packet_json(seg, out)?),
+            Output::Text { out, packets, style, .. } => Ok(packets.write(seg, style, out)?),
+        }
+    }
+
+    fn http(&mut self, event: &HttpEvent, json: bool) -> Result<()> {
+        match self {
+            Output::Pcap(_) => Ok(()),
+            Output::Text { out, http, style, .. } => Ok(http.write(event, style.time, json, out)?),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Output::Text { out, .. } = self {
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Output::Pcap(sink) => sink.finish(),
+            Output::Text { mut out, .. } => Ok(out.flush()?),
+        }
+    }
+}
+
+/// Moves segments from the source through the filter to the output until the source ends,
+/// `stop` completes or the count is reached.
+async fn pump(
+    source: &mut impl CaptureSource,
+    filter: &Filter,
+    classifier: &Classifier,
+    args: &DumpArgs,
+    out: &mut Output,
+    counts: &mut Counts,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let mut merger = ChunkMerger::default();
+    let mut x = extractor(ReassemblyConfig::default(), HttpConfig::default());
+    let (mut batch, mut events) = (Vec::new(), Vec::new());
+    let limit = args.count.unwrap_or(u64::MAX);
+    tokio::pin!(stop);
+    'outer: loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            more = source.next_batch(&mut batch) => if !more.context("reading packets")? { break },
+        }
+        for seg in batch.drain(..) {
+            let Some(mut seg) = merger.push(seg) else { continue };
+            if !filter.matches(&seg) {
+                continue;
+            }
+            counts.matched += 1;
+            if let Some(d) = classifier.direction(seg.src.port(), seg.dst.port()) {
+                seg.direction = d;
+            }
+            if args.http {
+                x.push(&seg, &mut events);
+                for e in events.drain(..) {
+                    out.http(&e, args.json)?;
+                    counts.captured += 1;
+                    if counts.captured >= limit {
+                        break 'outer;
+                    }
+                }
+            } else {
+                out.packet(&seg, args.json)?;
+                counts.captured += 1;
+                if counts.captured >= limit {
+                    break 'outer;
+                }
+            }
+        }
+        out.flush()?;
+    }
+    if args.http && counts.captured < limit {
+        x.finish(&mut events);
+        for e in events.drain(..) {
+            out.http(&e, args.json)?;
+        }
+    }
+    Ok(())
+}
