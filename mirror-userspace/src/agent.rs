@@ -49,7 +49,8 @@ struct Shadow {
 
 /// What a run did, printed when it ends.
 pub struct Summary {
-    pub kernel: KernelCounters,
+    /// Kernel counters (live runs only).
+    pub kernel: Option<KernelCounters>,
     pub reassembly: ReassemblyStats,
     pub http: HttpStats,
     pub captured_requests: u64,
@@ -67,6 +68,128 @@ pub struct ShadowSummary {
     pub dropped: Vec<(&'static str, u64)>,
 }
 
+/// Everything between a capture source and the shadow queues, shared by `mirror run` (live)
+/// and `mirror replay` (a capture file).
+pub struct Mirroring {
+    pipeline: Pipeline,
+    metrics: Arc<Metrics>,
+    queued: Arc<AtomicUsize>,
+    timeout: Duration,
+}
+
+impl Mirroring {
+    /// Validates the mirroring part of `config` and starts one dispatcher per shadow.
+    pub fn start(config: &MirrorConfig, log_requests: bool) -> Result<Mirroring> {
+        config.validate_mirroring()?;
+        let matcher = RequestMatcher::new(&config.match_rules).context("match")?;
+        let rewriter = Rewriter::new(config.host_rewrite.clone(), &config.headers.request)
+            .map_err(|e| anyhow::anyhow!("headers: {e}"))?;
+        let sampler = Sampler::new(config.sample_by_header.clone(), config.seed);
+        let metrics = Arc::new(Metrics::default());
+        let own = OwnSockets::default();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mut shadows = Vec::new();
+        for (i, m) in config.mirrors.iter().enumerate() {
+            let uri = parse_shadow_url(&m.url).with_context(|| format!("mirrors[{i}].url"))?;
+            let shadow_metrics = Arc::new(metrics.shadow(&m.url));
+            let log = log_requests.then(RequestLog::stdout);
+            let client = ShadowClient::start(
+                &uri,
+                &config.limits,
+                queued.clone(),
+                own.clone(),
+                OWN_MARK,
+                shadow_metrics.clone(),
+                log,
+            );
+            let percent = config.percentage(i);
+            shadows.push(Shadow { client, percent, metrics: shadow_metrics, offered: 0 });
+        }
+        let shadow_ports = shadows
+            .iter()
+            .filter_map(|s| s.client.authority().rsplit(':').next()?.parse().ok())
+            .collect();
+        let pipeline = Pipeline {
+            extractor: extractor(ReassemblyConfig::default(), HttpConfig::default()),
+            own,
+            shadow_ports,
+            stages: Stages { matcher, sampler, rewriter, metrics: metrics.clone() },
+            shadows,
+            events: Vec::new(),
+            captured_requests: 0,
+        };
+        Ok(Mirroring { pipeline, metrics, queued, timeout: config.limits.timeout() })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Feeds captured segments (the batch is emptied).
+    pub fn segments(&mut self, batch: &mut Vec<Segment>) {
+        self.pipeline.segments(batch);
+    }
+
+    /// Periodic work: hole and idle timeouts (`now_ns`: the segments' clock), metrics.
+    pub fn tick(&mut self, now_ns: u64) {
+        self.pipeline.tick(now_ns);
+        let x = &self.pipeline.extractor;
+        self.metrics.sync(Stage::Reassembly, &x.stats().fields());
+        self.metrics.sync(Stage::Http, &x.shared().stats.fields());
+    }
+
+    /// The end of the input: flushes what reassembly holds (a response delimited by the end
+    /// of its stream, for instance).
+    pub fn finish_input(&mut self) {
+        self.pipeline.extractor.finish(&mut self.pipeline.events);
+        self.pipeline.dispatch();
+    }
+
+    /// Requests framed so far.
+    pub fn captured_requests(&self) -> u64 {
+        self.pipeline.captured_requests
+    }
+
+    /// Copies queued to shadows so far (all shadows).
+    pub fn mirrored(&self) -> u64 {
+        self.pipeline.shadows.iter().map(|s| s.offered).sum()
+    }
+
+    /// Waits (up to one per-copy timeout) for the copies already queued to finish.
+    pub async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + self.timeout + Duration::from_millis(200);
+        while self.queued.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn summary(&self, kernel: Option<KernelCounters>) -> Summary {
+        let metrics = &self.metrics;
+        let x = &self.pipeline.extractor;
+        Summary {
+            kernel,
+            reassembly: *x.stats(),
+            http: x.shared().stats,
+            captured_requests: self.pipeline.captured_requests,
+            not_matched: metrics.skipped_count("not_matched"),
+            uncopyable: metrics.skipped_count("uncopyable"),
+            shadows: self
+                .pipeline
+                .shadows
+                .iter()
+                .map(|s| ShadowSummary {
+                    authority: s.client.authority().to_owned(),
+                    offered: s.offered,
+                    not_sampled: metrics
+                        .skipped_count(&format!("not_sampled:{}", s.client.authority())),
+                    answered: s.metrics.answered_by_class(),
+                    dropped: s.metrics.dropped_by_reason(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Runs until `shutdown` completes; then detaches and returns the summary.
 pub async fn run(
     config: MirrorConfig,
@@ -74,39 +197,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary> {
     config.validate()?;
-    let matcher = RequestMatcher::new(&config.match_rules).context("match")?;
-    let rewriter = Rewriter::new(config.host_rewrite.clone(), &config.headers.request)
-        .map_err(|e| anyhow::anyhow!("headers: {e}"))?;
-    let sampler = Sampler::new(config.sample_by_header.clone(), config.seed);
-    let metrics = Arc::new(Metrics::default());
     let listener = match config.metrics {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let own = OwnSockets::default();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let mut shadows = Vec::new();
-    for (i, m) in config.mirrors.iter().enumerate() {
-        let uri = parse_shadow_url(&m.url).with_context(|| format!("mirrors[{i}].url"))?;
-        let shadow_metrics = Arc::new(metrics.shadow(&m.url));
-        let log = opts.log_requests.then(RequestLog::stdout);
-        let client = ShadowClient::start(
-            &uri,
-            &config.limits,
-            queued.clone(),
-            own.clone(),
-            OWN_MARK,
-            shadow_metrics.clone(),
-            log,
-        );
-        let percent = config.percentage(i);
-        shadows.push(Shadow { client, percent, metrics: shadow_metrics, offered: 0 });
-    }
-    let shadow_ports: HashSet<u16> = shadows
-        .iter()
-        .filter_map(|s| s.client.authority().rsplit(':').next()?.parse().ok())
-        .collect();
-
+    let mut mirroring = Mirroring::start(&config, opts.log_requests)?;
     let mut tap = Tap::attach(&TapSettings {
         interfaces: config.interfaces.clone(),
         ports: config.ports.clone(),
@@ -118,20 +213,11 @@ pub async fn run(
     })?;
     let ready = Arc::new(AtomicBool::new(true));
     if let Some(listener) = listener {
-        tokio::spawn(metrics::serve(listener, metrics.clone(), ready.clone()));
+        tokio::spawn(metrics::serve(listener, mirroring.metrics().clone(), ready.clone()));
     }
     eprintln!("mirror run: ready");
 
     let mut source = tap.segments()?;
-    let mut pipeline = Pipeline {
-        extractor: extractor(ReassemblyConfig::default(), HttpConfig::default()),
-        own,
-        shadow_ports,
-        stages: Stages { matcher, sampler, rewriter, metrics: metrics.clone() },
-        shadows,
-        events: Vec::new(),
-        captured_requests: 0,
-    };
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
@@ -142,49 +228,23 @@ pub async fn run(
                 if !more? {
                     break;
                 }
-                pipeline.segments(&mut batch);
+                mirroring.segments(&mut batch);
             }
             _ = tick.tick() => {
-                pipeline.tick(wall_clock_ns());
-                metrics.sync(Stage::Kernel, &kernel_fields(&tap.counters()?));
-                metrics.sync(Stage::Reassembly, &pipeline.extractor.stats().fields());
-                metrics.sync(Stage::Http, &pipeline.extractor.shared().stats.fields());
+                mirroring.tick(wall_clock_ns());
+                mirroring.metrics().sync(Stage::Kernel, &kernel_fields(&tap.counters()?));
             }
         }
     }
     // Everything captured before the signal is mirrored: drain the ring to the end.
     while source.drain_now(&mut batch) > 0 {
-        pipeline.segments(&mut batch);
+        mirroring.segments(&mut batch);
     }
     ready.store(false, Ordering::Relaxed);
     let kernel = tap.counters()?;
     tap.detach()?;
-    // Let copies already queued finish (bounded by the per-request timeout).
-    let deadline =
-        tokio::time::Instant::now() + config.limits.timeout() + Duration::from_millis(200);
-    while queued.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let Pipeline { extractor: x, shadows, captured_requests, .. } = pipeline;
-    Ok(Summary {
-        kernel,
-        reassembly: *x.stats(),
-        http: x.shared().stats,
-        captured_requests,
-        not_matched: metrics.skipped_count("not_matched"),
-        uncopyable: metrics.skipped_count("uncopyable"),
-        shadows: shadows
-            .iter()
-            .map(|s| ShadowSummary {
-                authority: s.client.authority().to_owned(),
-                offered: s.offered,
-                not_sampled: metrics
-                    .skipped_count(&format!("not_sampled:{}", s.client.authority())),
-                answered: s.metrics.answered_by_class(),
-                dropped: s.metrics.dropped_by_reason(),
-            })
-            .collect(),
-    })
+    mirroring.settle().await;
+    Ok(mirroring.summary(Some(kernel)))
 }
 
 /// Everything between the capture and the shadow queues.
@@ -282,7 +342,9 @@ pub fn wall_clock_ns() -> u64 {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "captured: kernel {}", self.kernel)?;
+        if let Some(kernel) = &self.kernel {
+            writeln!(f, "captured: kernel {kernel}")?;
+        }
         writeln!(
             f,
             "requests: {} captured, {} not matched, {} not copyable",

@@ -197,6 +197,12 @@ impl MirrorConfig {
 
     /// Checks every field; errors name the field.
     pub fn validate(&self) -> Result<()> {
+        self.validate_capture()?;
+        self.validate_mirroring()
+    }
+
+    /// The live-capture part: interfaces and ports.
+    pub fn validate_capture(&self) -> Result<()> {
         if self.interfaces.is_empty() {
             bail!("interfaces: at least one interface is required (-i)");
         }
@@ -208,6 +214,11 @@ impl MirrorConfig {
         if self.ports.is_empty() || self.ports.contains(&0) {
             bail!("ports: at least one non-zero service port is required (--port)");
         }
+        Ok(())
+    }
+
+    /// Everything about where and how requests are mirrored.
+    pub fn validate_mirroring(&self) -> Result<()> {
         if self.mirrors.is_empty() {
             bail!("mirrors: at least one shadow is required (--shadow URL)");
         }

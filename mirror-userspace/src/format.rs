@@ -206,7 +206,7 @@ pub fn dump_bytes(bytes: &[u8], style: PayloadStyle, out: &mut impl Write) -> io
         if style == PayloadStyle::HexAscii {
             let ascii: String = chunk
                 .iter()
-                .map(|&b| if (b' '..=b'~').contains(&b) { b as char } else { '.' })
+                .map(|&b| if (b'!'..=b'~').contains(&b) { b as char } else { '.' })
                 .collect();
             writeln!(out, "\t0x{:04x}:  {hex:<39}  {ascii}", line * 16)?;
         } else {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod packet;
 pub mod pcap;
 pub mod reassembly;
+pub mod replay;
 pub mod rewrite;
 pub mod segment;
 pub mod select;

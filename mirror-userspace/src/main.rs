@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Mirror live requests of a service to shadow services until SIGINT/SIGTERM.
     Run(Box<cli::run::RunArgs>),
+    /// Replay the HTTP requests of a capture file to shadow services.
+    Replay(Box<cli::replay::ReplayArgs>),
     /// tcpdump for the mirrored flows: packet, HTTP or JSON lines, pcap in and out.
     Dump(Box<cli::dump::DumpArgs>),
     /// Attach the tap and print the captured segments (one line each) until interrupted.
@@ -53,5 +55,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => rt.block_on(cli::run::run(*args)),
         Command::Tap(args) => rt.block_on(cli::tap::run(args)),
         Command::Dump(args) => rt.block_on(cli::dump::run(*args)),
+        Command::Replay(args) => rt.block_on(cli::replay::run(*args)),
     }
 }

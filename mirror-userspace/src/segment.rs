@@ -83,9 +83,11 @@ impl Segment {
         (self.payload.len() as u32) < self.expected_len()
     }
 
-    /// True if this is the last (or only) chunk of its segment; FIN belongs after it.
+    /// True if this is the last (or only) chunk of its segment; FIN belongs after it. A
+    /// truncated chunk is the last: the kernel stops copying a segment at the first failure.
     pub fn is_last_chunk(&self) -> bool {
-        self.chunk_offset + self.expected_len() >= self.segment_len
+        self.chunk_offset as u64 + self.payload.len() as u64 >= self.segment_len as u64
+            || self.is_truncated()
     }
 
     /// The client side of the connection (the side that is not the service).

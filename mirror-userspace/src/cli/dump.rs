@@ -12,14 +12,13 @@ use mirror::{
     capture::CaptureSource,
     filter::Filter,
     format::{packet_json, HttpPrinter, LineStyle, PacketPrinter, PayloadStyle, TimeStyle},
-    http::{extractor, HttpConfig, HttpEvent},
+    http::{extractor, HttpConfig, HttpEvent, HttpExtractor},
     packet::Classifier,
     pcap::{PcapSink, PcapSource},
     reassembly::ReassemblyConfig,
     segment::{ChunkMerger, Hook, Segment},
     tap::{KernelCounters, Tap, TapSettings},
 };
-use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Args, Debug)]
 pub struct DumpArgs {
@@ -103,19 +102,20 @@ pub async fn run(args: DumpArgs) -> Result<ExitCode> {
     let classifier = Classifier::new(ports);
     let mut out = Output::new(&args)?;
     let mut counts = Counts::default();
+    let mut dumper = Dumper {
+        args: &args,
+        filter: &filter,
+        classifier: &classifier,
+        out: &mut out,
+        counts: &mut counts,
+        merger: ChunkMerger::default(),
+        extractor: extractor(ReassemblyConfig::default(), HttpConfig::default()),
+        events: Vec::new(),
+    };
     let kernel = match &args.read {
         Some(path) => {
             let mut source = PcapSource::open(path, classifier.clone())?;
-            pump(
-                &mut source,
-                &filter,
-                &classifier,
-                &args,
-                &mut out,
-                &mut counts,
-                std::future::pending(),
-            )
-            .await?;
+            pump(&mut source, &mut dumper, std::future::pending()).await?;
             None
         }
         None => {
@@ -139,20 +139,18 @@ pub async fn run(args: DumpArgs) -> Result<ExitCode> {
             let mut tap = Tap::attach(&settings)?;
             eprintln!("mirror dump: listening on {}", args.interfaces.join(", "));
             let mut source = tap.segments()?;
-            let mut sigint = signal(SignalKind::interrupt())?;
-            let mut sigterm = signal(SignalKind::terminate())?;
-            let stop = async move {
-                tokio::select! {
-                    _ = sigint.recv() => {}
-                    _ = sigterm.recv() => {}
-                }
-            };
-            pump(&mut source, &filter, &classifier, &args, &mut out, &mut counts, stop).await?;
+            let stop = super::shutdown_signal()?;
+            if pump(&mut source, &mut dumper, stop).await? {
+                // Interrupted: what was captured before the signal is still shown.
+                let mut batch = Vec::new();
+                while source.drain_now(&mut batch) > 0 && dumper.batch(&mut batch)? {}
+            }
             let kernel = tap.counters()?;
             tap.detach()?;
             Some(kernel)
         }
     };
+    dumper.finish()?;
     out.finish()?;
     print_counts(&counts, kernel);
     Ok(ExitCode::SUCCESS)
@@ -241,60 +239,80 @@ impl Output {
     }
 }
 
-/// Moves segments from the source through the filter to the output until the source ends,
-/// `stop` completes or the count is reached.
-async fn pump(
-    source: &mut impl CaptureSource,
-    filter: &Filter,
-    classifier: &Classifier,
-    args: &DumpArgs,
-    out: &mut Output,
-    counts: &mut Counts,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<()> {
-    let mut merger = ChunkMerger::default();
-    let mut x = extractor(ReassemblyConfig::default(), HttpConfig::default());
-    let (mut batch, mut events) = (Vec::new(), Vec::new());
-    let limit = args.count.unwrap_or(u64::MAX);
-    tokio::pin!(stop);
-    'outer: loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            more = source.next_batch(&mut batch) => if !more.context("reading packets")? { break },
-        }
+/// The stages of a dump: chunk merging, the filter, direction, and packet or HTTP output.
+struct Dumper<'a> {
+    args: &'a DumpArgs,
+    filter: &'a Filter,
+    classifier: &'a Classifier,
+    out: &'a mut Output,
+    counts: &'a mut Counts,
+    merger: ChunkMerger,
+    extractor: HttpExtractor,
+    events: Vec<HttpEvent>,
+}
+
+impl Dumper<'_> {
+    /// Handles a batch; false once the count is reached.
+    fn batch(&mut self, batch: &mut Vec<Segment>) -> Result<bool> {
+        let limit = self.args.count.unwrap_or(u64::MAX);
         for seg in batch.drain(..) {
-            let Some(mut seg) = merger.push(seg) else { continue };
-            if !filter.matches(&seg) {
+            let Some(mut seg) = self.merger.push(seg) else { continue };
+            if !self.filter.matches(&seg) {
                 continue;
             }
-            counts.matched += 1;
-            if let Some(d) = classifier.direction(seg.src.port(), seg.dst.port()) {
+            self.counts.matched += 1;
+            if let Some(d) = self.classifier.direction(seg.src.port(), seg.dst.port()) {
                 seg.direction = d;
             }
-            if args.http {
-                x.push(&seg, &mut events);
-                for e in events.drain(..) {
-                    out.http(&e, args.json)?;
-                    counts.captured += 1;
-                    if counts.captured >= limit {
-                        break 'outer;
+            if self.args.http {
+                self.extractor.push(&seg, &mut self.events);
+                for e in self.events.drain(..) {
+                    self.out.http(&e, self.args.json)?;
+                    self.counts.captured += 1;
+                    if self.counts.captured >= limit {
+                        return Ok(false);
                     }
                 }
             } else {
-                out.packet(&seg, args.json)?;
-                counts.captured += 1;
-                if counts.captured >= limit {
-                    break 'outer;
+                self.out.packet(&seg, self.args.json)?;
+                self.counts.captured += 1;
+                if self.counts.captured >= limit {
+                    return Ok(false);
                 }
             }
         }
-        out.flush()?;
+        self.out.flush()?;
+        Ok(true)
     }
-    if args.http && counts.captured < limit {
-        x.finish(&mut events);
-        for e in events.drain(..) {
-            out.http(&e, args.json)?;
+
+    /// The end: messages still held (a response that ends with its connection).
+    fn finish(&mut self) -> Result<()> {
+        if self.args.http && self.counts.captured < self.args.count.unwrap_or(u64::MAX) {
+            self.extractor.finish(&mut self.events);
+            for e in self.events.drain(..) {
+                self.out.http(&e, self.args.json)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves segments from the source through the dumper until the source ends, `stop`
+/// completes or the count is reached. Returns false if the count was reached.
+async fn pump(
+    source: &mut impl CaptureSource,
+    dumper: &mut Dumper<'_>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<bool> {
+    let mut batch = Vec::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(true),
+            more = source.next_batch(&mut batch) => if !more.context("reading packets")? { return Ok(true) },
+        }
+        if !dumper.batch(&mut batch)? {
+            return Ok(false);
         }
     }
-    Ok(())
 }

@@ -8,7 +8,6 @@ use mirror::{
     agent::{self, RunOptions},
     config::{HostRewrite, MatchRule, Mirror, MirrorConfig, Percentage, StringMatch},
 };
-use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -21,6 +20,16 @@ pub struct RunArgs {
     /// Only services in this network (repeatable).
     #[arg(long = "service-net")]
     service_nets: Vec<IpNet>,
+    /// Ring buffer size in bytes (power of two).
+    #[arg(long)]
+    ring_bytes: Option<u32>,
+    #[command(flatten)]
+    mirror: MirrorArgs,
+}
+
+/// Where and how requests are mirrored: shared by `mirror run` and `mirror replay`.
+#[derive(Args, Debug)]
+pub struct MirrorArgs {
     /// Shadow service, optionally with its own percentage: http://host:port[@PERCENT]
     /// (repeatable).
     #[arg(long = "shadow")]
@@ -79,22 +88,27 @@ pub struct RunArgs {
     seed: Option<u64>,
     /// Print a line per copy when its shadow answers.
     #[arg(long)]
-    log_requests: bool,
-    /// Ring buffer size in bytes (power of two).
-    #[arg(long)]
-    ring_bytes: Option<u32>,
+    pub log_requests: bool,
 }
 
 impl RunArgs {
     /// The configuration: the file, extended and overridden by the flags.
     fn config(&self) -> Result<MirrorConfig> {
+        let mut c = self.mirror.config()?;
+        c.interfaces.extend(self.interfaces.iter().cloned());
+        c.ports.extend(&self.ports);
+        c.service_nets.extend(&self.service_nets);
+        Ok(c)
+    }
+}
+
+impl MirrorArgs {
+    /// The configuration file (if any), extended and overridden by these flags.
+    pub fn config(&self) -> Result<MirrorConfig> {
         let mut c = match &self.config {
             Some(path) => MirrorConfig::from_file(path)?,
             None => MirrorConfig::default(),
         };
-        c.interfaces.extend(self.interfaces.iter().cloned());
-        c.ports.extend(&self.ports);
-        c.service_nets.extend(&self.service_nets);
         for s in &self.shadows {
             c.mirrors.push(parse_shadow_flag(s)?);
         }
@@ -186,15 +200,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let opts = RunOptions { log_requests: args.log_requests, ring_bytes: args.ring_bytes };
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
-        }
-    };
+    let opts = RunOptions { log_requests: args.mirror.log_requests, ring_bytes: args.ring_bytes };
+    let shutdown = super::shutdown_signal()?;
     let summary = agent::run(config, opts, shutdown).await?;
     eprintln!("mirror run: stopped\n{summary}");
     Ok(ExitCode::SUCCESS)
