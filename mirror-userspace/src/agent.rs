@@ -27,6 +27,7 @@ use crate::{
     select::{RequestMatcher, Sampler},
     shadow::{OwnSockets, RequestLog, ShadowClient},
     tap::{Directions, KernelCounters, Tap, TapSettings},
+    watch::Publisher,
 };
 
 /// Marks the agent's own sockets; the kernel tap ignores packets carrying it ("mir").
@@ -38,6 +39,8 @@ pub struct RunOptions {
     /// Print one line per copy when its shadow answers.
     pub log_requests: bool,
     pub ring_bytes: Option<u32>,
+    /// Serve watchers (`mirror dump --watch`) on this unix socket.
+    pub watch_socket: Option<std::path::PathBuf>,
 }
 
 struct Shadow {
@@ -113,7 +116,7 @@ impl Mirroring {
             extractor: extractor(ReassemblyConfig::default(), HttpConfig::default()),
             own,
             shadow_ports,
-            stages: Stages { matcher, sampler, rewriter, metrics: metrics.clone() },
+            stages: Stages { matcher, sampler, rewriter, metrics: metrics.clone(), watch: None },
             shadows,
             events: Vec::new(),
             captured_requests: 0,
@@ -123,6 +126,11 @@ impl Mirroring {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Publishes every mirrored request to watchers.
+    pub fn publish_to(&mut self, publisher: Publisher) {
+        self.pipeline.stages.watch = Some(publisher);
     }
 
     /// Feeds captured segments (the batch is emptied).
@@ -202,6 +210,20 @@ pub async fn run(
         None => None,
     };
     let mut mirroring = Mirroring::start(&config, opts.log_requests)?;
+    // Watching is an aid, not the job: without its socket the agent still mirrors.
+    let watch_socket = opts.watch_socket.as_ref().filter(|path| match Publisher::serve(path) {
+        Ok(publisher) => {
+            mirroring.publish_to(publisher);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                "watch socket {}: {e}; `mirror dump --watch` will not work",
+                path.display()
+            );
+            false
+        }
+    });
     let mut tap = Tap::attach(&TapSettings {
         interfaces: config.interfaces.clone(),
         ports: config.ports.clone(),
@@ -244,6 +266,9 @@ pub async fn run(
     let kernel = tap.counters()?;
     tap.detach()?;
     mirroring.settle().await;
+    if let Some(path) = watch_socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(mirroring.summary(Some(kernel)))
 }
 
@@ -293,6 +318,7 @@ struct Stages {
     sampler: Sampler,
     rewriter: Rewriter,
     metrics: Arc<Metrics>,
+    watch: Option<Publisher>,
 }
 
 impl Stages {
@@ -301,6 +327,8 @@ impl Stages {
             self.metrics.skipped("not_matched");
             return;
         }
+        let watched = self.watch.as_ref().is_some_and(Publisher::watched);
+        let mut sent_to: Vec<&str> = Vec::new();
         for shadow in shadows.iter_mut() {
             if !self.sampler.sample(shadow.percent, &req.head) {
                 self.metrics.skipped(&format!("not_sampled:{}", shadow.client.authority()));
@@ -317,7 +345,13 @@ impl Stages {
             let bytes = req.head.bytes().len() + req.body.len();
             if shadow.client.offer(copy, bytes).is_ok() {
                 shadow.offered += 1;
+                if watched {
+                    sent_to.push(shadow.client.authority());
+                }
             }
+        }
+        if let (Some(watch), false) = (&self.watch, sent_to.is_empty()) {
+            watch.mirrored(req, &sent_to);
         }
     }
 }

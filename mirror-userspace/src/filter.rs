@@ -68,6 +68,17 @@ impl Filter {
         }
     }
 
+    /// Evaluates the expression for a connection's request direction (client to server),
+    /// where only the endpoints are known (watched events).
+    pub fn matches_endpoints(
+        &self,
+        client: std::net::SocketAddr,
+        server: std::net::SocketAddr,
+    ) -> bool {
+        let mut c = crate::synth::Conversation::new(client, server, 0, 0);
+        c.request(b"-", 1).first().is_some_and(|s| self.matches(s))
+    }
+
     pub fn matches(&self, s: &Segment) -> bool {
         match self {
             Filter::All => true,

@@ -23,3 +23,4 @@ pub mod select;
 pub mod shadow;
 pub mod synth;
 pub mod tap;
+pub mod watch;

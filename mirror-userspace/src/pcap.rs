@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
-    pcapng::{Block, PcapNgReader},
+    pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgReader},
     DataLink, TsResolution,
 };
 
@@ -25,8 +25,8 @@ const BATCH: usize = 512;
 
 enum Reader {
     Pcap(PcapReader<BufReader<File>>, Option<LinkType>),
-    /// Link types by interface id.
-    PcapNg(PcapNgReader<BufReader<File>>, Vec<Option<LinkType>>),
+    /// Link type and timestamp unit (ns per tick) by interface id.
+    PcapNg(PcapNgReader<BufReader<File>>, Vec<(Option<LinkType>, u64)>),
 }
 
 /// Counts of a file's packets.
@@ -93,18 +93,23 @@ impl PcapSource {
                     None => return Ok(None),
                     Some(Err(e)) => bail!("bad pcapng block: {e}"),
                     Some(Ok(Block::InterfaceDescription(idb))) => {
-                        links.push(LinkType::from_linktype(u32::from(idb.linktype)));
+                        let unit = idb.options.iter().find_map(|o| match o {
+                            InterfaceDescriptionOption::IfTsResol(r) => Some(tick_ns(*r)),
+                            _ => None,
+                        });
+                        // Without if_tsresol a tick is a microsecond.
+                        let link = LinkType::from_linktype(u32::from(idb.linktype));
+                        links.push((link, unit.unwrap_or(1000)));
                     }
                     Some(Ok(Block::EnhancedPacket(p))) => {
-                        let link = links.get(p.interface_id as usize).copied().flatten();
-                        return Ok(Some((
-                            link,
-                            p.timestamp.as_nanos() as u64,
-                            p.data.into_owned(),
-                        )));
+                        let (link, unit) =
+                            links.get(p.interface_id as usize).copied().unwrap_or((None, 1000));
+                        // pcap-file hands the raw tick count over as nanoseconds.
+                        let ts = (p.timestamp.as_nanos() as u64).saturating_mul(unit);
+                        return Ok(Some((link, ts, p.data.into_owned())));
                     }
                     Some(Ok(Block::SimplePacket(p))) => {
-                        let link = links.first().copied().flatten();
+                        let link = links.first().and_then(|l| l.0);
                         return Ok(Some((link, 0, p.data.into_owned())));
                     }
                     Some(Ok(_)) => {}
@@ -132,6 +137,17 @@ impl CaptureSource for PcapSource {
             }
         }
         Ok(added > 0)
+    }
+}
+
+/// Nanoseconds per timestamp tick for pcapng's if_tsresol: 10^-n or 2^-n seconds.
+fn tick_ns(resol: u8) -> u64 {
+    let n = u32::from(resol & 0x7f);
+    if resol & 0x80 == 0 {
+        10u64.checked_pow(9u32.saturating_sub(n)).unwrap_or(1)
+    } else {
+        // Binary fractions finer than 1 ns are rounded to 1 ns.
+        (1_000_000_000u64 >> n.min(63)).max(1)
     }
 }
 
@@ -177,5 +193,16 @@ impl PcapSink {
     pub fn finish(self) -> Result<()> {
         use std::io::Write;
         self.writer.into_writer().flush().context("flushing pcap")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pcapng_tick_units() {
+        assert_eq!(super::tick_ns(6), 1000);
+        assert_eq!(super::tick_ns(9), 1);
+        assert_eq!(super::tick_ns(3), 1_000_000);
+        assert_eq!(super::tick_ns(0x80 | 10), 976_562);
     }
 }

@@ -145,6 +145,14 @@ fn pcap_written_by_tcpdump_is_read_by_dump_and_replayed() {
         assert_eq!(a, b, "line {i} differs");
     }
     assert_eq!(ours.len(), theirs.len());
+    // The same capture as pcapng (converted by tshark) reads the same.
+    let ng = tmp(&topo, "theirs.pcapng");
+    let g = ng.display().to_string();
+    run(Command::new("tshark").args(["-r", &f, "-F", "pcapng", "-w", &g])).unwrap();
+    let from_ng =
+        text(&run(Command::new(mirror_bin()).args(["dump", "-r", &g, "-n", "-tt"])).unwrap());
+    assert_eq!(from_ng.lines().collect::<Vec<_>>(), ours);
+    std::fs::remove_file(&ng).unwrap();
 
     // Replayed to a shadow: exactly the requests the primary got.
     let shadow = RecordingServer::start(&topo.shadow, &[PORT]);

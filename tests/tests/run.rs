@@ -469,3 +469,32 @@ fn works_inside_the_pod_too() {
     assert!(got.iter().all(|r| r.header("host") == Some(&b"app-shadow:8000"[..])));
     assert!(summary.contains("http: requests 50, responses 50"), "{summary}");
 }
+
+/// `mirror dump --watch` shows what a running agent mirrors, without attaching anything.
+#[test]
+fn watching_a_running_agent_shows_what_it_mirrors() {
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let _shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let socket = std::env::temp_dir().join(format!("mirror-watch-{}.sock", topo.id));
+    let s = socket.display().to_string();
+    let agent = agent(&topo, &url, &["--watch-socket", &s]);
+    let args: Vec<String> =
+        ["dump", "--watch", &s, "-c", "20", "-tt"].iter().map(|x| x.to_string()).collect();
+    let mut watcher = AgentProcess::start(&args, "watching");
+    let requests: Vec<RawRequest> =
+        (0..20).map(|i| RawRequest::new("GET", &format!("/w/{i}"), "app:8000", b"")).collect();
+    keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
+        .unwrap();
+    let mut lines = String::new();
+    std::io::Read::read_to_string(watcher.stdout.as_mut().unwrap(), &mut lines).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 20, "{lines:?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert!(l.contains(&format!("GET app:8000 /w/{i} HTTP/1.1")), "{l}");
+        assert!(l.ends_with(&format!("mirrored to {}", url.trim_start_matches("http://"))), "{l}");
+    }
+    agent.stop();
+    assert!(!socket.exists(), "the agent removes its socket");
+}

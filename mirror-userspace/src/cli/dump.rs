@@ -74,6 +74,10 @@ pub struct DumpArgs {
     /// the lower port of a connection).
     #[arg(long = "port")]
     ports: Vec<u16>,
+    /// Watch what a running `mirror run` mirrors, through its unix socket, instead of
+    /// capturing (no second program is attached).
+    #[arg(long, num_args = 0..=1, default_missing_value = mirror::watch::DEFAULT_SOCKET)]
+    watch: Option<PathBuf>,
     /// Filter expression (tcpdump syntax).
     expression: Vec<String>,
 }
@@ -93,6 +97,9 @@ pub async fn run(args: DumpArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    if let Some(path) = &args.watch {
+        return watch(path, &filter, &args).await;
+    }
     if args.read.is_none() && args.interfaces.is_empty() {
         eprintln!("mirror dump: give an interface (-i) or a file (-r)");
         return Ok(ExitCode::from(1));
@@ -315,4 +322,82 @@ async fn pump(
             return Ok(false);
         }
     }
+}
+
+/// Prints the requests a running agent mirrors, read from its watch socket.
+async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Result<ExitCode> {
+    use tokio::io::AsyncBufReadExt;
+    let stream = match tokio::net::UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "mirror dump: cannot watch {}: {e} (is `mirror run` running?)",
+                path.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    if lines.next_line().await?.is_none_or(|hello| !hello.contains("hello")) {
+        eprintln!("mirror dump: {} is not a mirror watch socket", path.display());
+        return Ok(ExitCode::from(1));
+    }
+    eprintln!("mirror dump: watching {}", path.display());
+    let stop = super::shutdown_signal()?;
+    tokio::pin!(stop);
+    let mut out = std::io::stdout().lock();
+    let (mut shown, mut lost) = (0u64, 0u64);
+    let time_style = match args.time {
+        0 => TimeStyle::Clock,
+        1 => TimeStyle::None,
+        _ => TimeStyle::Epoch,
+    };
+    while shown < args.count.unwrap_or(u64::MAX) {
+        let line = tokio::select! {
+            _ = &mut stop => break,
+            line = lines.next_line() => match line? { Some(l) => l, None => break },
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if v["type"] == "lost" {
+            lost += v["lines"].as_u64().unwrap_or(0);
+            continue;
+        }
+        let (Some(client), Some(server)) = (v["client"].as_str(), v["server"].as_str()) else {
+            continue;
+        };
+        let (Ok(client), Ok(server)) = (client.parse(), server.parse()) else { continue };
+        if !filter.matches_endpoints(client, server) {
+            continue;
+        }
+        if args.json {
+            writeln!(out, "{line}")?;
+        } else {
+            let shadows: Vec<&str> =
+                v["shadows"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+            writeln!(
+                out,
+                "{}{} > {}: {} {} {} {} (head {}, body {}) mirrored to {}",
+                mirror::format::time(time_style, v["ts_ns"].as_u64().unwrap_or(0)),
+                dotted(client),
+                dotted(server),
+                v["method"].as_str().unwrap_or(""),
+                v["host"].as_str().unwrap_or(""),
+                v["target"].as_str().unwrap_or(""),
+                v["version"].as_str().unwrap_or(""),
+                v["head_bytes"],
+                v["body_bytes"],
+                shadows.join(", ")
+            )?;
+        }
+        out.flush()?;
+        shown += 1;
+    }
+    eprintln!("{shown} requests shown");
+    eprintln!("{lost} requests lost by this watcher (it fell behind)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// tcpdump's `addr.port`.
+fn dotted(a: std::net::SocketAddr) -> String {
+    format!("{}.{}", a.ip(), a.port())
 }

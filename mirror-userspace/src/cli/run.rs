@@ -23,6 +23,9 @@ pub struct RunArgs {
     /// Ring buffer size in bytes (power of two).
     #[arg(long)]
     ring_bytes: Option<u32>,
+    /// Unix socket where `mirror dump --watch` sees the mirrored requests ("none": off).
+    #[arg(long, default_value = mirror::watch::DEFAULT_SOCKET)]
+    watch_socket: String,
     #[command(flatten)]
     mirror: MirrorArgs,
 }
@@ -200,7 +203,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let opts = RunOptions { log_requests: args.mirror.log_requests, ring_bytes: args.ring_bytes };
+    let watch_socket = (args.watch_socket != "none").then(|| PathBuf::from(&args.watch_socket));
+    let opts = RunOptions {
+        log_requests: args.mirror.log_requests,
+        ring_bytes: args.ring_bytes,
+        watch_socket,
+    };
     let shutdown = super::shutdown_signal()?;
     let summary = agent::run(config, opts, shutdown).await?;
     eprintln!("mirror run: stopped\n{summary}");
