@@ -122,10 +122,28 @@ fn test(args: &[String]) -> Result<()> {
 
 fn bench(args: &[String]) -> Result<()> {
     setup::ensure()?;
+    setup::ensure_bench_tools()?;
+    // Reassembly and framing on one core (criterion).
     check(
         cargo()
             .args(["bench", "--locked", "-p", "mirror-userspace", "--bench", "extract", "--"])
             .args(args),
+    )?;
+    // The primary path in namespaces: nginx, wrk, the tap and the agent (release build).
+    check(cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "mirror-userspace",
+        "--bin",
+        "mirror",
+    ]))?;
+    let bin = workspace_root().join("target/release/mirror");
+    check(
+        cargo()
+            .args(["bench", "--locked", "-p", "mirror-tests", "--bench", "primary_path"])
+            .env("MIRROR_BIN", bin),
     )
 }
 

@@ -112,3 +112,30 @@ pub fn run() -> Result<()> {
     println!("setup: done");
     Ok(())
 }
+
+/// Tools only the benchmarks drive (never needed by the tests).
+const BENCH_PACKAGES: &[&str] = &["nginx-light", "wrk"];
+
+/// Installs the benchmark tools when missing (root on Debian).
+pub fn ensure_bench_tools() -> Result<()> {
+    let missing: Vec<&str> = BENCH_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_debian() || !is_root() {
+        bail!("benchmarks need: apt-get install -y {}", missing.join(" "));
+    }
+    check(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q"])
+            .args(&missing),
+    )
+}
