@@ -34,6 +34,9 @@ pub const LARGE_CHUNK: usize = 16384;
 /// largest BIG TCP default) are truncated and counted.
 pub const MAX_CHUNKS: u32 = 32;
 
+/// Default number of waiting bytes that wakes the reader (see `TapConfig::wake_bytes`).
+pub const DEFAULT_WAKE_BYTES: u32 = 64 << 10;
+
 /// Default ring buffer size (bytes, power of two); overridable at load time.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
@@ -53,6 +56,9 @@ pub struct TapConfig {
     /// Non-zero: packets carrying this mark (`SO_MARK` of the agent's own sockets) are
     /// ignored, so the agent never captures its own copies.
     pub ignore_mark: u32,
+    /// Wake the reader only once this many bytes wait in the ring (0: on every record);
+    /// the reader polls on a timer as well.
+    pub wake_bytes: u32,
 }
 
 /// Which way a segment travels relative to the service.
@@ -197,6 +203,6 @@ mod tests {
     fn header_layout_is_stable() {
         assert_eq!(HEADER_LEN, 80);
         assert_eq!(core::mem::align_of::<SegmentHeader>(), 8);
-        assert_eq!(core::mem::size_of::<TapConfig>(), 12);
+        assert_eq!(core::mem::size_of::<TapConfig>(), 16);
     }
 }

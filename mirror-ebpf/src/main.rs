@@ -9,7 +9,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
@@ -335,10 +335,24 @@ fn emit_chunk<const N: usize>(ctx: &TcContext, sel: &Selected, offset: u32, n: u
         h.chunk_offset = offset;
         h.captured_len = copied;
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     count(Counter::Records, 1);
     count(Counter::Bytes, copied as u64);
     copied == n
+}
+
+/// Whether this submit wakes the reader. A wakeup (irq_work, then an epoll wakeup of the
+/// agent) costs more than everything else the program does for a packet, so records are
+/// submitted silently until `wake_bytes` are waiting; the agent also polls the ring on a
+/// short timer, which bounds the delay of a quiet trickle.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let wake_bytes = TAP_CONFIG.get(0).map_or(0, |c| c.wake_bytes) as u64;
+    if wake_bytes == 0 || SEGMENTS.query(BPF_RB_AVAIL_DATA as u64) >= wake_bytes {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 #[cfg(not(test))]

@@ -65,6 +65,9 @@ pub struct TapSettings {
     pub attach_mode: AttachMode,
     /// Packets with this mark are ignored (0: none). The agent marks its own sockets.
     pub ignore_mark: u32,
+    /// Bytes waiting in the ring before the kernel wakes the reader (0: every record).
+    /// Between wakeups the reader polls every [`RingSource::POLL_INTERVAL`].
+    pub wake_bytes: u32,
 }
 
 impl Default for TapSettings {
@@ -78,6 +81,7 @@ impl Default for TapSettings {
             ring_bytes: DEFAULT_RING_BYTES,
             attach_mode: AttachMode::Auto,
             ignore_mark: 0,
+            wake_bytes: mirror_common::DEFAULT_WAKE_BYTES,
         }
     }
 }
@@ -262,6 +266,7 @@ fn configure(ebpf: &mut Ebpf, settings: &TapSettings) -> Result<()> {
         capture: settings.directions.bits(),
         restrict_addrs: u32::from(!settings.service_nets.is_empty()),
         ignore_mark: settings.ignore_mark,
+        wake_bytes: settings.wake_bytes,
     };
     let mut config: Array<_, TapConfig> =
         ebpf.map_mut(MAP_CONFIG).context("config map")?.try_into()?;

@@ -27,6 +27,9 @@ pub struct RingSource {
 }
 
 impl RingSource {
+    /// How often the ring is read when the kernel has not woken us.
+    pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
     pub(super) fn new(ring: RingBuf<MapData>) -> Result<Self> {
         // SAFETY: the fd belongs to the RingBuf, which the AsyncFd owns for its whole life;
         // it stays open and the same until the AsyncFd is dropped.
@@ -52,11 +55,18 @@ impl RingSource {
 impl CaptureSource for RingSource {
     async fn next_batch(&mut self, out: &mut Vec<Segment>) -> io::Result<bool> {
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            // Clear before draining: a record submitted after the drain raises a new edge.
-            guard.clear_ready();
+            // The kernel wakes us only once enough bytes wait (see TapConfig::wake_bytes);
+            // a short poll picks up a quiet trickle.
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    // Clear before draining: a record submitted after the drain raises a
+                    // new edge.
+                    guard?.clear_ready();
+                }
+                _ = tokio::time::sleep(Self::POLL_INTERVAL) => {}
+            }
             let n = drain(
-                guard.get_inner_mut(),
+                self.ring.get_mut(),
                 &mut self.arena,
                 &mut self.malformed,
                 self.clock_offset_ns,
