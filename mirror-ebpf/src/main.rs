@@ -335,7 +335,7 @@ fn emit_chunk<const N: usize>(ctx: &TcContext, sel: &Selected, offset: u32, n: u
         h.chunk_offset = offset;
         h.captured_len = copied;
     }
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(core::mem::size_of::<Record<N>>() as u64));
     count(Counter::Records, 1);
     count(Counter::Bytes, copied as u64);
     copied == n
@@ -343,12 +343,18 @@ fn emit_chunk<const N: usize>(ctx: &TcContext, sel: &Selected, offset: u32, n: u
 
 /// Whether this submit wakes the reader. A wakeup (irq_work, then an epoll wakeup of the
 /// agent) costs more than everything else the program does for a packet, so records are
-/// submitted silently until `wake_bytes` are waiting; the agent also polls the ring on a
-/// short timer, which bounds the delay of a quiet trickle.
+/// submitted silently and only the record that brings the waiting data past `wake_bytes`
+/// wakes the reader; the agent also polls the ring on a short timer, which bounds the delay
+/// of a quiet trickle. Waking only on the crossing matters when the reader falls behind:
+/// waking on every record above the mark would make each packet dearer exactly then.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
-    let wake_bytes = TAP_CONFIG.get(0).map_or(0, |c| c.wake_bytes) as u64;
-    if wake_bytes == 0 || SEGMENTS.query(BPF_RB_AVAIL_DATA as u64) >= wake_bytes {
+fn wakeup_flags(record_bytes: u64) -> u64 {
+    let wake = TAP_CONFIG.get(0).map_or(0, |c| c.wake_bytes) as u64;
+    if wake == 0 {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    }
+    let waiting = SEGMENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if waiting >= wake && waiting < wake + record_bytes {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

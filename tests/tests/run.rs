@@ -335,19 +335,22 @@ fn match_rules_header_edits_and_metrics() {
         assert_eq!(r.header("x-extra"), Some(&b"e"[..]));
         assert_eq!(r.header("x-canary"), Some(&b"yes"[..]));
     }
-    // The shadow's answers are counted once the agent has read them.
+    // The shadow's answers are counted once the agent has read them, and the requests that
+    // did not match once the agent has read them from the ring (it polls every 2 ms).
     let label = format!("mirror_shadow_requests_total{{shadow=\"{shadow_url}\",class=\"2xx\"}}");
+    let skipped = "mirror_requests_skipped_total{reason=\"not_matched\"}";
     let deadline = std::time::Instant::now() + WAIT;
     let text = loop {
         let (status, text) = get(metrics_addr, "/metrics");
         assert_eq!(status, 200);
-        if metric(&text, &label) == matching as u64 || std::time::Instant::now() > deadline {
+        let done = metric(&text, &label) == matching as u64
+            && metric(&text, skipped) == (40 - matching) as u64;
+        if done || std::time::Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(metric(&text, &label), matching as u64, "{text}");
-    let skipped = "mirror_requests_skipped_total{reason=\"not_matched\"}";
     assert_eq!(metric(&text, skipped), (40 - matching) as u64, "{text}");
     let summary = agent.stop();
     assert!(summary.contains(&format!("{} not matched", 40 - matching)), "{summary}");

@@ -140,6 +140,7 @@ fn bench(args: &[String]) -> Result<()> {
         "mirror",
     ]))?;
     let bin = workspace_root().join("target/release/mirror");
+    check(cargo().args(["bench", "--locked", "-p", "mirror-tests", "--bench", "kernel_cost"]))?;
     check(
         cargo()
             .args(["bench", "--locked", "-p", "mirror-tests", "--bench", "primary_path"])
