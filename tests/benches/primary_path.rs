@@ -21,6 +21,8 @@ use mirror_tests::{
 const RUNS: usize = 3;
 const SECONDS: u64 = 8;
 const PORT: u16 = 8000;
+/// Where the nginx mirror proxy (the anchor) listens, in the primary's namespace.
+const PROXY_PORT: u16 = 8080;
 
 /// A shadow URL and extra flags for `mirror run`.
 type AgentArgs<'a> = (String, Vec<&'a str>);
@@ -28,7 +30,29 @@ type AgentArgs<'a> = (String, Vec<&'a str>);
 struct Nginx(Child, std::path::PathBuf);
 
 impl Nginx {
+    /// nginx on `PORT` answering `return 200`.
     fn start(ns: &Netns, tag: &str) -> Nginx {
+        let server = format!(
+            "server {{ listen {PORT}; listen [::]:{PORT}; location / {{ return 200 \"hello from nginx\\n\"; }} }}"
+        );
+        Self::start_with(ns, tag, &server)
+    }
+
+    /// The anchor: nginx's `mirror` directive as an inline proxy on `PROXY_PORT`, in front of
+    /// the primary (this namespace, `PORT`) and the shadow at `shadow`.
+    fn start_mirror_proxy(ns: &Netns, shadow: &str) -> Nginx {
+        let server = format!(
+            "upstream primary {{ server 127.0.0.1:{PORT}; keepalive 64; }}\n\
+             upstream shadow {{ server {shadow}; keepalive 64; }}\n\
+             server {{ listen {PROXY_PORT};\n\
+               location / {{ mirror /mirror; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_pass http://primary; }}\n\
+               location = /mirror {{ internal; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                 proxy_set_header Host $host-shadow; proxy_pass http://shadow$request_uri; }} }}"
+        );
+        Self::start_with(ns, "proxy", &server)
+    }
+
+    fn start_with(ns: &Netns, tag: &str, server: &str) -> Nginx {
         let dir =
             std::env::temp_dir().join(format!("mirror-bench-nginx-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -41,7 +65,7 @@ impl Nginx {
                  events {{ worker_connections 4096; }}\n\
                  http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
                  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-                 server {{ listen {PORT}; listen [::]:{PORT}; location / {{ return 200 \"hello from nginx\\n\"; }} }} }}\n"
+                 {server} }}\n"
             ),
         )
         .unwrap();
@@ -115,8 +139,8 @@ struct Sample {
 }
 
 /// wrk, closed loop, from the client namespace.
-fn wrk(topo: &Topology, agent: Option<u32>) -> Sample {
-    let url = format!("http://{}:{PORT}/", topo.server_addr(Family::V4));
+fn wrk(topo: &Topology, port: u16, agent: Option<u32>) -> Sample {
+    let url = format!("http://{}:{port}/", topo.server_addr(Family::V4));
     let (busy0, total0) = cpu_jiffies();
     let a0 = agent.map_or(0, process_jiffies);
     let out = topo
@@ -207,11 +231,18 @@ fn main() {
         Behavior::Slow(Duration::from_millis(100)),
     );
     let slow = format!("http://{}:{}", topo.shadow_addr(Family::V4), PORT + 1);
+    // The anchor, (d): nginx's mirror directive, inline in front of the same primary.
+    let _proxy = Nginx::start_mirror_proxy(
+        &topo.server,
+        &format!("{}:{PORT}", topo.shadow_addr(Family::V4)),
+    );
+    wait_listening(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PROXY_PORT));
 
     let configs: Vec<(&str, Option<AgentArgs>)> = vec![
         ("(a) nothing attached", None),
         ("(b) tap + agent, nothing replayed", Some((shadow.clone(), vec!["--percent", "0"]))),
         ("(c) full mirroring to a live shadow", Some((shadow.clone(), vec![]))),
+        ("(d) nginx `mirror`, inline proxy, live shadow", None),
         ("(e) full mirroring to a 100 ms shadow", Some((slow, vec![]))),
     ];
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").unwrap();
@@ -222,7 +253,8 @@ fn main() {
         let mut samples = Vec::new();
         for _ in 0..RUNS {
             let agent = cfg.as_ref().map(|(s, extra)| agent(&topo, s, extra));
-            samples.push(wrk(&topo, agent.as_ref().map(|a| a.pid())));
+            let port = if name.starts_with("(d)") { PROXY_PORT } else { PORT };
+            samples.push(wrk(&topo, port, agent.as_ref().map(|a| a.pid())));
             if name.starts_with("(b)") {
                 kernel = kernel_ns_per_packet().or(kernel);
             }
