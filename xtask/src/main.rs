@@ -143,6 +143,11 @@ fn bench(args: &[String]) -> Result<()> {
     check(cargo().args(["bench", "--locked", "-p", "mirror-tests", "--bench", "kernel_cost"]))?;
     check(
         cargo()
+            .args(["bench", "--locked", "-p", "mirror-tests", "--bench", "agent_memory"])
+            .env("MIRROR_BIN", &bin),
+    )?;
+    check(
+        cargo()
             .args(["bench", "--locked", "-p", "mirror-tests", "--bench", "primary_path"])
             .env("MIRROR_BIN", bin),
     )
