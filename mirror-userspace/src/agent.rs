@@ -179,8 +179,8 @@ impl Mirroring {
             reassembly: *x.stats(),
             http: x.shared().stats,
             captured_requests: self.pipeline.captured_requests,
-            not_matched: metrics.skipped_count("not_matched"),
-            uncopyable: metrics.skipped_count("uncopyable"),
+            not_matched: metrics.not_matched.get(),
+            uncopyable: metrics.uncopyable.get(),
             shadows: self
                 .pipeline
                 .shadows
@@ -188,8 +188,7 @@ impl Mirroring {
                 .map(|s| ShadowSummary {
                     authority: s.client.authority().to_owned(),
                     offered: s.offered,
-                    not_sampled: metrics
-                        .skipped_count(&format!("not_sampled:{}", s.client.authority())),
+                    not_sampled: s.metrics.not_sampled.get(),
                     answered: s.metrics.answered_by_class(),
                     dropped: s.metrics.dropped_by_reason(),
                 })
@@ -324,21 +323,21 @@ struct Stages {
 impl Stages {
     fn mirror(&mut self, req: &HttpRequest, shadows: &mut [Shadow]) {
         if !self.matcher.matches(&req.head) {
-            self.metrics.skipped("not_matched");
+            self.metrics.not_matched.inc();
             return;
         }
         let watched = self.watch.as_ref().is_some_and(Publisher::watched);
         let mut sent_to: Vec<&str> = Vec::new();
         for shadow in shadows.iter_mut() {
             if !self.sampler.sample(shadow.percent, &req.head) {
-                self.metrics.skipped(&format!("not_sampled:{}", shadow.client.authority()));
+                shadow.metrics.not_sampled.inc();
                 continue;
             }
             let copy =
                 match self.rewriter.copy(req, shadow.client.authority(), req.conn.client.ip()) {
                     Ok(copy) => copy,
                     Err(_) => {
-                        self.metrics.skipped("uncopyable");
+                        self.metrics.uncopyable.inc();
                         continue;
                     }
                 };

@@ -40,7 +40,11 @@ pub struct Metrics {
     kernel: Family<Labels, Counter>,
     reassembly: Family<Labels, Counter>,
     http: Family<Labels, Counter>,
-    skipped: Family<Labels, Counter>,
+    /// Requests that matched no rule, and requests that could not be copied: handles kept
+    /// so the per-request path does not build label sets.
+    pub not_matched: Counter,
+    pub uncopyable: Counter,
+    shadow_not_sampled: Family<Labels, Counter>,
     shadow_requests: Family<Labels, Counter>,
     shadow_dropped: Family<Labels, Counter>,
     shadow_latency: Family<Labels, Histogram, fn() -> Histogram>,
@@ -58,8 +62,16 @@ impl Default for Metrics {
         registry.register("reassembly", "TCP reassembly counters", reassembly.clone());
         let http = Family::default();
         registry.register("http", "HTTP framing counters", http.clone());
-        let skipped = Family::default();
+        let skipped: Family<Labels, Counter> = Family::default();
         registry.register("requests_skipped", "Requests not mirrored, by reason", skipped.clone());
+        let not_matched = skipped.get_or_create(&label("reason", "not_matched")).clone();
+        let uncopyable = skipped.get_or_create(&label("reason", "uncopyable")).clone();
+        let shadow_not_sampled = Family::default();
+        registry.register(
+            "shadow_not_sampled",
+            "Requests a shadow's sampling left out",
+            shadow_not_sampled.clone(),
+        );
         let shadow_requests = Family::default();
         registry.register(
             "shadow_requests",
@@ -86,7 +98,9 @@ impl Default for Metrics {
             kernel,
             reassembly,
             http,
-            skipped,
+            not_matched,
+            uncopyable,
+            shadow_not_sampled,
             shadow_requests,
             shadow_dropped,
             shadow_latency,
@@ -127,14 +141,6 @@ impl Metrics {
         }
     }
 
-    pub fn skipped(&self, reason: &str) {
-        self.skipped.get_or_create(&label("reason", reason)).inc();
-    }
-
-    pub fn skipped_count(&self, reason: &str) -> u64 {
-        self.skipped.get_or_create(&label("reason", reason)).get()
-    }
-
     /// Handles for one shadow's metrics.
     pub fn shadow(&self, shadow: &str) -> ShadowMetrics {
         let with =
@@ -144,6 +150,7 @@ impl Metrics {
                 .map(|c| self.shadow_requests.get_or_create(&with("class", c)).clone()),
             dropped: DropReason::ALL
                 .map(|r| self.shadow_dropped.get_or_create(&with("reason", r.name())).clone()),
+            not_sampled: self.shadow_not_sampled.get_or_create(&label("shadow", shadow)).clone(),
             latency: self.shadow_latency.get_or_create(&label("shadow", shadow)).clone(),
             queue_depth: self.shadow_queue.get_or_create(&label("shadow", shadow)).clone(),
         }
@@ -160,6 +167,7 @@ impl Metrics {
 /// One shadow's metrics (clones share the underlying values).
 pub struct ShadowMetrics {
     by_class: [Counter; 5],
+    pub not_sampled: Counter,
     dropped: [Counter; 5],
     latency: Histogram,
     pub queue_depth: Gauge,
