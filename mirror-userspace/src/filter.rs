@@ -5,7 +5,11 @@
 //!
 //! [`Filter::ports`] extracts what the kernel can select (a set of ports every matching
 //! packet must use); the whole expression is then evaluated in userspace.
-use std::{collections::BTreeSet, fmt, net::IpAddr};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use ipnet::IpNet;
 
@@ -68,24 +72,19 @@ impl Filter {
         }
     }
 
-    /// Evaluates the expression for a connection's request direction (client to server),
-    /// where only the endpoints are known (watched events).
-    pub fn matches_endpoints(
-        &self,
-        client: std::net::SocketAddr,
-        server: std::net::SocketAddr,
-    ) -> bool {
-        let mut c = crate::synth::Conversation::new(client, server, 0, 0);
-        c.request(b"-", 1).first().is_some_and(|s| self.matches(s))
+    pub fn matches(&self, s: &Segment) -> bool {
+        self.matches_addrs(s.src, s.dst)
     }
 
-    pub fn matches(&self, s: &Segment) -> bool {
+    /// Evaluates the expression for a packet from `src` to `dst` (all a primitive looks
+    /// at; watched events carry no more).
+    pub fn matches_addrs(&self, src: SocketAddr, dst: SocketAddr) -> bool {
         match self {
             Filter::All => true,
-            Filter::Prim(p) => prim_matches(p, s),
-            Filter::Not(f) => !f.matches(s),
-            Filter::And(a, b) => a.matches(s) && b.matches(s),
-            Filter::Or(a, b) => a.matches(s) || b.matches(s),
+            Filter::Prim(p) => prim_matches(p, src, dst),
+            Filter::Not(f) => !f.matches_addrs(src, dst),
+            Filter::And(a, b) => a.matches_addrs(src, dst) && b.matches_addrs(src, dst),
+            Filter::Or(a, b) => a.matches_addrs(src, dst) || b.matches_addrs(src, dst),
         }
     }
 
@@ -112,14 +111,14 @@ fn dir_matches<T: PartialEq>(dir: Dir, src: T, dst: T, f: impl Fn(T) -> bool) ->
     }
 }
 
-fn prim_matches(p: &Prim, s: &Segment) -> bool {
+fn prim_matches(p: &Prim, src: SocketAddr, dst: SocketAddr) -> bool {
     match p {
-        Prim::Port(d, port) => dir_matches(*d, s.src.port(), s.dst.port(), |x| x == *port),
-        Prim::Host(d, host) => dir_matches(*d, s.src.ip(), s.dst.ip(), |x| x == *host),
-        Prim::Net(d, net) => dir_matches(*d, s.src.ip(), s.dst.ip(), |x| net.contains(&x)),
+        Prim::Port(d, port) => dir_matches(*d, src.port(), dst.port(), |x| x == *port),
+        Prim::Host(d, host) => dir_matches(*d, src.ip(), dst.ip(), |x| x == *host),
+        Prim::Net(d, net) => dir_matches(*d, src.ip(), dst.ip(), |x| net.contains(&x)),
         Prim::Tcp => true, // only TCP is ever captured
-        Prim::Ip => s.src.is_ipv4(),
-        Prim::Ip6 => s.src.is_ipv6(),
+        Prim::Ip => src.is_ipv4(),
+        Prim::Ip6 => src.is_ipv6(),
     }
 }
 

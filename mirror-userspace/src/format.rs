@@ -43,6 +43,17 @@ pub struct LineStyle {
     pub absolute: bool,
 }
 
+impl TimeStyle {
+    /// From tcpdump's `-t` count: none given, `-t`, `-tt` (or more).
+    pub fn from_t_flags(count: u8) -> TimeStyle {
+        match count {
+            0 => TimeStyle::Clock,
+            1 => TimeStyle::None,
+            _ => TimeStyle::Epoch,
+        }
+    }
+}
+
 pub fn time(style: TimeStyle, ts_ns: u64) -> String {
     let (secs, micros) = (ts_ns / 1_000_000_000, (ts_ns % 1_000_000_000) / 1000);
     match style {
@@ -59,7 +70,7 @@ pub fn time(style: TimeStyle, ts_ns: u64) -> String {
 }
 
 /// tcpdump's `addr.port`.
-fn endpoint(a: SocketAddr) -> String {
+pub fn endpoint(a: SocketAddr) -> String {
     format!("{}.{}", a.ip(), a.port())
 }
 

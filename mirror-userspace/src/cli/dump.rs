@@ -11,7 +11,9 @@ use clap::Args;
 use mirror::{
     capture::CaptureSource,
     filter::Filter,
-    format::{packet_json, HttpPrinter, LineStyle, PacketPrinter, PayloadStyle, TimeStyle},
+    format::{
+        endpoint, packet_json, HttpPrinter, LineStyle, PacketPrinter, PayloadStyle, TimeStyle,
+    },
     http::{extractor, HttpConfig, HttpEvent, HttpExtractor},
     packet::Classifier,
     pcap::{PcapSink, PcapSource},
@@ -196,11 +198,7 @@ impl Output {
         } else {
             PayloadStyle::None
         };
-        let time = match args.time {
-            0 => TimeStyle::Clock,
-            1 => TimeStyle::None,
-            _ => TimeStyle::Epoch,
-        };
+        let time = TimeStyle::from_t_flags(args.time);
         let style = LineStyle {
             time,
             payload,
@@ -347,11 +345,6 @@ async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Resu
     tokio::pin!(stop);
     let mut out = std::io::stdout().lock();
     let (mut shown, mut lost) = (0u64, 0u64);
-    let time_style = match args.time {
-        0 => TimeStyle::Clock,
-        1 => TimeStyle::None,
-        _ => TimeStyle::Epoch,
-    };
     while shown < args.count.unwrap_or(u64::MAX) {
         let line = tokio::select! {
             _ = &mut stop => break,
@@ -366,7 +359,7 @@ async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Resu
             continue;
         };
         let (Ok(client), Ok(server)) = (client.parse(), server.parse()) else { continue };
-        if !filter.matches_endpoints(client, server) {
+        if !filter.matches_addrs(client, server) {
             continue;
         }
         if args.json {
@@ -377,9 +370,12 @@ async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Resu
             writeln!(
                 out,
                 "{}{} > {}: {} {} {} {} (head {}, body {}) mirrored to {}",
-                mirror::format::time(time_style, v["ts_ns"].as_u64().unwrap_or(0)),
-                dotted(client),
-                dotted(server),
+                mirror::format::time(
+                    TimeStyle::from_t_flags(args.time),
+                    v["ts_ns"].as_u64().unwrap_or(0)
+                ),
+                endpoint(client),
+                endpoint(server),
                 v["method"].as_str().unwrap_or(""),
                 v["host"].as_str().unwrap_or(""),
                 v["target"].as_str().unwrap_or(""),
@@ -395,9 +391,4 @@ async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Resu
     eprintln!("{shown} requests shown");
     eprintln!("{lost} requests lost by this watcher (it fell behind)");
     Ok(ExitCode::SUCCESS)
-}
-
-/// tcpdump's `addr.port`.
-fn dotted(a: std::net::SocketAddr) -> String {
-    format!("{}.{}", a.ip(), a.port())
 }

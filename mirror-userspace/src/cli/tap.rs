@@ -7,10 +7,10 @@ use clap::Args;
 use ipnet::IpNet;
 use mirror::{
     capture::CaptureSource,
-    segment::{tcp_flags, Segment},
+    format::flags,
+    segment::Segment,
     tap::{AttachMode, Directions, Tap, TapSettings},
 };
-use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Args, Debug)]
 pub struct TapArgs {
@@ -80,15 +80,14 @@ pub async fn run(args: TapArgs) -> Result<ExitCode> {
     // Readiness signal for scripts and tests: printed once everything is attached.
     eprintln!("mirror tap: ready");
     let mut source = tap.segments()?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let stop = super::shutdown_signal()?;
+    tokio::pin!(stop);
     let mut batch = Vec::new();
     let mut printed = 0u64;
     let stdout = std::io::stdout();
     'outer: loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = &mut stop => break,
             more = source.next_batch(&mut batch) => {
                 if !more? {
                     break;
@@ -120,18 +119,6 @@ struct SegmentLine<'a>(&'a Segment);
 impl std::fmt::Display for SegmentLine<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.0;
-        let mut flags = String::new();
-        for (bit, c) in [
-            (tcp_flags::SYN, 'S'),
-            (tcp_flags::FIN, 'F'),
-            (tcp_flags::RST, 'R'),
-            (tcp_flags::PSH, 'P'),
-            (tcp_flags::ACK, '.'),
-        ] {
-            if s.has(bit) {
-                flags.push(c);
-            }
-        }
         write!(
             f,
             "{}.{:09} if{} {:?} {:?} {} > {} [{}] seq {} ack {} win {} length {}",
@@ -142,7 +129,7 @@ impl std::fmt::Display for SegmentLine<'_> {
             s.direction,
             s.src,
             s.dst,
-            flags,
+            flags(s.flags),
             s.seq,
             s.ack,
             s.window,
