@@ -40,10 +40,20 @@ impl ChunkedDecoder {
     /// Consumes bytes of the body; returns how many belong to it (all of `data`, or fewer if
     /// the body ended inside it).
     pub fn advance(&mut self, data: &[u8]) -> Result<usize, ChunkedError> {
+        self.advance_with(data, |_| {})
+    }
+
+    /// As [`advance`](Self::advance), handing each run of chunk data to `on_data`.
+    pub fn advance_with(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkedError> {
         let mut i = 0;
         while i < data.len() && self.state != State::Done {
             if let State::Data(n) = self.state {
                 let take = n.min((data.len() - i) as u64);
+                on_data(&data[i..i + take as usize]);
                 i += take as usize;
                 self.state = if take == n { State::DataCr } else { State::Data(n - take) };
                 continue;
@@ -152,27 +162,12 @@ mod tests {
 }
 
 /// The data of a complete chunked body (chunk framing, extensions and trailers removed).
-/// `None` if the framing is invalid.
+/// `None` if the framing is invalid or the body incomplete.
 pub fn decode_chunked(body: &[u8]) -> Option<bytes::Bytes> {
     let mut out = bytes::BytesMut::with_capacity(body.len());
-    let mut rest = body;
-    loop {
-        let eol = rest.iter().position(|&b| b == b'\n')?;
-        let line = &rest[..eol];
-        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-        if digits == 0 || digits > 16 {
-            return None;
-        }
-        let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()?;
-        rest = &rest[eol + 1..];
-        if size == 0 {
-            return Some(out.freeze());
-        }
-        let size = usize::try_from(size).ok()?;
-        out.extend_from_slice(rest.get(..size)?);
-        rest = &rest[size..];
-        rest = rest.strip_prefix(b"\r\n").or_else(|| rest.strip_prefix(b"\n"))?;
-    }
+    let mut decoder = ChunkedDecoder::default();
+    decoder.advance_with(body, |run| out.extend_from_slice(run)).ok()?;
+    decoder.is_done().then(|| out.freeze())
 }
 
 #[cfg(test)]
