@@ -82,6 +82,8 @@ fn count(counter: Counter, n: u64) {
 struct Selected {
     payload_offset: u32,
     header: SegmentHeader,
+    /// `TapConfig::wake_bytes`, read once per packet with the rest of the configuration.
+    wake_bytes: u32,
 }
 
 #[inline(always)]
@@ -146,7 +148,7 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
     let ip_payload = ip_payload_len.saturating_sub(tcp_len);
     header.payload_len =
         if ip_payload_len == 0 || ip_payload > skb_payload { skb_payload } else { ip_payload };
-    Some(Selected { payload_offset, header })
+    Some(Selected { payload_offset, header, wake_bytes: cfg.wake_bytes })
 }
 
 #[inline(always)]
@@ -335,7 +337,7 @@ fn emit_chunk<const N: usize>(ctx: &TcContext, sel: &Selected, offset: u32, n: u
         h.chunk_offset = offset;
         h.captured_len = copied;
     }
-    entry.submit(wakeup_flags(core::mem::size_of::<Record<N>>() as u64));
+    entry.submit(wakeup_flags(sel.wake_bytes, core::mem::size_of::<Record<N>>() as u64));
     count(Counter::Records, 1);
     count(Counter::Bytes, copied as u64);
     copied == n
@@ -348,8 +350,8 @@ fn emit_chunk<const N: usize>(ctx: &TcContext, sel: &Selected, offset: u32, n: u
 /// of a quiet trickle. Waking only on the crossing matters when the reader falls behind:
 /// waking on every record above the mark would make each packet dearer exactly then.
 #[inline(always)]
-fn wakeup_flags(record_bytes: u64) -> u64 {
-    let wake = TAP_CONFIG.get(0).map_or(0, |c| c.wake_bytes) as u64;
+fn wakeup_flags(wake_bytes: u32, record_bytes: u64) -> u64 {
+    let wake = wake_bytes as u64;
     if wake == 0 {
         return BPF_RB_FORCE_WAKEUP as u64;
     }

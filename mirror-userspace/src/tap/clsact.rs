@@ -1,5 +1,9 @@
 //! Deleting a clsact qdisc over rtnetlink (aya can add one, but not remove it).
-use std::{io, mem::size_of};
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 use anyhow::{bail, Result};
 
@@ -58,7 +62,7 @@ pub fn delete(iface: &str) -> Result<()> {
     }
 }
 
-struct Socket(i32);
+struct Socket(OwnedFd);
 
 impl Socket {
     fn open() -> io::Result<Socket> {
@@ -69,20 +73,22 @@ impl Socket {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Socket(fd))
+        // SAFETY: socket(2) just returned this fd and nothing else owns it.
+        Ok(Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
     /// Sends one request and returns the errno of its ack (0 or a negative errno).
     fn request(&self, req: &Request) -> io::Result<i32> {
         // SAFETY: `req` is a repr(C) struct of the size we pass.
-        let sent =
-            unsafe { libc::send(self.0, (req as *const Request).cast(), size_of::<Request>(), 0) };
+        let sent = unsafe {
+            libc::send(self.0.as_raw_fd(), (req as *const Request).cast(), size_of::<Request>(), 0)
+        };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
         let mut buf = [0u8; 1024];
         // SAFETY: the buffer is valid for its length.
-        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -96,12 +102,5 @@ impl Socket {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected netlink reply"));
         }
         Ok(i32::from_ne_bytes(buf[hdr_len..hdr_len + 4].try_into().expect("4 bytes")))
-    }
-}
-
-impl Drop for Socket {
-    fn drop(&mut self) {
-        // SAFETY: we own the fd.
-        unsafe { libc::close(self.0) };
     }
 }
