@@ -26,6 +26,11 @@ pub fn mirror_bin() -> std::path::PathBuf {
     bin
 }
 
+/// `http://addr:port/path`, with IPv6 addresses in brackets.
+pub fn http_url(addr: std::net::IpAddr, port: u16, path: &str) -> String {
+    format!("http://{}{path}", std::net::SocketAddr::new(addr, port))
+}
+
 /// Integration tests need root (namespaces, BPF). Fail loudly rather than skip.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

@@ -8,19 +8,13 @@ use mirror::{
 };
 use mirror_tests::{
     client::{curl, hyper_client, keep_alive, pipelined, RawRequest},
+    http_url,
     live::LiveExtractor,
     server::{expected_body, RecordingServer},
     topology::{Family, Topology},
 };
 
 const PORT: u16 = 8080;
-
-fn url(addr: std::net::IpAddr, path: &str) -> String {
-    match addr {
-        std::net::IpAddr::V4(a) => format!("http://{a}:{PORT}{path}"),
-        std::net::IpAddr::V6(a) => format!("http://[{a}]:{PORT}{path}"),
-    }
-}
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[0] ^ seed).collect()
@@ -55,7 +49,7 @@ async fn requests_come_out_exactly_as_sent(family: Family) {
         (ka, pl, hy)
     };
     // curl: keep-alive with three URLs; a chunked upload; 100-continue; a 5 MiB body.
-    let u = |p: &str| url(addr, p);
+    let u = |p: &str| http_url(addr, PORT, p);
     let out = curl(client_ns, &[&u("/c/1"), &u("/c/2"), &u("/c/3")]).unwrap();
     assert!(out.ends_with(&expected_body("GET", "/c/3", b"")));
     let mut uploads = Vec::new();

@@ -3,26 +3,20 @@
 use std::{
     collections::HashMap,
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
 use mirror_tests::{
     agent::AgentProcess,
     client::{curl, keep_alive, pipelined, RawRequest},
+    http_url,
     server::{expected_body, Behavior, RecordingServer, SeenRequest},
     topology::{Family, Topology},
 };
 
 const PORT: u16 = 8000;
 const WAIT: Duration = Duration::from_secs(20);
-
-fn http_url(addr: IpAddr, port: u16, path: &str) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("http://{a}:{port}{path}"),
-        IpAddr::V6(a) => format!("http://[{a}]:{port}{path}"),
-    }
-}
 
 fn agent(topo: &Topology, shadow: &str, extra: &[&str]) -> AgentProcess {
     let mut args: Vec<String> = ["run", "-i", &topo.server_host_if, "--port", &PORT.to_string()]

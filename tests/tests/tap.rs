@@ -13,7 +13,7 @@ use mirror::{
 };
 use mirror_tests::{
     client::{curl, keep_alive, RawRequest},
-    mirror_bin,
+    http_url, mirror_bin,
     server::{expected_body, RecordingServer},
     streams::assemble,
     topology::{Family, Topology},
@@ -49,13 +49,6 @@ fn mixed_requests(host: &str) -> Vec<RawRequest> {
     reqs
 }
 
-fn url(topo: &Topology, family: Family, port: u16, path: &str) -> String {
-    match topo.server_addr(family) {
-        std::net::IpAddr::V4(a) => format!("http://{a}:{port}{path}"),
-        std::net::IpAddr::V6(a) => format!("http://[{a}]:{port}{path}"),
-    }
-}
-
 /// Every byte each client sent (and got back) appears in the capture, in sequence order,
 /// exactly; every primary response is intact; the counters agree.
 async fn capture_is_byte_exact(family: Family) {
@@ -70,7 +63,10 @@ async fn capture_is_byte_exact(family: Family) {
     // curl: three requests on one connection, then a 1 MiB upload (GSO super-packets).
     let out = curl(
         &topo.client,
-        &[&url(&topo, family, SERVICE_PORT, "/a"), &url(&topo, family, SERVICE_PORT, "/b?x=1")],
+        &[
+            &http_url(topo.server_addr(family), SERVICE_PORT, "/a"),
+            &http_url(topo.server_addr(family), SERVICE_PORT, "/b?x=1"),
+        ],
     )
     .unwrap();
     assert_eq!(
@@ -84,13 +80,19 @@ async fn capture_is_byte_exact(family: Family) {
     let data = format!("@{}", file.display());
     let out = curl(
         &topo.client,
-        &["--data-binary", &data, "-H", "Expect:", &url(&topo, family, SERVICE_PORT, "/upload")],
+        &[
+            "--data-binary",
+            &data,
+            "-H",
+            "Expect:",
+            &http_url(topo.server_addr(family), SERVICE_PORT, "/upload"),
+        ],
     )
     .unwrap();
     std::fs::remove_file(&file).unwrap();
     assert_eq!(out, expected_body("POST", "/upload", &upload));
     // Traffic on a port that is not selected.
-    curl(&topo.client, &[&url(&topo, family, OTHER_PORT, "/ignored")]).unwrap();
+    curl(&topo.client, &[&http_url(topo.server_addr(family), OTHER_PORT, "/ignored")]).unwrap();
 
     // Every payload byte passed the tap before the peer read it, so it is in the ring now.
     let mut segments: Vec<Segment> = Vec::new();
