@@ -16,7 +16,7 @@ pub const MAP_PORTS: &str = "SERVICE_PORTS";
 pub const MAP_NETS_V4: &str = "SERVICE_NETS_V4";
 /// LPM trie of IPv6 service networks (key data: address bytes in network order).
 pub const MAP_NETS_V6: &str = "SERVICE_NETS_V6";
-/// Per-CPU array of `u64`, indexed by [`Counter`].
+/// Per-CPU array with one [`CounterSet`] (so the program looks it up once per packet).
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
 /// Program names in the object, one per tc hook so each record knows where it was seen.
@@ -106,6 +106,9 @@ pub enum Counter {
     /// load); the copied prefix is still emitted.
     Truncated = 5,
 }
+
+/// One CPU's counters, indexed by [`Counter`].
+pub type CounterSet = [u64; Counter::COUNT as usize];
 
 impl Counter {
     pub const COUNT: u32 = 6;

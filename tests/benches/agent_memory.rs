@@ -7,13 +7,16 @@ use std::{
 };
 
 use mirror_tests::{
-    agent::AgentProcess,
+    agent::{self, AgentProcess},
+    bench::{self, Spread},
+    http_url,
     server::RecordingServer,
     topology::{Family, Topology},
 };
 
 const PORT: u16 = 8000;
 const CONNECTIONS: usize = 10_000;
+const RUNS: usize = 3;
 
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -27,34 +30,13 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn main() {
-    mirror_tests::require_root();
-    // 10 000 sockets here, 10 000 in the server: raise the descriptor limit.
-    let limit = libc::rlimit { rlim_cur: 65536, rlim_max: 65536 };
-    // SAFETY: setrlimit with a valid struct.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-    let topo = Topology::new().unwrap();
-    let _primary = RecordingServer::start(&topo.server, &[PORT]);
-    let _shadow = RecordingServer::start(&topo.shadow, &[PORT]);
-    let shadow = format!("http://{}:{PORT}", topo.shadow_addr(Family::V4));
-    let args: Vec<String> = [
-        "run",
-        "-i",
-        &topo.server_host_if,
-        "--port",
-        "8000",
-        "--shadow",
-        &shadow,
-        "--watch-socket",
-        "none",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let agent = AgentProcess::start(&args, "mirror run: ready");
+/// One run: a fresh agent, `CONNECTIONS` connections opened through it and held open while
+/// its memory is read. Returns (connections open, RSS idle, RSS with them, peak RSS) in KiB.
+fn run(topo: &Topology, args: &[String]) -> (usize, u64, u64, u64) {
+    let agent = AgentProcess::start(args, "mirror run: ready");
     let (idle_rss, _) = rss_kib(agent.pid());
     let server = SocketAddr::new(topo.server_addr(Family::V4), PORT);
-    let open = topo.client.run(move || {
+    let conns = topo.client.run(move || {
         let mut conns = Vec::with_capacity(CONNECTIONS);
         for i in 0..CONNECTIONS {
             let Ok(mut s) = TcpStream::connect(server) else { break };
@@ -65,16 +47,40 @@ fn main() {
                 conns.push(s);
             }
         }
-        let n = conns.len();
-        // Keep them open while the agent is measured.
-        std::mem::forget(conns);
-        n
+        conns
     });
-    std::thread::sleep(std::time::Duration::from_secs(2)); // let the agent drain the ring
+    // Let the agent drain the ring and settle (a benchmark, not a test: nothing to wait on).
+    std::thread::sleep(std::time::Duration::from_secs(2));
     let (rss, hwm) = rss_kib(agent.pid());
-    let summary = agent.stop();
-    println!("| connections open | agent RSS idle | agent RSS with them | agent peak RSS |");
-    println!("|---|---|---|---|");
-    println!("| {open} | {} MiB | {} MiB | {} MiB |", idle_rss / 1024, rss / 1024, hwm / 1024);
-    eprintln!("{summary}");
+    let open = conns.len();
+    agent.stop();
+    drop(conns);
+    (open, idle_rss, rss, hwm)
+}
+
+fn main() {
+    mirror_tests::require_root();
+    // 10 000 sockets here, 10 000 in the server: raise the descriptor limit.
+    let limit = libc::rlimit { rlim_cur: 65536, rlim_max: 65536 };
+    // SAFETY: setrlimit with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let _shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let shadow = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let args = agent::run_args(&topo.server_host_if, PORT, &shadow, &[]);
+    let runs: Vec<_> = (0..RUNS).map(|_| run(&topo, &args)).collect();
+    let mib = |f: fn(&(usize, u64, u64, u64)) -> f64| Spread::of(runs.iter().map(f)).show(1);
+    bench::report(
+        "agent_memory",
+        &format!(
+            "| connections open | agent RSS idle, MiB | agent RSS with them, MiB | agent peak RSS, MiB |\n\
+             |---|---|---|---|\n| {} | {} | {} | {} |\n\n\
+             Median (min-max) of {RUNS} runs, each with a fresh agent.\n",
+            Spread::of(runs.iter().map(|r| r.0 as f64)).show(0),
+            mib(|r| r.1 as f64 / 1024.0),
+            mib(|r| r.2 as f64 / 1024.0),
+            mib(|r| r.3 as f64 / 1024.0),
+        ),
+    );
 }

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use mirror::tap::{Tap, TapSettings};
 use mirror_tests::{
+    bench::{self, Spread},
     frames::TcpFrame,
     topology::{Family, Topology},
 };
@@ -29,6 +30,27 @@ fn test_run(prog_fd: i32, frame: &[u8]) -> u32 {
         unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, attr.as_mut_ptr(), attr.len()) };
     assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
     u32::from_ne_bytes(attr[36..40].try_into().unwrap())
+}
+
+/// A tc program that does nothing (`return TC_ACT_UNSPEC`): its time per run is the test-run
+/// harness's own cost, which the rows above include.
+fn empty_program() -> std::os::fd::OwnedFd {
+    // bpf_insn: code, dst/src registers, offset, immediate. mov64 r0, -1; exit.
+    let insns: [[u8; 8]; 2] =
+        [[0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff], [0x95, 0, 0, 0, 0, 0, 0, 0]];
+    let license = c"GPL";
+    // struct bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license (then zeros).
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&3u32.to_ne_bytes()); // BPF_PROG_TYPE_SCHED_CLS
+    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    // SAFETY: attr and the buffers it points to are valid for the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_mut_ptr(), attr.len()) };
+    assert!(fd >= 0, "BPF_PROG_LOAD: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel just returned this descriptor to us.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }
 }
 
 fn main() {
@@ -59,12 +81,13 @@ fn main() {
         ),
         ("segment of another port", TcpFrame::new(client, server, 40000, 9999, get)),
     ];
-    println!("| frame | ns per run, median of {ROUNDS} x {REPEAT} runs (min-max) |");
-    println!("|---|---|");
+    let mut table = format!(
+        "| frame | ns per run, median of {ROUNDS} x {REPEAT} runs (min-max) |\n|---|---|\n"
+    );
     let mut batch = Vec::new();
     for (name, frame) in cases {
         let bytes = frame.build();
-        let mut runs: Vec<u32> = (0..ROUNDS)
+        let runs: Vec<u32> = (0..ROUNDS)
             .map(|_| {
                 let ns = test_run(fd.as_fd().as_raw_fd(), &bytes);
                 // Keep the ring from filling up (a full ring would make runs cheaper).
@@ -74,10 +97,17 @@ fn main() {
                 ns
             })
             .collect();
-        runs.sort_unstable();
-        println!("| {name} | {} ({}-{}) |", runs[ROUNDS / 2], runs[0], runs[ROUNDS - 1]);
+        table += &format!("| {name} | {} |\n", Spread::of(runs.iter().map(|&r| r as f64)).show(0));
     }
+    let empty = empty_program();
+    let frame = TcpFrame::new(client, server, 40000, PORT, get).build();
+    let runs = (0..ROUNDS).map(|_| test_run(empty.as_raw_fd(), &frame) as f64);
+    table += &format!(
+        "| the same small request through an empty program (harness cost) | {} |\n",
+        Spread::of(runs).show(0)
+    );
     let k = tap.counters().unwrap();
     assert_eq!(k.lost, 0, "the ring never filled: {k}");
     tap.detach().unwrap();
+    bench::report("kernel_cost", &table);
 }

@@ -1,287 +1,356 @@
-//! Primary-path overhead (BENCHMARKS.md, scenario 1) and the kernel program's cost per packet
-//! (scenario 3, in part). Run by `cargo xtask bench`; needs root, nginx and wrk.
+//! Primary-path overhead (BENCHMARKS.md, scenario 1), and the kernel program's run time per
+//! packet under that load (scenario 3, in part). Run by `cargo xtask bench primary_path`;
+//! needs root, nginx, wrk and oha.
 //!
 //! Topology: client namespace -> root namespace (the node) -> primary namespace, the tap on
 //! the primary's node-side veth; shadows in their own namespace. The primary is nginx
-//! returning a small body; load is wrk (closed loop, saturated). Each configuration runs
-//! `RUNS` times; the table gives the median and the spread (min-max).
-use std::{
-    net::SocketAddr,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+//! returning a small body. Saturated throughput comes from wrk (closed loop); latency at fixed
+//! offered rates from oha (`-q`, latency measured from when each request was due). Every
+//! figure is the median of `RUNS` runs with the spread beside it, all measured in one run.
+use std::{net::SocketAddr, time::Duration};
 
 use mirror_tests::{
-    agent::AgentProcess,
-    netns::Netns,
+    agent::{self, AgentProcess},
+    bench::{self, CpuMeter, CpuUse, Load, Nginx, Spread},
+    http_url,
     server::{Behavior, RecordingServer},
     topology::{Family, Topology},
 };
 
 const RUNS: usize = 3;
-const SECONDS: u64 = 8;
+const SATURATED_SECONDS: u64 = 8;
+const FIXED_RATE_SECONDS: u64 = 6;
 const PORT: u16 = 8000;
 /// Where the nginx mirror proxy (the anchor) listens, in the primary's namespace.
 const PROXY_PORT: u16 = 8080;
 
-/// A shadow URL and extra flags for `mirror run`.
-type AgentArgs<'a> = (String, Vec<&'a str>);
-
-struct Nginx(Child, std::path::PathBuf);
-
-impl Nginx {
-    /// nginx on `PORT` answering `return 200`.
-    fn start(ns: &Netns, tag: &str) -> Nginx {
-        let server = format!(
-            "server {{ listen {PORT}; listen [::]:{PORT}; location / {{ return 200 \"hello from nginx\\n\"; }} }}"
-        );
-        Self::start_with(ns, tag, &server)
-    }
-
-    /// The anchor: nginx's `mirror` directive as an inline proxy on `PROXY_PORT`, in front of
-    /// the primary (this namespace, `PORT`) and the shadow at `shadow`.
-    fn start_mirror_proxy(ns: &Netns, shadow: &str) -> Nginx {
-        let server = format!(
-            "upstream primary {{ server 127.0.0.1:{PORT}; keepalive 64; }}\n\
-             upstream shadow {{ server {shadow}; keepalive 64; }}\n\
-             server {{ listen {PROXY_PORT};\n\
-               location / {{ mirror /mirror; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_pass http://primary; }}\n\
-               location = /mirror {{ internal; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
-                 proxy_set_header Host $host-shadow; proxy_pass http://shadow$request_uri; }} }}"
-        );
-        Self::start_with(ns, "proxy", &server)
-    }
-
-    fn start_with(ns: &Netns, tag: &str, server: &str) -> Nginx {
-        let dir =
-            std::env::temp_dir().join(format!("mirror-bench-nginx-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("nginx.conf");
-        let d = dir.display();
-        std::fs::write(
-            &conf,
-            format!(
-                "worker_processes 1; daemon off; pid {d}/pid; error_log {d}/error.log;\n\
-                 events {{ worker_connections 4096; }}\n\
-                 http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
-                 fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-                 {server} }}\n"
-            ),
-        )
-        .unwrap();
-        let child = ns
-            .command("nginx")
-            .args(["-c", &conf.display().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Nginx(child, dir)
-    }
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Config {
+    /// (a) nothing attached.
+    Bare,
+    /// (b) tap and agent, nothing replayed.
+    TapOnly,
+    /// (c) every request mirrored to a live shadow.
+    Mirror,
+    /// (d) nginx's `mirror` directive as an inline proxy.
+    NginxMirror,
+    /// (e) every request mirrored to a shadow that answers after 100 ms.
+    MirrorSlowShadow,
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGQUIT: the master stops its workers (a SIGKILL would orphan them).
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGQUIT) };
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
+const CONFIGS: [Config; 5] =
+    [Config::Bare, Config::TapOnly, Config::Mirror, Config::NginxMirror, Config::MirrorSlowShadow];
 
-/// Waits until something accepts connections at `addr` from inside `ns`.
-fn wait_listening(ns: &Netns, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let ok = ns.run(move || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
-        if ok {
-            return;
+impl Config {
+    fn label(self) -> &'static str {
+        match self {
+            Config::Bare => "(a) nothing attached",
+            Config::TapOnly => "(b) tap + agent, nothing replayed (`--percent 0`)",
+            Config::Mirror => "(c) full mirroring to a live shadow",
+            Config::NginxMirror => "(d) nginx `mirror`, inline proxy, live shadow",
+            Config::MirrorSlowShadow => "(e) full mirroring to a 100 ms shadow",
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("nothing listens at {addr}");
+
+    fn short(self) -> &'static str {
+        &self.label()[..3]
+    }
 }
 
-/// Busy and total jiffies of the whole machine.
-fn cpu_jiffies() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let v: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let idle = v[3] + v[4];
-    let total: u64 = v.iter().take(8).sum();
-    (total - idle, total)
+struct Bench {
+    topo: Topology,
+    live_shadow: String,
+    slow_shadow: String,
+    _servers: (Nginx, Nginx, Nginx, RecordingServer),
 }
 
-/// user+system jiffies of a process.
-fn process_jiffies(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-}
-
+/// One measurement: the load generator's figures and the CPU it cost.
 struct Sample {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    cpu_pct: f64,
-    agent_cpu_pct: f64,
+    load: Load,
+    cpu: CpuUse,
+    kernel: Option<KernelRuns>,
 }
 
-/// wrk, closed loop, from the client namespace.
-fn wrk(topo: &Topology, port: u16, agent: Option<u32>) -> Sample {
-    let url = format!("http://{}:{port}/", topo.server_addr(Family::V4));
-    let (busy0, total0) = cpu_jiffies();
-    let a0 = agent.map_or(0, process_jiffies);
-    let out = topo
-        .client
-        .command("wrk")
-        .args(["-t1", "-c32", &format!("-d{SECONDS}s"), "--latency", &url])
-        .output()
-        .unwrap();
-    let (busy1, total1) = cpu_jiffies();
-    let a1 = agent.map_or(0, process_jiffies);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = field(&text, "Requests/sec:");
-    let p50_ms = latency(&text, "50%");
-    let p99_ms = latency(&text, "99%");
-    let hz = 100.0; // USER_HZ
-    let cpu_pct = 100.0 * (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64 * 2.0;
-    let agent_cpu_pct = 100.0 * (a1 - a0) as f64 / hz / SECONDS as f64;
-    Sample { rps, p50_ms, p99_ms, cpu_pct, agent_cpu_pct }
-}
-
-fn field(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// wrk's latency percentiles ("50%  1.23ms").
-fn latency(text: &str, pct: &str) -> f64 {
-    let v = text.lines().find_map(|l| l.trim().strip_prefix(pct)).unwrap_or("0ms").trim();
-    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-    let n: f64 = num.parse().unwrap_or(0.0);
-    match unit {
-        "us" => n / 1000.0,
-        "s" => n * 1000.0,
-        _ => n,
-    }
-}
-
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
-fn agent(topo: &Topology, shadow: &str, extra: &[&str]) -> AgentProcess {
-    let mut args: Vec<String> = [
-        "run",
-        "-i",
-        &topo.server_host_if,
-        "--port",
-        &PORT.to_string(),
-        "--shadow",
-        shadow,
-        "--watch-socket",
-        "none",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    AgentProcess::start(&args, "mirror run: ready")
-}
-
-/// Run time per packet of the tap programs (kernel.bpf_stats_enabled), in ns.
-fn kernel_ns_per_packet() -> Option<(f64, u64)> {
-    let (mut ns, mut cnt) = (0u64, 0u64);
-    for p in aya::programs::loaded_programs().flatten() {
-        if matches!(p.name_as_str(), Some("mirror_ingress" | "mirror_egress")) {
-            ns += p.run_time().as_nanos() as u64;
-            cnt += p.run_count();
+impl Bench {
+    fn new() -> Bench {
+        let topo = Topology::new().unwrap();
+        let primary = Nginx::hello(&topo.server, "primary", PORT);
+        let shadow = Nginx::hello(&topo.shadow, "shadow", PORT);
+        // A slow shadow: answers after 100 ms (a second port in the shadow namespace).
+        let slow = RecordingServer::start_with(
+            &topo.shadow,
+            &[PORT + 1],
+            Behavior::Slow(Duration::from_millis(100)),
+        );
+        let shadow_addr = topo.shadow_addr(Family::V4);
+        let proxy = mirror_proxy(&topo, &format!("{shadow_addr}:{PORT}"));
+        for (ns, addr, port) in [
+            (&topo.client, topo.server_addr(Family::V4), PORT),
+            (&topo.client, shadow_addr, PORT),
+            (&topo.client, topo.server_addr(Family::V4), PROXY_PORT),
+        ] {
+            bench::wait_listening(ns, SocketAddr::new(addr, port));
+        }
+        Bench {
+            live_shadow: http_url(shadow_addr, PORT, ""),
+            slow_shadow: http_url(shadow_addr, PORT + 1, ""),
+            topo,
+            _servers: (primary, shadow, proxy, slow),
         }
     }
-    (cnt > 0).then(|| (ns as f64 / cnt as f64, cnt))
+
+    fn agent(&self, config: Config) -> Option<AgentProcess> {
+        let (shadow, extra): (&str, &[&str]) = match config {
+            Config::Bare | Config::NginxMirror => return None,
+            Config::TapOnly => (&self.live_shadow, &["--percent", "0"]),
+            Config::Mirror => (&self.live_shadow, &[]),
+            Config::MirrorSlowShadow => (&self.slow_shadow, &[]),
+        };
+        let args = agent::run_args(&self.topo.server_host_if, PORT, shadow, extra);
+        Some(AgentProcess::start(&args, "mirror run: ready"))
+    }
+
+    fn url(&self, config: Config) -> String {
+        let port = if config == Config::NginxMirror { PROXY_PORT } else { PORT };
+        http_url(self.topo.server_addr(Family::V4), port, "/")
+    }
+
+    /// One run of `load` against `config`, with the agent (if any) started fresh.
+    fn measure(&self, config: Config, load: impl FnOnce(&str) -> Load) -> Sample {
+        let agent = self.agent(config);
+        let kernel_before = KernelRuns::now();
+        let meter = CpuMeter::start(agent.as_ref().map(AgentProcess::pid));
+        let profile = agent.as_ref().and_then(|a| Profile::start(config, a.pid()));
+        let load = load(&self.url(config));
+        let cpu = meter.stop();
+        drop(profile);
+        let kernel = agent.as_ref().map(|_| KernelRuns::now().since(&kernel_before));
+        if let Some(a) = agent {
+            a.stop();
+        }
+        Sample { load, cpu, kernel }
+    }
+
+    fn saturated(&self, config: Config) -> Vec<Sample> {
+        (0..RUNS)
+            .map(|_| {
+                self.measure(config, |url| bench::wrk(&self.topo.client, url, SATURATED_SECONDS))
+            })
+            .collect()
+    }
+
+    fn fixed_rate(&self, config: Config, rate: u32) -> Vec<Sample> {
+        (0..RUNS)
+            .map(|_| {
+                self.measure(config, |url| {
+                    bench::oha(&self.topo.client, rate, FIXED_RATE_SECONDS, 32, &[], url)
+                })
+            })
+            .collect()
+    }
+}
+
+/// The anchor, (d): nginx's `mirror` directive, inline in front of the same primary (in the
+/// primary's namespace), mirroring to the shadow at `shadow`.
+///
+/// nginx runs mirror subrequests header-only: it never reads the shadow's response body, so
+/// it cannot keep that upstream connection alive and opens one connection to the shadow per
+/// mirrored request. At thousands of requests per second the proxy's ephemeral ports sit in
+/// TIME_WAIT within seconds and throughput collapses to about 470 requests/s (28 000 ports /
+/// 60 s); operators of such a proxy enable `tcp_tw_reuse`, so the anchor does too.
+fn mirror_proxy(topo: &Topology, shadow: &str) -> Nginx {
+    let out = topo
+        .server
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65535"])
+        .status()
+        .unwrap();
+    assert!(out.success(), "sysctl in the primary's namespace");
+    let http = format!(
+        "upstream primary {{ server 127.0.0.1:{PORT}; keepalive 64; }}\n\
+         upstream shadow {{ server {shadow}; keepalive 64; }}\n\
+         server {{ listen {PROXY_PORT};\n\
+           location / {{ mirror /mirror; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+             proxy_pass http://primary; }}\n\
+           location = /mirror {{ internal; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+             proxy_set_header Host $host-shadow; proxy_pass http://shadow$request_uri; }} }}"
+    );
+    Nginx::start(&topo.server, "proxy", &http)
+}
+
+/// `MIRROR_BENCH_PERF=c` (a configuration's letter): records the agent's on-CPU stacks with
+/// perf during that configuration's runs, into `perf-c.data` next to the report.
+struct Profile(std::process::Child);
+
+impl Profile {
+    fn start(config: Config, pid: u32) -> Option<Profile> {
+        let want = std::env::var("MIRROR_BENCH_PERF").ok()?;
+        if config.short() != format!("({want})") {
+            return None;
+        }
+        let out = std::env::var("MIRROR_BENCH_OUT").unwrap_or_else(|_| ".".into());
+        let child = std::process::Command::new("perf")
+            .args(["record", "-q", "-F", "1999", "-g", "-p", &pid.to_string(), "-o"])
+            .arg(format!("{out}/perf-{want}.data"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Profile(child))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our child; SIGINT makes perf write its data and exit.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Run count and run time of the tap's programs (`kernel.bpf_stats_enabled`).
+#[derive(Clone, Copy, Default)]
+struct KernelRuns {
+    ns: u64,
+    count: u64,
+}
+
+impl KernelRuns {
+    fn now() -> KernelRuns {
+        let mut k = KernelRuns::default();
+        for p in aya::programs::loaded_programs().flatten() {
+            if matches!(p.name_as_str(), Some("mirror_ingress" | "mirror_egress")) {
+                k.ns += p.run_time().as_nanos() as u64;
+                k.count += p.run_count();
+            }
+        }
+        k
+    }
+
+    /// Runs since `before`. A fresh agent loads fresh programs, so an empty `before` (taken
+    /// before it started) is the usual case.
+    fn since(&self, before: &KernelRuns) -> KernelRuns {
+        KernelRuns {
+            ns: self.ns.saturating_sub(before.ns),
+            count: self.count.saturating_sub(before.count),
+        }
+    }
+
+    fn ns_per_run(&self) -> f64 {
+        self.ns as f64 / self.count.max(1) as f64
+    }
+}
+
+fn spread(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Spread {
+    Spread::of(samples.iter().map(f))
+}
+
+/// Agent CPU per answered request, in microseconds.
+fn agent_us_per_request(s: &Sample) -> f64 {
+    1e6 * s.cpu.process_seconds / s.load.answered.max(1) as f64
+}
+
+fn saturated_table(results: &[(Config, Vec<Sample>)]) -> (String, f64) {
+    let base = spread(&results[0].1, |s| s.load.rps).median;
+    let mut t = format!(
+        "| configuration | requests/s, median (min-max) of {RUNS} | vs (a) | p50 ms | p99 ms \
+         | machine CPU (of 200 %) | agent CPU | agent CPU per request | kernel ns per packet |\n\
+         |---|---|---|---|---|---|---|---|---|\n"
+    );
+    for (config, samples) in results {
+        let rps = spread(samples, |s| s.load.rps);
+        let agent = |text: String| if config_has_agent(*config) { text } else { "-".into() };
+        t += &format!(
+            "| {} | {} | {:.1} % | {:.2} | {:.2} | {:.0} % | {} | {} | {} |\n",
+            config.label(),
+            rps.show(0),
+            100.0 * rps.median / base,
+            spread(samples, |s| s.load.p50_ms).median,
+            spread(samples, |s| s.load.p99_ms).median,
+            spread(samples, |s| s.cpu.machine_pct).median,
+            agent(format!("{:.0} %", spread(samples, |s| s.cpu.process_pct).median)),
+            agent(format!("{:.1} µs", spread(samples, agent_us_per_request).median)),
+            agent(format!(
+                "{:.0}",
+                spread(samples, |s| s.kernel.map_or(0.0, |k| k.ns_per_run())).median
+            )),
+        );
+    }
+    (t, base)
+}
+
+fn config_has_agent(c: Config) -> bool {
+    !matches!(c, Config::Bare | Config::NginxMirror)
+}
+
+fn fixed_rate_table(rows: &[(u32, Config, Vec<Sample>)]) -> String {
+    let mut t = String::from(
+        "| offered requests/s | configuration | achieved requests/s | p50 ms | p99 ms \
+         | p50 vs (a) | p99 vs (a) | errors | machine CPU | agent CPU |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (rate, config, samples) in rows {
+        let (base_p50, base_p99) = rows
+            .iter()
+            .find(|(r, c, _)| r == rate && *c == Config::Bare)
+            .map(|(.., s)| {
+                (spread(s, |s| s.load.p50_ms).median, spread(s, |s| s.load.p99_ms).median)
+            })
+            .unwrap_or((f64::NAN, f64::NAN));
+        let p50 = spread(samples, |s| s.load.p50_ms);
+        let p99 = spread(samples, |s| s.load.p99_ms);
+        t += &format!(
+            "| {rate} | {} | {:.0} | {} | {} | {:.0} % | {:.0} % | {:.0} | {:.0} % | {:.0} % |\n",
+            config.short(),
+            spread(samples, |s| s.load.rps).median,
+            p50.show(2),
+            p99.show(2),
+            100.0 * p50.median / base_p50,
+            100.0 * p99.median / base_p99,
+            spread(samples, |s| s.load.errors as f64).median,
+            spread(samples, |s| s.cpu.machine_pct).median,
+            spread(samples, |s| s.cpu.process_pct).median,
+        );
+    }
+    t
 }
 
 fn main() {
     mirror_tests::require_root();
-    let topo = Topology::new().unwrap();
-    let _primary = Nginx::start(&topo.server, "primary");
-    let _shadow_nginx = Nginx::start(&topo.shadow, "shadow");
-    wait_listening(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT));
-    wait_listening(&topo.client, SocketAddr::new(topo.shadow_addr(Family::V4), PORT));
-    let shadow = format!("http://{}:{PORT}", topo.shadow_addr(Family::V4));
-    // A slow shadow: answers after 100 ms (a second port in the shadow namespace).
-    let _slow = RecordingServer::start_with(
-        &topo.shadow,
-        &[PORT + 1],
-        Behavior::Slow(Duration::from_millis(100)),
-    );
-    let slow = format!("http://{}:{}", topo.shadow_addr(Family::V4), PORT + 1);
-    // The anchor, (d): nginx's mirror directive, inline in front of the same primary.
-    let _proxy = Nginx::start_mirror_proxy(
-        &topo.server,
-        &format!("{}:{PORT}", topo.shadow_addr(Family::V4)),
-    );
-    wait_listening(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PROXY_PORT));
-
-    let configs: Vec<(&str, Option<AgentArgs>)> = vec![
-        ("(a) nothing attached", None),
-        ("(b) tap + agent, nothing replayed", Some((shadow.clone(), vec!["--percent", "0"]))),
-        ("(c) full mirroring to a live shadow", Some((shadow.clone(), vec![]))),
-        ("(d) nginx `mirror`, inline proxy, live shadow", None),
-        ("(e) full mirroring to a 100 ms shadow", Some((slow, vec![]))),
-    ];
+    let b = Bench::new();
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").unwrap();
-    let mut rows = Vec::new();
-    let mut baseline = 0.0;
-    let mut kernel = None;
-    for (name, cfg) in configs {
-        let mut samples = Vec::new();
-        for _ in 0..RUNS {
-            let agent = cfg.as_ref().map(|(s, extra)| agent(&topo, s, extra));
-            let port = if name.starts_with("(d)") { PROXY_PORT } else { PORT };
-            samples.push(wrk(&topo, port, agent.as_ref().map(|a| a.pid())));
-            if name.starts_with("(b)") {
-                kernel = kernel_ns_per_packet().or(kernel);
+    let saturated: Vec<(Config, Vec<Sample>)> =
+        CONFIGS.iter().map(|&c| (c, b.saturated(c))).collect();
+    let (base, anchor) = (
+        spread(&saturated[0].1, |s| s.load.rps).median,
+        spread(&saturated[3].1, |s| s.load.rps).median,
+    );
+    // Fixed rates: a quarter and half of (a)'s capacity, and (d)'s capacity, rounded down to
+    // the next 1000; (d) only where it can keep up.
+    let round = |r: f64| ((r / 1000.0).floor() as u32).max(1) * 1000;
+    let rates = [round(base * 0.25), round(base * 0.5), round(anchor)];
+    let mut fixed = Vec::new();
+    for rate in rates {
+        for config in CONFIGS {
+            if config == Config::NginxMirror && rate > round(anchor) {
+                continue;
             }
-            if let Some(a) = agent {
-                a.stop();
-            }
+            fixed.push((rate, config, b.fixed_rate(config, rate)));
         }
-        let (rps, lo, hi) = median(samples.iter().map(|s| s.rps).collect());
-        if baseline == 0.0 {
-            baseline = rps;
-        }
-        let (p50, ..) = median(samples.iter().map(|s| s.p50_ms).collect());
-        let (p99, ..) = median(samples.iter().map(|s| s.p99_ms).collect());
-        let (cpu, ..) = median(samples.iter().map(|s| s.cpu_pct).collect());
-        let (acpu, ..) = median(samples.iter().map(|s| s.agent_cpu_pct).collect());
-        rows.push(format!(
-            "| {name} | {rps:.0} ({lo:.0}-{hi:.0}) | {:.1} % | {p50:.2} | {p99:.2} | {cpu:.0} % | {acpu:.0} % |",
-            100.0 * rps / baseline
-        ));
     }
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").unwrap();
-    println!("| configuration | requests/s, median (min-max) of {RUNS} | vs (a) | p50 ms | p99 ms | machine CPU (of 200 %) | agent CPU |");
-    println!("|---|---|---|---|---|---|---|");
-    for r in rows {
-        println!("{r}");
-    }
-    if let Some((ns, cnt)) = kernel {
-        println!("\nkernel program run time (b): {ns:.0} ns per packet over {cnt} runs (kernel.bpf_stats_enabled)");
-    }
+    let (sat_table, _) = saturated_table(&saturated);
+    let mirror = spread(&saturated[2].1, |s| s.load.rps).median;
+    let tap_only = spread(&saturated[1].1, |s| s.load.rps).median;
+    let report = format!(
+        "Saturated (wrk -t1 -c32 -d{SATURATED_SECONDS}s, closed loop), {RUNS} runs per \
+         configuration:\n\n{sat_table}\n\
+         Fixed offered rates (oha -c32 -z{FIXED_RATE_SECONDS}s -q RATE \
+         --latency-correction), {RUNS} runs each, p50 and p99 as median (min-max):\n\n{}\n\
+         Against the goals: (b) keeps {:.1} % of (a)'s saturated throughput (goal 95 %); \
+         (c) sustains {:.1} times (d)'s saturated throughput (goal 5).\n",
+        fixed_rate_table(&fixed),
+        100.0 * tap_only / base,
+        mirror / anchor.max(1.0),
+    );
+    bench::report("primary_path", &report);
 }

@@ -3,7 +3,9 @@
 //!
 //! Every test builds its own topology with unique names and addresses and tears it down on
 //! drop (also when the test panics), so tests run in parallel.
+pub mod bench;
 pub mod client;
+pub mod digest;
 pub mod frames;
 pub mod netns;
 pub mod server;
@@ -109,6 +111,17 @@ pub mod agent {
         stderr: Arc<Mutex<String>>,
         reader: Option<JoinHandle<()>>,
         pub stdout: Option<std::process::ChildStdout>,
+    }
+
+    /// Arguments of `mirror run` watching `port` on `interface` and mirroring to `shadow`,
+    /// with no watch socket (so runs in parallel do not collide), then `extra`.
+    pub fn run_args(interface: &str, port: u16, shadow: &str, extra: &[&str]) -> Vec<String> {
+        let port = port.to_string();
+        ["run", "-i", interface, "--port", &port, "--shadow", shadow, "--watch-socket", "none"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
     }
 
     impl AgentProcess {

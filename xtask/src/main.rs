@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | run -- ARGS`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | run -- ARGS`.
 //!
 //! `setup` installs the toolchain the kernel side needs (see the README): Debian's rustc-web
 //! with its precompiled `core` for bpfel, LLVM 22 and bpf-linker built against it, plus the
@@ -11,6 +11,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod setup;
 
 #[derive(Parser)]
@@ -37,11 +38,11 @@ enum Task {
     },
     /// Self-contained demo in network namespaces.
     Demo,
-    /// Benchmarks (never part of `test`): criterion benchmarks of the userspace pipeline.
+    /// Benchmarks (never part of `test`); writes their tables into BENCHMARKS.md.
     Bench {
-        /// Extra arguments passed to `cargo bench` (after `--`).
-        #[arg(last = true)]
-        args: Vec<String>,
+        /// Which to run (default: all): extract, kernel_cost, agent_memory, primary_path,
+        /// fidelity.
+        names: Vec<String>,
     },
     /// Build and run the agent on this host (as root, or through sudo).
     Run {
@@ -66,7 +67,7 @@ fn run(task: Task) -> Result<()> {
         Task::Build { release } => build(release),
         Task::Test { args } => test(&args),
         Task::Demo => demo(),
-        Task::Bench { args } => bench(&args),
+        Task::Bench { names } => bench::run(&names),
         Task::Run { args } => run_agent(&args),
     }
 }
@@ -118,39 +119,6 @@ fn test(args: &[String]) -> Result<()> {
     check(cargo().args(["build", "--locked", "-p", "mirror-userspace", "--bin", "mirror"]))?;
     let bin = workspace_root().join("target/debug/mirror");
     check(cargo().args(["test", "--locked", "--workspace"]).env("MIRROR_BIN", bin).args(args))
-}
-
-fn bench(args: &[String]) -> Result<()> {
-    setup::ensure()?;
-    setup::ensure_bench_tools()?;
-    // Reassembly and framing on one core (criterion).
-    check(
-        cargo()
-            .args(["bench", "--locked", "-p", "mirror-userspace", "--bench", "extract", "--"])
-            .args(args),
-    )?;
-    // The primary path in namespaces: nginx, wrk, the tap and the agent (release build).
-    check(cargo().args([
-        "build",
-        "--locked",
-        "--release",
-        "-p",
-        "mirror-userspace",
-        "--bin",
-        "mirror",
-    ]))?;
-    let bin = workspace_root().join("target/release/mirror");
-    check(cargo().args(["bench", "--locked", "-p", "mirror-tests", "--bench", "kernel_cost"]))?;
-    check(
-        cargo()
-            .args(["bench", "--locked", "-p", "mirror-tests", "--bench", "agent_memory"])
-            .env("MIRROR_BIN", &bin),
-    )?;
-    check(
-        cargo()
-            .args(["bench", "--locked", "-p", "mirror-tests", "--bench", "primary_path"])
-            .env("MIRROR_BIN", bin),
-    )
 }
 
 fn demo() -> Result<()> {

@@ -31,8 +31,8 @@ fn is_debian() -> bool {
     std::path::Path::new("/etc/debian_version").exists()
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
+fn missing_packages(packages: &[&'static str]) -> Vec<&'static str> {
+    packages
         .iter()
         .copied()
         .filter(|p| {
@@ -65,14 +65,14 @@ fn bpf_linker_install_command() -> String {
 
 /// Runs setup only if something is missing (cheap when everything is there).
 pub fn ensure() -> Result<()> {
-    if missing_packages().is_empty() && bpf_linker_ok() {
+    if missing_packages(PACKAGES).is_empty() && bpf_linker_ok() {
         return Ok(());
     }
     run()
 }
 
 pub fn run() -> Result<()> {
-    let missing = missing_packages();
+    let missing = missing_packages(PACKAGES);
     let linker_ok = bpf_linker_ok();
     if missing.is_empty() && linker_ok {
         println!("setup: everything is installed");
@@ -92,12 +92,7 @@ pub fn run() -> Result<()> {
     if !missing.is_empty() {
         println!("setup: installing {}", missing.join(" "));
         check(Command::new("apt-get").arg("update").arg("-q"))?;
-        check(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-q"])
-                .args(&missing),
-        )?;
+        apt_install(&missing)?;
     }
     if !linker_ok {
         println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
@@ -113,29 +108,38 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Tools only the benchmarks drive (never needed by the tests).
-const BENCH_PACKAGES: &[&str] = &["nginx-light", "wrk"];
-
-/// Installs the benchmark tools when missing (root on Debian).
-pub fn ensure_bench_tools() -> Result<()> {
-    let missing: Vec<&str> = BENCH_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
-            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !is_debian() || !is_root() {
-        bail!("benchmarks need: apt-get install -y {}", missing.join(" "));
-    }
+fn apt_install(packages: &[&str]) -> Result<()> {
     check(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-q"])
-            .args(&missing),
+            .args(packages),
     )
+}
+
+/// Tools only the benchmarks drive (never needed by the tests): nginx and wrk from Debian,
+/// and oha (crates.io) for load at a fixed request rate over keep-alive connections (h2load's
+/// `--rate` fixes the rate of new connections instead).
+const BENCH_PACKAGES: &[&str] = &["nginx-light", "wrk"];
+const OHA_VERSION: &str = "1.16.0";
+
+/// Installs the benchmark tools when missing (root on Debian).
+pub fn ensure_bench_tools() -> Result<()> {
+    let missing = missing_packages(BENCH_PACKAGES);
+    if !missing.is_empty() {
+        if !is_debian() || !is_root() {
+            bail!("benchmarks need: apt-get install -y {}", missing.join(" "));
+        }
+        apt_install(&missing)?;
+    }
+    let oha = Command::new("oha").arg("--version").output();
+    if !matches!(oha, Ok(o) if String::from_utf8_lossy(&o.stdout).contains(OHA_VERSION)) {
+        println!("setup: installing oha {OHA_VERSION}");
+        check(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            &format!("oha@{OHA_VERSION}"),
+            "--locked",
+        ]))?;
+    }
+    Ok(())
 }

@@ -1,0 +1,132 @@
+//! `cargo xtask bench [NAME...]`: runs the benchmarks and writes their tables into
+//! BENCHMARKS.md.
+//!
+//! Each benchmark writes a Markdown fragment (its tables) to `target/bench/NAME.md`; this task
+//! stamps it with when, where and how it was measured and splices it into BENCHMARKS.md
+//! between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`. The prose around the markers
+//! (method, findings) is written by hand and survives every run; the figures never are.
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, check, setup, workspace_root};
+
+/// Every benchmark, in the order a full run takes them.
+pub const NAMES: &[&str] = &["extract", "kernel_cost", "agent_memory", "primary_path", "fidelity"];
+
+pub fn run(names: &[String]) -> Result<()> {
+    let names: Vec<&str> = if names.is_empty() {
+        NAMES.to_vec()
+    } else {
+        for n in names {
+            if !NAMES.contains(&n.as_str()) {
+                bail!("unknown benchmark `{n}` (one of: {})", NAMES.join(", "));
+            }
+        }
+        names.iter().map(String::as_str).collect()
+    };
+    setup::ensure()?;
+    setup::ensure_bench_tools()?;
+    check(cargo().args(["build", "--locked", "--release", "-p", "mirror-userspace"]))?;
+    let out = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    for name in names {
+        let fragment = out.join(format!("{name}.md"));
+        let _ = std::fs::remove_file(&fragment);
+        let command = run_one(name, &out)?;
+        let table = std::fs::read_to_string(&fragment)
+            .with_context(|| format!("benchmark {name} wrote no {}", fragment.display()))?;
+        splice(&workspace_root().join("BENCHMARKS.md"), name, &stamp(&command, &table)?)?;
+        println!("xtask: BENCHMARKS.md, section {name}, updated");
+    }
+    Ok(())
+}
+
+/// Runs one benchmark; returns the command a reader would type to repeat it.
+fn run_one(name: &str, out: &Path) -> Result<String> {
+    if name == "extract" {
+        // criterion, one core; its estimates are read back from target/criterion.
+        check(cargo().args(["bench", "--locked", "-p", "mirror-userspace", "--bench", "extract"]))?;
+        std::fs::write(out.join("extract.md"), criterion_table()?)?;
+        return Ok("cargo bench -p mirror-userspace --bench extract".into());
+    }
+    let bin = workspace_root().join("target/release/mirror");
+    check(
+        cargo()
+            .args(["bench", "--locked", "-p", "mirror-tests", "--bench", name])
+            .env("MIRROR_BIN", bin)
+            .env("MIRROR_BENCH_OUT", out),
+    )?;
+    Ok(format!("MIRROR_BIN=target/release/mirror cargo bench -p mirror-tests --bench {name}"))
+}
+
+/// The criterion results of `extract`: mean and 95 % interval per benchmark.
+fn criterion_table() -> Result<String> {
+    let dir = workspace_root().join("target/criterion/extract");
+    let mut table = String::from(
+        "| benchmark | time per iteration, mean (95 % CI) | throughput |\n|---|---|---|\n",
+    );
+    // (criterion id, what one iteration processes, unit)
+    for (id, per_iter, unit) in
+        [("small_get/10000", 10_000.0, "M requests/s"), ("post_64k/128", 8_388_608.0, "GB/s")]
+    {
+        let path = dir.join(id).join("new/estimates.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let mean = &v["mean"];
+        let ns = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
+        let (avg, lo, hi) = (
+            ns(&mean["point_estimate"]),
+            ns(&mean["confidence_interval"]["lower_bound"]),
+            ns(&mean["confidence_interval"]["upper_bound"]),
+        );
+        // Items per ns are G items per second.
+        let rate = per_iter / avg * if unit.starts_with('M') { 1000.0 } else { 1.0 };
+        table.push_str(&format!(
+            "| {} | {:.3} ms ({:.3}-{:.3}) | {rate:.2} {unit} |\n",
+            id.split('/').next().unwrap_or(id),
+            avg / 1e6,
+            lo / 1e6,
+            hi / 1e6
+        ));
+    }
+    Ok(table)
+}
+
+/// The fragment, preceded by when, where and how it was measured.
+fn stamp(command: &str, table: &str) -> Result<String> {
+    let date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
+    let kernel = output(Command::new("uname").arg("-r"))?;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let rustc = output(Command::new("rustc").arg("--version"))?;
+    Ok(format!(
+        "_Recorded {date} on {cpus} x {cpu}, Linux {kernel}, {rustc}, by `cargo xtask bench` \
+         running `{command}`._\n\n{}\n",
+        table.trim_end()
+    ))
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Replaces what lies between the markers of `name` in `file` (or appends a section).
+fn splice(file: &Path, name: &str, body: &str) -> Result<()> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let (open, close) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
+    let new = match (text.find(&open), text.find(&close)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{open}\n{body}{}", &text[..a], &text[b..])
+        }
+        _ => format!("{}\n## {name}\n\n{open}\n{body}{close}\n", text.trim_end()),
+    };
+    std::fs::write(file, new).with_context(|| format!("writing {}", file.display()))
+}
