@@ -16,7 +16,7 @@ pub const MAP_PORTS: &str = "SERVICE_PORTS";
 pub const MAP_NETS_V4: &str = "SERVICE_NETS_V4";
 /// LPM trie of IPv6 service networks (key data: address bytes in network order).
 pub const MAP_NETS_V6: &str = "SERVICE_NETS_V6";
-/// Per-CPU array with one [`CounterSet`] (so the program looks it up once per packet).
+/// Per-CPU array with one [`CpuState`] (so the program looks it up once per packet).
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
 /// Program names in the object, one per tc hook so each record knows where it was seen.
@@ -56,8 +56,8 @@ pub struct TapConfig {
     /// Non-zero: packets carrying this mark (`SO_MARK` of the agent's own sockets) are
     /// ignored, so the agent never captures its own copies.
     pub ignore_mark: u32,
-    /// Wake the reader only once this many bytes wait in the ring (0: on every record);
-    /// the reader polls on a timer as well.
+    /// Wake the reader each time a CPU has submitted this many record bytes since it last
+    /// woke it (0: on every record); the reader polls on a timer as well.
     pub wake_bytes: u32,
 }
 
@@ -107,8 +107,14 @@ pub enum Counter {
     Truncated = 5,
 }
 
-/// One CPU's counters, indexed by [`Counter`].
-pub type CounterSet = [u64; Counter::COUNT as usize];
+/// One CPU's state in the tap: its counters, indexed by [`Counter`], and the record bytes
+/// it submitted since it last woke the reader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuState {
+    pub counters: [u64; Counter::COUNT as usize],
+    pub unwoken_bytes: u64,
+}
 
 impl Counter {
     pub const COUNT: u32 = 6;
@@ -195,6 +201,7 @@ mod pod {
     // SAFETY: both are repr(C), Copy, contain only integers and byte arrays, and have no
     // implicit padding (explicit `_pad` fields), so any bit pattern is valid.
     unsafe impl aya::Pod for super::TapConfig {}
+    unsafe impl aya::Pod for super::CpuState {}
     unsafe impl aya::Pod for super::SegmentHeader {}
 }
 

@@ -9,14 +9,14 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use mirror_common::{
-    tcp_flags, Counter, CounterSet, Direction, Hook, Record, SegmentHeader, TapConfig,
+    tcp_flags, Counter, CpuState, Direction, Hook, Record, SegmentHeader, TapConfig,
     CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, LARGE_CHUNK, MAX_CHUNKS, MEDIUM_CHUNK,
     SMALL_CHUNK,
 };
@@ -57,7 +57,7 @@ static SERVICE_NETS_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, 0
 static SERVICE_NETS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1024, 0);
 
 #[map(name = "COUNTERS")]
-static COUNTERS: PerCpuArray<CounterSet> = PerCpuArray::with_max_entries(1, 0);
+static COUNTERS: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
 pub fn mirror_ingress(ctx: TcContext) -> i32 {
@@ -71,8 +71,9 @@ pub fn mirror_egress(ctx: TcContext) -> i32 {
     PASS
 }
 
-/// This CPU's counters, looked up once per packet (one map lookup, not one per counter).
-struct Counters(*mut CounterSet);
+/// This CPU's counters and wake-up accounting, looked up once per packet (one map lookup,
+/// not one per counter).
+struct Counters(*mut CpuState);
 
 impl Counters {
     #[inline(always)]
@@ -84,7 +85,30 @@ impl Counters {
     fn add(&self, counter: Counter, n: u64) {
         // SAFETY: a valid per-CPU slot, and tc programs do not nest on one CPU: a plain add
         // is race free. The index is a constant below Counter::COUNT.
-        unsafe { (*self.0)[counter as usize] += n };
+        unsafe { (*self.0).counters[counter as usize] += n };
+    }
+
+    /// Whether this submit wakes the reader. A wakeup (irq_work, then an epoll wakeup of
+    /// the agent) costs more than everything else the program does for a packet, so
+    /// records are submitted silently and each CPU wakes the reader once per `wake_bytes` it
+    /// submitted; the agent also polls the ring on a short timer, which bounds the delay of
+    /// a quiet trickle. Counting per CPU, rather than asking the ring how much waits, keeps
+    /// the program off the consumer's position: that cache line is written by the agent on
+    /// another CPU, and reading it on every record was a cache miss under load.
+    #[inline(always)]
+    fn wakeup_flags(&self, wake_bytes: u32, record_bytes: u64) -> u64 {
+        if wake_bytes == 0 {
+            return BPF_RB_FORCE_WAKEUP as u64;
+        }
+        // SAFETY: as in `add`.
+        let unwoken = unsafe { &mut (*self.0).unwoken_bytes };
+        *unwoken += record_bytes;
+        if *unwoken >= wake_bytes as u64 {
+            *unwoken = 0;
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        }
     }
 }
 
@@ -370,30 +394,11 @@ fn emit_chunk<const N: usize>(
         h.chunk_offset = offset;
         h.captured_len = copied;
     }
-    entry.submit(wakeup_flags(sel.wake_bytes, core::mem::size_of::<Record<N>>() as u64));
+    let record_bytes = core::mem::size_of::<Record<N>>() as u64;
+    entry.submit(counters.wakeup_flags(sel.wake_bytes, record_bytes));
     counters.add(Counter::Records, 1);
     counters.add(Counter::Bytes, copied as u64);
     copied == n
-}
-
-/// Whether this submit wakes the reader. A wakeup (irq_work, then an epoll wakeup of the
-/// agent) costs more than everything else the program does for a packet, so records are
-/// submitted silently and only the record that brings the waiting data past `wake_bytes`
-/// wakes the reader; the agent also polls the ring on a short timer, which bounds the delay
-/// of a quiet trickle. Waking only on the crossing matters when the reader falls behind:
-/// waking on every record above the mark would make each packet dearer exactly then.
-#[inline(always)]
-fn wakeup_flags(wake_bytes: u32, record_bytes: u64) -> u64 {
-    let wake = wake_bytes as u64;
-    if wake == 0 {
-        return BPF_RB_FORCE_WAKEUP as u64;
-    }
-    let waiting = SEGMENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if waiting >= wake && waiting < wake + record_bytes {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    }
 }
 
 #[cfg(not(test))]

@@ -131,22 +131,21 @@ impl Bench {
         Sample { load, cpu, kernel }
     }
 
-    fn saturated(&self, config: Config) -> Vec<Sample> {
-        (0..RUNS)
-            .map(|_| {
-                self.measure(config, |url| bench::wrk(&self.topo.client, url, SATURATED_SECONDS))
-            })
-            .collect()
-    }
-
-    fn fixed_rate(&self, config: Config, rate: u32) -> Vec<Sample> {
-        (0..RUNS)
-            .map(|_| {
-                self.measure(config, |url| {
-                    bench::oha(&self.topo.client, rate, FIXED_RATE_SECONDS, 32, &[], url)
-                })
-            })
-            .collect()
+    /// `RUNS` rounds over `configs`, one run of each per round: interleaving spreads slow
+    /// drifts of a shared machine over every configuration instead of biasing one.
+    fn rounds(
+        &self,
+        configs: &[Config],
+        load: impl Fn(&str) -> Load,
+    ) -> Vec<(Config, Vec<Sample>)> {
+        let mut results: Vec<(Config, Vec<Sample>)> =
+            configs.iter().map(|&c| (c, Vec::new())).collect();
+        for _ in 0..RUNS {
+            for (config, samples) in &mut results {
+                samples.push(self.measure(*config, &load));
+            }
+        }
+        results
     }
 }
 
@@ -190,7 +189,17 @@ impl Profile {
         }
         let out = std::env::var("MIRROR_BENCH_OUT").unwrap_or_else(|_| ".".into());
         let child = std::process::Command::new("perf")
-            .args(["record", "-q", "-F", "1999", "-g", "-p", &pid.to_string(), "-o"])
+            .args([
+                "record",
+                "-q",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf,8192",
+                "-p",
+                &pid.to_string(),
+            ])
+            .arg("-o")
             .arg(format!("{out}/perf-{want}.data"))
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -249,8 +258,8 @@ fn agent_us_per_request(s: &Sample) -> f64 {
     1e6 * s.cpu.process_seconds / s.load.answered.max(1) as f64
 }
 
-fn saturated_table(results: &[(Config, Vec<Sample>)]) -> (String, f64) {
-    let base = spread(&results[0].1, |s| s.load.rps).median;
+fn saturated_table(results: &[(Config, Vec<Sample>)]) -> String {
+    let base = median_rps(results, Config::Bare).unwrap_or(f64::NAN);
     let mut t = format!(
         "| configuration | requests/s, median (min-max) of {RUNS} | vs (a) | p50 ms | p99 ms \
          | machine CPU (of 200 %) | agent CPU | agent CPU per request | kernel ns per packet |\n\
@@ -275,7 +284,7 @@ fn saturated_table(results: &[(Config, Vec<Sample>)]) -> (String, f64) {
             )),
         );
     }
-    (t, base)
+    t
 }
 
 fn config_has_agent(c: Config) -> bool {
@@ -314,43 +323,58 @@ fn fixed_rate_table(rows: &[(u32, Config, Vec<Sample>)]) -> String {
     t
 }
 
+/// The configurations to run: all, or those whose letters `MIRROR_BENCH_CONFIGS` lists
+/// (`MIRROR_BENCH_CONFIGS=ac` for a quick comparison while profiling).
+fn selected_configs() -> Vec<Config> {
+    let only = std::env::var("MIRROR_BENCH_CONFIGS").unwrap_or_default();
+    CONFIGS.into_iter().filter(|c| only.is_empty() || only.contains(&c.short()[1..2])).collect()
+}
+
+fn median_rps(results: &[(Config, Vec<Sample>)], config: Config) -> Option<f64> {
+    let (_, samples) = results.iter().find(|(c, _)| *c == config)?;
+    Some(spread(samples, |s| s.load.rps).median)
+}
+
 fn main() {
     mirror_tests::require_root();
     let b = Bench::new();
+    let configs = selected_configs();
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").unwrap();
-    let saturated: Vec<(Config, Vec<Sample>)> =
-        CONFIGS.iter().map(|&c| (c, b.saturated(c))).collect();
-    let (base, anchor) = (
-        spread(&saturated[0].1, |s| s.load.rps).median,
-        spread(&saturated[3].1, |s| s.load.rps).median,
-    );
+    let saturated = b.rounds(&configs, |url| bench::wrk(&b.topo.client, url, SATURATED_SECONDS));
+    let rps = |c| median_rps(&saturated, c).unwrap_or(f64::NAN);
+    let (base, anchor) = (rps(Config::Bare), rps(Config::NginxMirror));
     // Fixed rates: a quarter and half of (a)'s capacity, and (d)'s capacity, rounded down to
-    // the next 1000; (d) only where it can keep up.
+    // the next 1000; (d) only where it can keep up. Needs (a) and (d) to have run.
     let round = |r: f64| ((r / 1000.0).floor() as u32).max(1) * 1000;
-    let rates = [round(base * 0.25), round(base * 0.5), round(anchor)];
+    let rates = if base.is_nan() || anchor.is_nan() {
+        vec![]
+    } else {
+        vec![round(base * 0.25), round(base * 0.5), round(anchor)]
+    };
     let mut fixed = Vec::new();
     for rate in rates {
-        for config in CONFIGS {
-            if config == Config::NginxMirror && rate > round(anchor) {
-                continue;
-            }
-            fixed.push((rate, config, b.fixed_rate(config, rate)));
+        let at_rate: Vec<Config> = configs
+            .iter()
+            .copied()
+            .filter(|&c| c != Config::NginxMirror || rate <= round(anchor))
+            .collect();
+        let oha = |url: &str| bench::oha(&b.topo.client, rate, FIXED_RATE_SECONDS, 32, &[], url);
+        for (config, samples) in b.rounds(&at_rate, oha) {
+            fixed.push((rate, config, samples));
         }
     }
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").unwrap();
-    let (sat_table, _) = saturated_table(&saturated);
-    let mirror = spread(&saturated[2].1, |s| s.load.rps).median;
-    let tap_only = spread(&saturated[1].1, |s| s.load.rps).median;
     let report = format!(
-        "Saturated (wrk -t1 -c32 -d{SATURATED_SECONDS}s, closed loop), {RUNS} runs per \
-         configuration:\n\n{sat_table}\n\
+        "Saturated (wrk -t1 -c32 -d{SATURATED_SECONDS}s, closed loop), {RUNS} rounds over the \
+         configurations:\n\n{}\n\
          Fixed offered rates (oha -c32 -z{FIXED_RATE_SECONDS}s -q RATE \
-         --latency-correction), {RUNS} runs each, p50 and p99 as median (min-max):\n\n{}\n\
+         --latency-correction), {RUNS} rounds, p50 and p99 as median (min-max):\n\n{}\n\
          Against the goals: (b) keeps {:.1} % of (a)'s saturated throughput (goal 95 %); \
          (c) sustains {:.1} times (d)'s saturated throughput (goal 5).\n",
+        saturated_table(&saturated),
         fixed_rate_table(&fixed),
-        100.0 * tap_only / base,
-        mirror / anchor.max(1.0),
+        100.0 * rps(Config::TapOnly) / base,
+        rps(Config::Mirror) / anchor,
     );
     bench::report("primary_path", &report);
 }

@@ -386,6 +386,10 @@ fn bad_flags_and_config_exit_2_before_attaching() {
             vec!["run", "-i", iface, "--port", "8000", "--shadow", "http://s:1", "--bogus"],
             "--bogus",
         ),
+        (
+            vec!["run", "-i", iface, "--port", "8000", "--shadow", "http://s:1", "--threads", "0"],
+            "--threads",
+        ),
     ];
     for (args, needle) in cases {
         let out =
@@ -401,7 +405,7 @@ fn bad_flags_and_config_exit_2_before_attaching() {
     assert!(progs.is_empty());
 }
 
-/// Two shadows, each with its own percentage.
+/// Two shadows, each with its own percentage (on a multi-threaded agent: `--threads 2`).
 #[test]
 fn several_shadows_with_their_own_percentages() {
     let topo = Topology::new().unwrap();
@@ -410,7 +414,7 @@ fn several_shadows_with_their_own_percentages() {
     let half = RecordingServer::start(&topo.shadow, &[PORT + 1]);
     let a = http_url(topo.shadow_addr(Family::V4), PORT, "");
     let b = http_url(topo.shadow_addr(Family::V4), PORT + 1, "@50");
-    let agent = agent(&topo, &a, &["--shadow", &b, "--seed", "3"]);
+    let agent = agent(&topo, &a, &["--shadow", &b, "--seed", "3", "--threads", "2"]);
     let requests: Vec<RawRequest> =
         (0..400).map(|i| RawRequest::new("GET", &format!("/m/{i}"), "svc", b"")).collect();
     keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)

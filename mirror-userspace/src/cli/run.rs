@@ -26,6 +26,11 @@ pub struct RunArgs {
     /// Unix socket where `mirror dump --watch` sees the mirrored requests ("none": off).
     #[arg(long, default_value = mirror::watch::DEFAULT_SOCKET)]
     watch_socket: String,
+    /// Threads the agent runs on. One is the default and the cheapest per request: the
+    /// pipeline is one sequential stream, and a second worker mostly adds cross-thread
+    /// wake-ups (measured in BENCHMARKS.md); more help only where one core is not enough.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
     #[command(flatten)]
     mirror: MirrorArgs,
 }

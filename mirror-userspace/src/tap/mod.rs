@@ -17,7 +17,7 @@ use aya::{
 };
 use ipnet::IpNet;
 use mirror_common::{
-    Counter, CounterSet, Hook, TapConfig, CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES,
+    Counter, CpuState, Hook, TapConfig, CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES,
     MAP_CONFIG, MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_SEGMENTS, PROG_EGRESS,
     PROG_INGRESS,
 };
@@ -209,11 +209,11 @@ impl Tap {
     pub fn counters(&self) -> Result<KernelCounters> {
         let ebpf = self.ebpf.as_ref().expect("present until drop");
         let map = ebpf.map(MAP_COUNTERS).context("counter map missing")?;
-        let array = PerCpuArray::<_, CounterSet>::try_from(map)?;
+        let array = PerCpuArray::<_, CpuState>::try_from(map)?;
         let per_cpu = array.get(&0, 0)?;
         let mut out = KernelCounters::default();
         for counter in Counter::ALL {
-            out.set(counter, per_cpu.iter().map(|set| set[counter as usize]).sum());
+            out.set(counter, per_cpu.iter().map(|cpu| cpu.counters[counter as usize]).sum());
         }
         Ok(out)
     }
