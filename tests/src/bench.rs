@@ -250,7 +250,9 @@ pub fn oha(
     let out = ns
         .command("oha")
         .args(["-q", &rate, "-z", &seconds, "-c", &connections])
-        .args(["--latency-correction", "--no-tui", "--output-format", "json"])
+        // -w: requests in flight at the deadline finish; cut ones would reach the primary's
+        // kernel (and the tap) but not its application.
+        .args(["-w", "--latency-correction", "--no-tui", "--output-format", "json"])
         .args(extra)
         .arg(url)
         .output()
