@@ -1,5 +1,6 @@
 //! Agent memory with 10 000 concurrent keep-alive connections (scenario 3): each connection
-//! sends one request and stays open; the agent's resident set is read from /proc.
+//! sends one request to the primary (nginx) and stays open; the agent's resident set is read
+//! from /proc.
 //! Run by `cargo xtask bench`; needs root.
 use std::{
     io::{Read, Write},
@@ -8,7 +9,7 @@ use std::{
 
 use mirror_tests::{
     agent::{self, AgentProcess},
-    bench::{self, Spread},
+    bench::{self, Nginx, Spread},
     http_url,
     server::RecordingServer,
     topology::{Family, Topology},
@@ -39,7 +40,13 @@ fn run(topo: &Topology, args: &[String]) -> (usize, u64, u64, u64) {
     let conns = topo.client.run(move || {
         let mut conns = Vec::with_capacity(CONNECTIONS);
         for i in 0..CONNECTIONS {
-            let Ok(mut s) = TcpStream::connect(server) else { break };
+            let mut s = match TcpStream::connect(server) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("connection {i}: {e}");
+                    break;
+                }
+            };
             let req = format!("GET /keep/{i} HTTP/1.1\r\nHost: svc:8000\r\n\r\n");
             let mut buf = [0u8; 512];
             // A connection the server resets is not counted as open.
@@ -60,12 +67,19 @@ fn run(topo: &Topology, args: &[String]) -> (usize, u64, u64, u64) {
 
 fn main() {
     mirror_tests::require_root();
-    // 10 000 sockets here, 10 000 in the server: raise the descriptor limit.
-    let limit = libc::rlimit { rlim_cur: 65536, rlim_max: 65536 };
-    // SAFETY: setrlimit with a valid struct.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    // 10 000 client sockets live in this process, so the primary is another one (nginx):
+    // containers often cap descriptors at 20 000 and forbid raising the hard limit.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    assert!(limit.rlim_cur as usize > CONNECTIONS + 1000, "descriptor limit {}", limit.rlim_cur);
     let topo = Topology::new().unwrap();
-    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let _primary = Nginx::hello(&topo.server, "memory-primary", PORT);
+    bench::wait_listening(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT));
     let _shadow = RecordingServer::start(&topo.shadow, &[PORT]);
     let shadow = http_url(topo.shadow_addr(Family::V4), PORT, "");
     let args = agent::run_args(&topo.server_host_if, PORT, &shadow, &[]);

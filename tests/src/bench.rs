@@ -58,7 +58,7 @@ impl Nginx {
             &conf,
             format!(
                 "worker_processes 1; daemon off; pid {d}/pid; error_log {d}/error.log;\n\
-                 events {{ worker_connections 4096; }}\n\
+                 events {{ worker_connections 16384; }}\n\
                  http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
                  fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
                  {http_block} }}\n"

@@ -150,7 +150,15 @@ impl Drop for RecordingServer {
 
 async fn accept_loop(listener: TcpListener, records: Records, seen: Arc<Seen>, behavior: Behavior) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of descriptors, or a connection aborted in the backlog: keep listening
+            // (returning would close the listener and refuse every later client).
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         if behavior == Behavior::Reset {
             reset(stream);
             continue;
