@@ -126,6 +126,9 @@ pub enum HostRewrite {
     Literal(String),
 }
 
+/// Deepest HTTP/1.1 pipeline per shadow connection.
+pub const MAX_PIPELINE: usize = 64;
+
 /// Bounds on what each shadow may cost.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -145,6 +148,12 @@ pub struct Limits {
     /// Optional rate limit per shadow, in requests per second.
     #[serde(default)]
     pub rate_limit: Option<f64>,
+    /// Copies pipelined on one shadow connection (HTTP/1.1 pipelining): 1 sends one request
+    /// at a time per connection (hyper's client); more writes several copies per syscall,
+    /// which is most of what a copy costs the agent (BENCHMARKS.md). The shadow must accept
+    /// pipelined requests, as HTTP/1.1 servers are required to.
+    #[serde(default = "Limits::default_pipeline")]
+    pub pipeline: usize,
 }
 
 impl Limits {
@@ -160,6 +169,9 @@ impl Limits {
     fn default_timeout() -> u64 {
         5000
     }
+    fn default_pipeline() -> usize {
+        1
+    }
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
@@ -171,6 +183,7 @@ impl Default for Limits {
         Self {
             max_in_flight: Self::default_in_flight(),
             queue_length: Self::default_queue(),
+            pipeline: Self::default_pipeline(),
             max_queued_bytes: Self::default_queued_bytes(),
             timeout_ms: Self::default_timeout(),
             rate_limit: None,
@@ -271,6 +284,9 @@ impl MirrorConfig {
         }
         if l.timeout_ms == 0 {
             bail!("limits.timeoutMs: must be at least 1");
+        }
+        if !(1..=MAX_PIPELINE).contains(&l.pipeline) {
+            bail!("limits.pipeline: {} is not between 1 and {MAX_PIPELINE}", l.pipeline);
         }
         if let Some(r) = l.rate_limit {
             if !(r.is_finite() && r > 0.0) {

@@ -34,6 +34,8 @@ struct Workload {
     rates: &'static [u32],
     /// oha flags besides rate, duration and URL.
     flags: Vec<String>,
+    /// `mirror run` flags besides the defaults.
+    agent_flags: &'static [&'static str],
 }
 
 /// One run's accounting, in requests.
@@ -131,17 +133,19 @@ impl Bench {
         format!("http://{host}:{PORT}/items/[a-z0-9]{{16}}")
     }
 
-    fn agent(&self) -> AgentProcess {
+    fn agent(&self, extra: &[&str]) -> AgentProcess {
         let metrics = format!("127.0.0.1:{METRICS_PORT}");
         let iface = &self.topo.server_host_if;
-        let args = agent::run_args(iface, PORT, &self.shadow_url, &["--metrics", &metrics]);
+        let mut flags = vec!["--metrics", &metrics];
+        flags.extend(extra);
+        let args = agent::run_args(iface, PORT, &self.shadow_url, &flags);
         AgentProcess::start(&args, "mirror run: ready")
     }
 
     fn run(&self, w: &Workload, rate: u32) -> Outcome {
         self.primary.clear();
         self.shadow.clear();
-        let agent = self.agent();
+        let agent = self.agent(w.agent_flags);
         let meter = CpuMeter::start(Some(agent.pid()));
         let flags: Vec<&str> = w.flags.iter().map(String::as_str).collect();
         let load = bench::oha(&self.topo.client, rate, SECONDS, 32, &flags, &self.url_pattern());
@@ -274,19 +278,35 @@ fn main() {
     let body = std::env::temp_dir().join(format!("mirror-bench-body-{}", std::process::id()));
     let pattern: Vec<u8> = (0..POST_BODY).map(|i| b"0123456789abcdef"[(i * 7) % 16]).collect();
     std::fs::write(&body, pattern).unwrap();
+    let get = || vec!["--rand-regex-url".to_string()];
+    let post: Vec<String> = ["--rand-regex-url", "-m", "POST", "-D", &body.display().to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let workloads = [
         Workload {
             name: "Small GETs",
             rates: &[1000, 5000, 10000, 20000, 40000],
-            flags: vec!["--rand-regex-url".into()],
+            flags: get(),
+            agent_flags: &[],
         },
         Workload {
             name: "16 KiB POSTs",
             rates: &[1000, 5000, 10000, 20000],
-            flags: ["--rand-regex-url", "-m", "POST", "-D", &body.display().to_string()]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            flags: post.clone(),
+            agent_flags: &[],
+        },
+        Workload {
+            name: "Small GETs, copies pipelined 16 per connection (`--pipeline 16`)",
+            rates: &[20000, 40000],
+            flags: get(),
+            agent_flags: &["--pipeline", "16"],
+        },
+        Workload {
+            name: "16 KiB POSTs, copies pipelined 16 per connection (`--pipeline 16`)",
+            rates: &[20000],
+            flags: post,
+            agent_flags: &["--pipeline", "16"],
         },
     ];
     let report: Vec<String> = workloads.iter().map(|w| table(&b, w)).collect();

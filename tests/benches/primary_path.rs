@@ -38,10 +38,18 @@ enum Config {
     NginxMirror,
     /// (e) every request mirrored to a shadow that answers after 100 ms.
     MirrorSlowShadow,
+    /// (f) as (c), copies pipelined on the shadow connections.
+    MirrorPipelined,
 }
 
-const CONFIGS: [Config; 5] =
-    [Config::Bare, Config::TapOnly, Config::Mirror, Config::NginxMirror, Config::MirrorSlowShadow];
+const CONFIGS: [Config; 6] = [
+    Config::Bare,
+    Config::TapOnly,
+    Config::Mirror,
+    Config::NginxMirror,
+    Config::MirrorSlowShadow,
+    Config::MirrorPipelined,
+];
 
 impl Config {
     fn label(self) -> &'static str {
@@ -51,6 +59,7 @@ impl Config {
             Config::Mirror => "(c) full mirroring to a live shadow",
             Config::NginxMirror => "(d) nginx `mirror`, inline proxy, live shadow",
             Config::MirrorSlowShadow => "(e) full mirroring to a 100 ms shadow",
+            Config::MirrorPipelined => "(f) as (c), 16 copies pipelined per connection",
         }
     }
 
@@ -107,6 +116,7 @@ impl Bench {
             Config::TapOnly => (&self.live_shadow, &["--percent", "0"]),
             Config::Mirror => (&self.live_shadow, &[]),
             Config::MirrorSlowShadow => (&self.slow_shadow, &[]),
+            Config::MirrorPipelined => (&self.live_shadow, &["--pipeline", "16"]),
         };
         let args = agent::run_args(&self.topo.server_host_if, PORT, shadow, extra);
         Some(AgentProcess::start(&args, "mirror run: ready"))

@@ -127,11 +127,21 @@ fn percent_samples_requests_not_connections() {
 /// gets the same bodies as the primary.
 #[test]
 fn bodies_and_framings_over_ipv6() {
+    bodies_and_framings(&[]);
+}
+
+/// The same, with the copies pipelined to the shadow (`--pipeline`).
+#[test]
+fn bodies_and_framings_pipelined_to_the_shadow() {
+    bodies_and_framings(&["--pipeline", "8"]);
+}
+
+fn bodies_and_framings(extra: &[&str]) {
     let topo = Topology::new().unwrap();
     let primary = RecordingServer::start(&topo.server, &[PORT]);
     let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
     let shadow_url = http_url(topo.shadow_addr(Family::V6), PORT, "");
-    let agent = agent(&topo, &shadow_url, &[]);
+    let agent = agent(&topo, &shadow_url, extra);
     let addr = topo.server_addr(Family::V6);
     let reqs: Vec<RawRequest> = (0..10)
         .map(|i| RawRequest::new("POST", &format!("/pipe/{i}"), "svc", &[b'p'; 100]))
@@ -177,15 +187,25 @@ fn bodies_and_framings_over_ipv6() {
     }
 }
 
-fn shadow_trouble(behavior: Option<Behavior>, reason: &str) {
+/// Returns the agent's summary.
+fn shadow_trouble(behavior: Option<Behavior>, reason: &str, extra: &[&str]) -> String {
     let topo = Topology::new().unwrap();
     let _primary = RecordingServer::start(&topo.server, &[PORT]);
     let _shadow = behavior.map(|b| RecordingServer::start_with(&topo.shadow, &[PORT], b));
     let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
     let metrics_addr = free_local_addr();
     let m = metrics_addr.to_string();
-    let limits =
-        ["--timeout-ms", "300", "--max-in-flight", "4", "--queue-length", "16", "--metrics", &m];
+    let mut limits = vec![
+        "--timeout-ms",
+        "300",
+        "--max-in-flight",
+        "4",
+        "--queue-length",
+        "16",
+        "--metrics",
+        &m,
+    ];
+    limits.extend(extra);
     let agent = agent(&topo, &shadow_url, &limits);
     // Every primary request still succeeds, with its full response (checked inside).
     for c in 0..3 {
@@ -203,21 +223,34 @@ fn shadow_trouble(behavior: Option<Behavior>, reason: &str) {
     let summary = agent.stop();
     assert!(dropped(&summary, reason) > 0, "{summary}");
     assert!(rss < 200 * 1024, "agent peak RSS {rss} KiB");
+    summary
 }
 
 #[test]
 fn shadow_down_changes_nothing_for_the_primary() {
-    shadow_trouble(None, "error");
+    shadow_trouble(None, "error", &[]);
 }
 
 #[test]
 fn slow_shadow_changes_nothing_for_the_primary() {
-    shadow_trouble(Some(Behavior::Slow(Duration::from_secs(10))), "queue_full");
+    shadow_trouble(Some(Behavior::Slow(Duration::from_secs(10))), "queue_full", &[]);
 }
 
 #[test]
 fn resetting_shadow_changes_nothing_for_the_primary() {
-    shadow_trouble(Some(Behavior::Reset), "error");
+    shadow_trouble(Some(Behavior::Reset), "error", &[]);
+}
+
+/// Pipelined connections: a copy unanswered past the timeout abandons its connection (and
+/// every copy behind it), counted as timeouts (by the time the agent has settled at exit);
+/// a resetting shadow counts errors.
+#[test]
+fn troubled_shadow_with_pipelining_changes_nothing_for_the_primary() {
+    let pipeline = ["--pipeline", "4"];
+    let slow = Some(Behavior::Slow(Duration::from_secs(10)));
+    let summary = shadow_trouble(slow, "queue_full", &pipeline);
+    assert!(dropped(&summary, "timeout") >= 4, "{summary}");
+    shadow_trouble(Some(Behavior::Reset), "error", &pipeline);
 }
 
 /// The shadow is the primary itself, behind the tapped interface on the selected port: the
@@ -389,6 +422,10 @@ fn bad_flags_and_config_exit_2_before_attaching() {
         (
             vec!["run", "-i", iface, "--port", "8000", "--shadow", "http://s:1", "--threads", "0"],
             "--threads",
+        ),
+        (
+            vec!["run", "-i", iface, "--port", "8000", "--shadow", "http://s:1", "--pipeline", "0"],
+            "limits.pipeline",
         ),
     ];
     for (args, needle) in cases {

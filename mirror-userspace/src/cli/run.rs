@@ -85,6 +85,9 @@ pub struct MirrorArgs {
     /// Requests per second per shadow.
     #[arg(long)]
     rate_limit: Option<f64>,
+    /// Copies pipelined per shadow connection (HTTP/1.1 pipelining; 1: none).
+    #[arg(long)]
+    pipeline: Option<usize>,
     /// Serve Prometheus metrics, /healthz and /readyz on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -151,6 +154,7 @@ impl MirrorArgs {
         l.queue_length = self.queue_length.unwrap_or(l.queue_length);
         l.timeout_ms = self.timeout_ms.unwrap_or(l.timeout_ms);
         l.rate_limit = self.rate_limit.or(l.rate_limit);
+        l.pipeline = self.pipeline.unwrap_or(l.pipeline);
         c.metrics = self.metrics.or(c.metrics);
         c.seed = self.seed.or(c.seed);
         Ok(c)

@@ -4,7 +4,7 @@
 //! connection, an [`HttpFramer`] per direction cuts the stream into messages (httparse parses
 //! the heads), and responses are paired with their requests in order.
 mod chunked;
-pub use chunked::decode_chunked;
+pub use chunked::{decode_chunked, ChunkedDecoder};
 mod exchange;
 mod framer;
 mod head;

@@ -3,8 +3,9 @@
 //! [`ShadowClient::offer`] never waits: a copy goes into a bounded queue or is dropped and
 //! counted (queue full, byte budget exhausted, rate limit). A dispatcher task takes copies
 //! from the queue when one of `max_in_flight` slots is free and sends them with a hyper
-//! client (a keep-alive pool per shadow); responses are read to the end, so connections are
-//! reused, and discarded, counted by status class. Nothing the shadow does can reach the
+//! client (a keep-alive pool per shadow), or, with `limits.pipeline` > 1, pipelined
+//! connections write several copies at once ([`pipelined`]). Responses are read to the end,
+//! so connections are reused, and discarded, counted by status class. Nothing the shadow does can reach the
 //! capture path: the worst it can do is fill the queue, which only drops copies.
 use std::{
     collections::HashSet,
@@ -38,6 +39,8 @@ use tokio::{
 };
 
 use crate::{config::Limits, metrics::ShadowMetrics};
+
+mod pipelined;
 
 /// Why a copy was not delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -166,20 +169,33 @@ impl ShadowClient {
             }
         });
         let (tx, rx) = mpsc::channel(limits.queue_length);
-        let connector = MarkingConnector { mark, own };
-        let client: Client<MarkingConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(limits.max_in_flight)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        let dispatcher = Dispatcher {
-            client,
-            slots: Arc::new(Semaphore::new(limits.max_in_flight)),
+        let outcomes = Outcomes {
             timeout: limits.timeout(),
             queued_bytes: queued_bytes.clone(),
             metrics: metrics.clone(),
             log: log.map(|l| (l, authority.clone())),
         };
-        tokio::spawn(dispatcher.run(rx));
+        if limits.pipeline > 1 {
+            // Connections enough for `max_in_flight` copies unanswered in all.
+            let connections = limits.max_in_flight.div_ceil(limits.pipeline);
+            let shared = pipelined::Pipelines {
+                uri: uri.clone(),
+                mark,
+                own,
+                depth: limits.pipeline.min(limits.max_in_flight),
+                outcomes,
+                queue: tokio::sync::Mutex::new(rx),
+            };
+            tokio::spawn(pipelined::run(Arc::new(shared), connections));
+        } else {
+            let connector = MarkingConnector { mark, own };
+            let client = Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(limits.max_in_flight)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector);
+            let slots = Arc::new(Semaphore::new(limits.max_in_flight));
+            tokio::spawn(Dispatcher { client, slots, outcomes: Arc::new(outcomes) }.run(rx));
+        }
         let rate = limits.rate_limit.map(|rate| {
             Mutex::new(RateLimit { rate, tokens: rate.max(1.0), last: Instant::now() })
         });
@@ -237,13 +253,48 @@ impl ShadowClient {
     }
 }
 
-struct Dispatcher {
-    client: Client<MarkingConnector, Full<Bytes>>,
-    slots: Arc<Semaphore>,
+/// What happens once a copy is answered or abandoned: metrics, the byte budget, the log.
+struct Outcomes {
     timeout: Duration,
     queued_bytes: Arc<AtomicUsize>,
     metrics: Arc<ShadowMetrics>,
     log: Option<(RequestLog, String)>,
+}
+
+impl Outcomes {
+    fn answered(&self, bytes: usize, label: Option<String>, start: Instant, status: u16) {
+        let elapsed = start.elapsed();
+        self.metrics.answered(status, elapsed);
+        self.done(bytes, label, || format!("{status} in {:.1} ms", elapsed.as_secs_f64() * 1e3));
+    }
+
+    fn failed(
+        &self,
+        bytes: usize,
+        label: Option<String>,
+        reason: DropReason,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.metrics.dropped(reason);
+        self.done(bytes, label, || match reason {
+            DropReason::Timeout => "timed out".to_owned(),
+            _ => format!("error: {error}"),
+        });
+    }
+
+    fn done(&self, bytes: usize, label: Option<String>, text: impl FnOnce() -> String) {
+        if let (Some((log, shadow)), Some(label)) = (&self.log, label) {
+            log.line(shadow, &label, &text());
+        }
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// One request at a time per connection, through hyper's pooled client.
+struct Dispatcher {
+    client: Client<MarkingConnector, Full<Bytes>>,
+    slots: Arc<Semaphore>,
+    outcomes: Arc<Outcomes>,
 }
 
 impl Dispatcher {
@@ -252,32 +303,16 @@ impl Dispatcher {
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
                 return;
             };
-            self.metrics.queue_depth.dec();
-            let client = self.client.clone();
-            let (timeout, queued, metrics) =
-                (self.timeout, self.queued_bytes.clone(), self.metrics.clone());
-            let log = self.log.clone();
+            self.outcomes.metrics.queue_depth.dec();
+            let (client, outcomes) = (self.client.clone(), self.outcomes.clone());
             tokio::spawn(async move {
                 let start = Instant::now();
-                let outcome = tokio::time::timeout(timeout, send(&client, job.request)).await;
-                let text = match outcome {
-                    Ok(Ok(status)) => {
-                        metrics.answered(status, start.elapsed());
-                        format!("{status} in {:.1} ms", start.elapsed().as_secs_f64() * 1e3)
-                    }
-                    Ok(Err(e)) => {
-                        metrics.dropped(DropReason::Error);
-                        format!("error: {e}")
-                    }
-                    Err(_) => {
-                        metrics.dropped(DropReason::Timeout);
-                        "timed out".to_owned()
-                    }
-                };
-                if let (Some((log, shadow)), Some(label)) = (log, job.label) {
-                    log.line(&shadow, &label, &text);
+                let sent = tokio::time::timeout(outcomes.timeout, send(&client, job.request));
+                match sent.await {
+                    Ok(Ok(status)) => outcomes.answered(job.bytes, job.label, start, status),
+                    Ok(Err(e)) => outcomes.failed(job.bytes, job.label, DropReason::Error, &e),
+                    Err(_) => outcomes.failed(job.bytes, job.label, DropReason::Timeout, &""),
                 }
-                queued.fetch_sub(job.bytes, Ordering::Relaxed);
                 drop(slot);
             });
         }
@@ -316,25 +351,29 @@ impl tower_service::Service<Uri> for MarkingConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let (mark, own) = (self.mark, self.own.clone());
-        Box::pin(async move {
-            let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
-            let port = uri.port_u16().unwrap_or(80);
-            let addr = tokio::net::lookup_host((host, port))
-                .await?
-                .next()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "shadow host"))?;
-            let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-            if mark != 0 {
-                set_mark(&socket, mark)?;
-            }
-            let stream = socket.connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let local = stream.local_addr()?;
-            let local = SocketAddr::new(local.ip().to_canonical(), local.port());
-            own.insert(local);
-            Ok(TokioIo::new(TrackedStream { stream, local, own }))
-        })
+        Box::pin(async move { connect(&uri, mark, own).await.map(TokioIo::new) })
     }
+}
+
+/// Opens a connection to the shadow of `uri` with SO_MARK `mark` (0: none) and registers its
+/// local address in `own` while it lives.
+async fn connect(uri: &Uri, mark: u32, own: OwnSockets) -> io::Result<TrackedStream> {
+    let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let addr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "shadow host"))?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if mark != 0 {
+        set_mark(&socket, mark)?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let local = stream.local_addr()?;
+    let local = SocketAddr::new(local.ip().to_canonical(), local.port());
+    own.insert(local);
+    Ok(TrackedStream { stream, guard: OwnGuard { local, own } })
 }
 
 fn set_mark(socket: &TcpSocket, mark: u32) -> io::Result<()> {
@@ -357,11 +396,16 @@ fn set_mark(socket: &TcpSocket, mark: u32) -> io::Result<()> {
 /// A shadow connection that unregisters its local address when closed.
 struct TrackedStream {
     stream: TcpStream,
+    guard: OwnGuard,
+}
+
+/// Keeps a local address registered in [`OwnSockets`] while it lives.
+struct OwnGuard {
     local: SocketAddr,
     own: OwnSockets,
 }
 
-impl Drop for TrackedStream {
+impl Drop for OwnGuard {
     fn drop(&mut self) {
         self.own.remove(&self.local);
     }

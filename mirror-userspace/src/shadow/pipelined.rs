@@ -1,0 +1,392 @@
+//! HTTP/1.1 pipelining to a shadow (`limits.pipeline` > 1): several copies per write.
+//!
+//! Why not hyper here: its client sends one request per connection at a time, so every copy
+//! costs one `write` and one TCP segment through the whole stack (on a node, through the veth
+//! into the shadow's socket as well), about a third of the agent's CPU per copy
+//! (BENCHMARKS.md). A pipelined connection takes every copy waiting in the queue, up to its
+//! depth, and writes them at once; responses come back in order and are matched to copies
+//! by position.
+//!
+//! Each connection is one task: it takes copies while fewer than `depth` are unanswered,
+//! writes, and reads responses (head with httparse, body by Content-Length, chunked coding or
+//! the end of the connection), all in one `select!` so a shadow that is slow to read never
+//! stops us reading its responses. A copy that asks to close the connection (HTTP/1.0,
+//! `Connection: close`) is the last one written on it. When the oldest unanswered copy times
+//! out, or the connection fails, every unanswered copy on it is counted (timeout, error) and
+//! the connection is replaced.
+use std::{collections::VecDeque, sync::Arc, time::Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{header, Method, Uri, Version};
+use http_body_util::BodyExt;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::{mpsc, Mutex},
+};
+
+use super::{connect, DropReason, Job, Outcomes, OwnSockets};
+use crate::http::ChunkedDecoder;
+
+/// Longest response head we read before giving up on the connection.
+const MAX_HEAD: usize = 64 << 10;
+const MAX_HEADERS: usize = 128;
+
+/// What every connection of one shadow shares.
+pub(super) struct Pipelines {
+    pub uri: Uri,
+    pub mark: u32,
+    pub own: OwnSockets,
+    pub depth: usize,
+    pub outcomes: Outcomes,
+    pub queue: Mutex<mpsc::Receiver<Job>>,
+}
+
+/// Runs `connections` pipelined connections until the queue closes.
+pub(super) async fn run(shared: Arc<Pipelines>, connections: usize) {
+    let tasks: Vec<_> =
+        (0..connections).map(|_| tokio::spawn(connection_loop(shared.clone()))).collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// One copy written and not yet answered.
+struct Unanswered {
+    job_bytes: usize,
+    label: Option<String>,
+    start: Instant,
+    /// The response has no body whatever its headers say (HEAD).
+    head_only: bool,
+}
+
+async fn connection_loop(shared: Arc<Pipelines>) {
+    // Connect only once there is something to send: no idle connections to a quiet shadow.
+    while let Some(mut jobs) = next_jobs(&shared, shared.depth).await {
+        // Copies queued behind one that closed the connection go out on the next one.
+        while !jobs.is_empty() {
+            jobs = match connect(&shared.uri, shared.mark, shared.own.clone()).await {
+                Ok(stream) => Connection::new(&shared).serve(stream, jobs).await,
+                Err(e) => {
+                    for job in jobs.drain(..) {
+                        shared.outcomes.failed(job.bytes, job.label, DropReason::Error, &e);
+                    }
+                    jobs
+                }
+            };
+        }
+    }
+}
+
+/// Waits for a copy, then takes every copy already waiting too, up to `room` in all (one
+/// write for all of them). None once the queue is closed and empty.
+async fn next_jobs(shared: &Pipelines, room: usize) -> Option<Vec<Job>> {
+    let mut queue = shared.queue.lock().await;
+    let mut jobs = vec![queue.recv().await?];
+    while jobs.len() < room {
+        match queue.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    shared.outcomes.metrics.queue_depth.dec_by(jobs.len() as i64);
+    Some(jobs)
+}
+
+/// How the body of the response being read ends.
+enum BodyLeft {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+struct Connection<'a> {
+    shared: &'a Pipelines,
+    unanswered: VecDeque<Unanswered>,
+    out: BytesMut,
+    input: BytesMut,
+    /// The response being read: its status and what is left of its body.
+    reading: Option<(u16, BodyLeft)>,
+    /// A copy that closes the connection was written: take no more.
+    closing: bool,
+    /// Copies taken but not written because an earlier one closes the connection.
+    leftover: Vec<Job>,
+}
+
+impl<'a> Connection<'a> {
+    fn new(shared: &'a Pipelines) -> Self {
+        Connection {
+            shared,
+            unanswered: VecDeque::new(),
+            out: BytesMut::new(),
+            input: BytesMut::with_capacity(16 << 10),
+            reading: None,
+            closing: false,
+            leftover: Vec::new(),
+        }
+    }
+
+    /// Sends `first` and what follows until the connection ends; returns copies taken but
+    /// not sent.
+    async fn serve(mut self, stream: super::TrackedStream, first: Vec<Job>) -> Vec<Job> {
+        let super::TrackedStream { stream, guard: _guard } = stream;
+        let (mut rd, mut wr) = stream.into_split();
+        self.take(first).await;
+        let failure = loop {
+            let room = if self.closing { 0 } else { self.shared.depth - self.unanswered.len() };
+            let deadline = self.unanswered.front().map(|u| u.start + self.shared.outcomes.timeout);
+            tokio::select! {
+                jobs = next_jobs(self.shared, room), if room > 0 => match jobs {
+                    Some(jobs) => self.take(jobs).await,
+                    None if self.unanswered.is_empty() => return self.leftover,
+                    None => self.closing = true,
+                },
+                written = wr.write(&self.out), if !self.out.is_empty() => match written {
+                    Ok(n) => self.out.advance(n),
+                    Err(e) => break (DropReason::Error, e.to_string()),
+                },
+                read = rd.read_buf(&mut self.input) => match read {
+                    Ok(0) => break self.at_end(),
+                    Ok(_) => {
+                        if let Err(e) = self.parse_responses() {
+                            break (DropReason::Error, e.to_owned());
+                        }
+                        if self.closing && self.unanswered.is_empty() {
+                            return self.leftover;
+                        }
+                    }
+                    Err(e) => break (DropReason::Error, e.to_string()),
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    break (DropReason::Timeout, "timed out".to_owned());
+                }
+            }
+        };
+        for u in self.unanswered.drain(..) {
+            self.shared.outcomes.failed(u.job_bytes, u.label, failure.0, &failure.1);
+        }
+        self.leftover
+    }
+
+    /// Appends `jobs` to the output, in order; a copy that closes the connection is the last.
+    async fn take(&mut self, jobs: Vec<Job>) {
+        let mut jobs = jobs.into_iter();
+        for job in jobs.by_ref() {
+            let (parts, body) = job.request.into_parts();
+            // A `Full` body is one ready frame.
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            encode(&parts, &body, &mut self.out);
+            self.unanswered.push_back(Unanswered {
+                job_bytes: job.bytes,
+                label: job.label,
+                start: Instant::now(),
+                head_only: parts.method == Method::HEAD,
+            });
+            if closes_connection(&parts) {
+                self.closing = true;
+                break;
+            }
+        }
+        self.leftover.extend(jobs);
+    }
+
+    /// Consumes every complete response in `input`.
+    fn parse_responses(&mut self) -> Result<(), &'static str> {
+        loop {
+            if self.reading.is_none() && !self.parse_head()? {
+                return Ok(());
+            }
+            let Some((status, left)) = &mut self.reading else { return Ok(()) };
+            let done = match left {
+                BodyLeft::Length(n) => {
+                    let take = (*n).min(self.input.len() as u64);
+                    self.input.advance(take as usize);
+                    *n -= take;
+                    *n == 0
+                }
+                BodyLeft::Chunked(decoder) => {
+                    let used = decoder.advance(&self.input).map_err(|e| e.0)?;
+                    self.input.advance(used);
+                    decoder.is_done()
+                }
+                BodyLeft::UntilClose => {
+                    self.input.clear();
+                    false
+                }
+            };
+            if !done {
+                return Ok(());
+            }
+            let status = *status;
+            self.reading = None;
+            self.answered(status);
+        }
+    }
+
+    /// Parses a response head if one is complete; 1xx heads are skipped.
+    fn parse_head(&mut self) -> Result<bool, &'static str> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let used = match response.parse(&self.input) {
+            Ok(httparse::Status::Complete(used)) => used,
+            Ok(httparse::Status::Partial) if self.input.len() > MAX_HEAD => {
+                return Err("response head too long")
+            }
+            Ok(httparse::Status::Partial) => return Ok(false),
+            Err(_) => return Err("malformed response"),
+        };
+        let status = response.code.unwrap_or(0);
+        let head_only = self.unanswered.front().ok_or("response to nothing")?.head_only;
+        let left = if (100..200).contains(&status) {
+            if status == 101 {
+                return Err("shadow switched protocols");
+            }
+            None // interim: the real response follows
+        } else if head_only || status == 204 || status == 304 {
+            Some(BodyLeft::Length(0))
+        } else if let Some(coding) = find(response.headers, header::TRANSFER_ENCODING) {
+            if coding.to_ascii_lowercase().windows(7).any(|w| w == b"chunked") {
+                Some(BodyLeft::Chunked(ChunkedDecoder::default()))
+            } else {
+                Some(BodyLeft::UntilClose)
+            }
+        } else if let Some(length) = find(response.headers, header::CONTENT_LENGTH) {
+            let n = std::str::from_utf8(length).ok().and_then(|v| v.trim().parse().ok());
+            Some(BodyLeft::Length(n.ok_or("bad Content-Length")?))
+        } else {
+            Some(BodyLeft::UntilClose)
+        };
+        if find(response.headers, header::CONNECTION)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"close"))
+        {
+            self.closing = true;
+        }
+        self.input.advance(used);
+        if let Some(left) = left {
+            self.reading = Some((status, left));
+        }
+        Ok(true)
+    }
+
+    fn answered(&mut self, status: u16) {
+        if let Some(u) = self.unanswered.pop_front() {
+            self.shared.outcomes.answered(u.job_bytes, u.label, u.start, status);
+        }
+    }
+
+    /// The shadow closed the connection: that ends a body delimited by the close.
+    fn at_end(&mut self) -> (DropReason, String) {
+        if let Some((status, BodyLeft::UntilClose)) = self.reading.take() {
+            self.answered(status);
+        }
+        (DropReason::Error, "connection closed by the shadow".to_owned())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d.into()).await;
+    }
+}
+
+fn find<'h>(headers: &'h [httparse::Header<'_>], name: header::HeaderName) -> Option<&'h [u8]> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name.as_str())).map(|h| h.value)
+}
+
+/// Whether the shadow will close the connection after answering this copy.
+fn closes_connection(parts: &http::request::Parts) -> bool {
+    let connection = parts.headers.get_all(header::CONNECTION);
+    let says = |token: &str| {
+        connection.iter().any(|v| {
+            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    says("close") || (parts.version == Version::HTTP_10 && !says("keep-alive"))
+}
+
+/// Writes the copy as HTTP/1.x: the request line, the headers in order (adding Host from the
+/// URI if the copy has none, and Content-Length if a body has no framing), then the body,
+/// re-chunked if the copy says chunked (the rewrite decoded it).
+fn encode(parts: &http::request::Parts, body: &Bytes, out: &mut BytesMut) {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let version = if parts.version == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    out.reserve(256 + body.len());
+    out.put_slice(parts.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target.as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(version.as_bytes());
+    out.put_slice(b"\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            put_header(out, "host", authority.as_str().as_bytes());
+        }
+    }
+    for (name, value) in &parts.headers {
+        put_header(out, name.as_str(), value.as_bytes());
+    }
+    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    if !chunked && !body.is_empty() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        put_header(out, "content-length", body.len().to_string().as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    if chunked {
+        if !body.is_empty() {
+            out.put_slice(format!("{:x}\r\n", body.len()).as_bytes());
+            out.put_slice(body);
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(b"0\r\n\r\n");
+    } else {
+        out.put_slice(body);
+    }
+}
+
+fn put_header(out: &mut BytesMut, name: &str, value: &[u8]) {
+    out.put_slice(name.as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+
+    use super::*;
+
+    fn encoded(builder: http::request::Builder, body: &'static [u8]) -> Vec<u8> {
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        let mut out = BytesMut::new();
+        encode(&parts, &Bytes::from_static(body), &mut out);
+        out.to_vec()
+    }
+
+    #[test]
+    fn encodes_headers_in_order_and_rechunks() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("http://shadow:8000/up?x=1")
+            .header("host", "svc-shadow:8000")
+            .header("transfer-encoding", "chunked")
+            .header("x-a", "1");
+        assert_eq!(
+            encoded(req, b"hello"),
+            b"POST /up?x=1 HTTP/1.1\r\nhost: svc-shadow:8000\r\ntransfer-encoding: chunked\r\n\
+              x-a: 1\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec()
+        );
+    }
+
+    #[test]
+    fn adds_host_and_length_when_missing() {
+        let req =
+            Request::builder().method("PUT").uri("http://shadow:8000/p").version(Version::HTTP_10);
+        let (parts, ()) =
+            Request::builder().version(Version::HTTP_10).body(()).unwrap().into_parts();
+        assert!(closes_connection(&parts));
+        assert_eq!(
+            encoded(req, b"abc"),
+            b"PUT /p HTTP/1.0\r\nhost: shadow:8000\r\ncontent-length: 3\r\n\r\nabc".to_vec()
+        );
+    }
+}
