@@ -350,9 +350,82 @@ fn put_header(out: &mut BytesMut, name: &str, value: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::atomic::AtomicUsize, time::Duration};
+
     use http::Request;
 
     use super::*;
+    use crate::shadow::Outcomes;
+
+    fn pipelines() -> Pipelines {
+        let (_, rx) = mpsc::channel(1);
+        Pipelines {
+            uri: "http://shadow:8000".parse().unwrap(),
+            mark: 0,
+            own: OwnSockets::default(),
+            depth: 8,
+            outcomes: Outcomes {
+                timeout: Duration::from_secs(1),
+                queued_bytes: Arc::new(AtomicUsize::new(0)),
+                metrics: Arc::new(crate::metrics::Metrics::default().shadow("shadow:8000")),
+                log: None,
+            },
+            queue: Mutex::new(rx),
+        }
+    }
+
+    fn waiting(c: &mut Connection<'_>, head_only: &[bool]) {
+        for &head_only in head_only {
+            let start = Instant::now();
+            c.unanswered.push_back(Unanswered { job_bytes: 0, label: None, start, head_only });
+        }
+    }
+
+    /// Responses matched to copies in order, whatever their framing, arriving in pieces.
+    #[test]
+    fn reads_pipelined_responses_of_every_framing() {
+        let p = pipelines();
+        let mut c = Connection::new(&p);
+        waiting(&mut c, &[false, false, true, false, false]);
+        let wire: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n\
+            HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc\
+            HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\
+            HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n\
+            HTTP/1.1 204 No Content\r\n\r\n\
+            HTTP/1.1 500 Oops\r\nConnection: close\r\n\r\nuntil the end";
+        for piece in wire.chunks(7) {
+            c.input.extend_from_slice(piece);
+            c.parse_responses().unwrap();
+        }
+        assert_eq!(c.unanswered.len(), 1, "the last body ends with the connection");
+        assert!(c.closing);
+        c.at_end();
+        assert!(c.unanswered.is_empty());
+        assert_eq!(p.outcomes.metrics.answered_by_class(), [0, 4, 0, 0, 1]);
+    }
+
+    /// What a broken shadow sends ends the connection with an error, never a panic, and the
+    /// buffer stays bounded.
+    #[test]
+    fn rejects_malformed_and_endless_heads() {
+        let p = pipelines();
+        let mut c = Connection::new(&p);
+        waiting(&mut c, &[false]);
+        c.input.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n");
+        assert_eq!(c.parse_responses(), Err("bad Content-Length"));
+        let mut c = Connection::new(&p);
+        waiting(&mut c, &[false]);
+        c.input.extend_from_slice(b"SMTP ready\r\n\r\n");
+        assert!(c.parse_responses().is_err());
+        let mut c = Connection::new(&p);
+        waiting(&mut c, &[false]);
+        c.input.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        c.input.extend_from_slice(&b"X: y\r\n".repeat(MAX_HEAD / 6));
+        assert!(c.parse_responses().is_err());
+        let mut c = Connection::new(&p);
+        c.input.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(c.parse_responses(), Err("response to nothing"));
+    }
 
     fn encoded(builder: http::request::Builder, body: &'static [u8]) -> Vec<u8> {
         let (parts, ()) = builder.body(()).unwrap().into_parts();
