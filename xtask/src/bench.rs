@@ -126,7 +126,27 @@ fn splice(file: &Path, name: &str, body: &str) -> Result<()> {
         (Some(a), Some(b)) if a < b => {
             format!("{}{open}\n{body}{}", &text[..a], &text[b..])
         }
-        _ => format!("{}\n## {name}\n\n{open}\n{body}{close}\n", text.trim_end()),
+        _ => format!("{}\n\n## {name}\n\n{open}\n{body}{close}\n", text.trim_end()),
     };
     std::fs::write(file, new).with_context(|| format!("writing {}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_replaces_between_markers_and_keeps_the_prose() {
+        let dir = std::env::temp_dir().join(format!("xtask-splice-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("B.md");
+        std::fs::write(&file, "intro\n<!-- bench:a -->\nold\n<!-- /bench:a -->\nprose\n").unwrap();
+        splice(&file, "a", "new table\n").unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text, "intro\n<!-- bench:a -->\nnew table\n<!-- /bench:a -->\nprose\n");
+        splice(&file, "b", "other\n").unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.ends_with("prose\n\n## b\n\n<!-- bench:b -->\nother\n<!-- /bench:b -->\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
