@@ -345,7 +345,7 @@ headers:
     remove: [authorization, cookie]
 hostRewrite: keep
 sampleByHeader: x-user
-limits: { maxInFlight: 8, timeoutMs: 250, rateLimit: 100 }
+limits: { maxInFlight: 8, timeoutMs: 250, rateLimit: 100, pipeline: 4 }
 metrics: 127.0.0.1:9100
 "#;
 
@@ -358,6 +358,7 @@ metrics: 127.0.0.1:9100
         assert_eq!(c.match_rules[0].uri, Some(StringMatch::Prefix("/api".into())));
         assert_eq!(c.host_rewrite, HostRewrite::Keep);
         assert_eq!(c.limits.max_in_flight, 8);
+        assert_eq!(c.limits.pipeline, 4);
         assert_eq!(c.limits.queue_length, 1024);
     }
 
