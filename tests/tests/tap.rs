@@ -8,9 +8,10 @@ use std::{
 };
 
 use mirror::{
-    segment::{tcp_flags, Direction, Segment},
-    tap::{AttachMode, Tap, TapSettings},
+    segment::{tcp_flags, Direction, Hook, Segment},
+    tap::{AttachMode, Directions, Tap, TapSettings},
 };
+
 use mirror_tests::{
     client::{curl, keep_alive, RawRequest},
     http_url, mirror_bin,
@@ -51,10 +52,14 @@ fn mixed_requests(host: &str) -> Vec<RawRequest> {
 
 /// Every byte each client sent (and got back) appears in the capture, in sequence order,
 /// exactly; every primary response is intact; the counters agree.
-async fn capture_is_byte_exact(family: Family) {
+async fn capture_is_byte_exact(family: Family, mode: AttachMode) {
     let topo = Topology::new().unwrap();
     let server = RecordingServer::start(&topo.server, &[SERVICE_PORT, OTHER_PORT]);
-    let mut tap = Tap::attach(&tap_settings(&topo, AttachMode::Auto)).unwrap();
+    let started = wall_clock_ns();
+    let mut tap = Tap::attach(&tap_settings(&topo, mode)).unwrap();
+    if mode == AttachMode::Netlink {
+        assert!(tap.attachments().all(|(_, _, m)| m == AttachMode::Netlink));
+    }
     let mut source = tap.segments().unwrap();
     let service = SocketAddr::new(topo.server_addr(family), SERVICE_PORT);
 
@@ -98,6 +103,7 @@ async fn capture_is_byte_exact(family: Family) {
     let mut segments: Vec<Segment> = Vec::new();
     while source.drain_now(&mut segments) > 0 {}
     let counters = tap.counters().unwrap();
+    assert_record_fields(&segments, &topo, started, wall_clock_ns());
 
     let connections = server.connections();
     let service_conns: Vec<_> =
@@ -133,6 +139,7 @@ async fn capture_is_byte_exact(family: Family) {
     );
 
     let copied: u64 = segments.iter().map(|s| s.payload.len() as u64).sum();
+    assert!(counters.selected > 0, "{counters}");
     assert_eq!(counters.bytes, copied, "{counters}");
     assert!(counters.records >= segments.len() as u64, "{counters}");
     assert!(
@@ -148,14 +155,66 @@ async fn capture_is_byte_exact(family: Family) {
     tap.detach().unwrap();
 }
 
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// The metadata of every record: the interface and hook it crossed (requests leave the node
+/// toward the pod on the host-side veth's egress, responses arrive on its ingress), a
+/// wall-clock time within the test, and acknowledgement numbers inside the peer's stream.
+fn assert_record_fields(segments: &[Segment], topo: &Topology, from_ns: u64, to_ns: u64) {
+    let name = std::ffi::CString::new(topo.server_host_if.as_str()).unwrap();
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    // The ring's clock offset is computed once at start-up: allow a little skew.
+    let slack = 50_000_000;
+    for s in segments {
+        assert_eq!(s.ifindex, ifindex, "{s:?}");
+        let hook = match s.direction {
+            Direction::Request => Hook::Egress,
+            Direction::Response => Hook::Ingress,
+        };
+        assert_eq!(s.hook, hook, "{s:?}");
+        assert!(s.ts_ns + slack >= from_ns && s.ts_ns <= to_ns + slack, "{s:?}");
+    }
+    // Per connection, every ACK a request segment carries lies within what the server sent:
+    // between its ISN + 1 and the end of its stream (+1 for its FIN).
+    for syn_ack in segments.iter().filter(|s| s.flags & tcp_flags::SYN != 0) {
+        if syn_ack.direction != Direction::Response {
+            continue;
+        }
+        let client = syn_ack.client();
+        let sent: u32 = segments
+            .iter()
+            .filter(|s| s.client() == client && s.direction == Direction::Response)
+            .map(|s| s.payload.len() as u32)
+            .sum();
+        let first = syn_ack.seq.wrapping_add(1);
+        let acks: Vec<u32> = segments
+            .iter()
+            .filter(|s| s.client() == client && s.direction == Direction::Request)
+            .filter(|s| s.flags & tcp_flags::ACK != 0)
+            .map(|s| s.ack.wrapping_sub(first))
+            .collect();
+        assert!(acks.iter().all(|&a| a <= sent + 1), "{client}: acks {acks:?} past {sent}");
+        assert!(acks.iter().any(|&a| a > 0), "{client}: no response byte acknowledged");
+    }
+}
+
 #[tokio::test]
 async fn capture_is_byte_exact_ipv4() {
-    capture_is_byte_exact(Family::V4).await;
+    capture_is_byte_exact(Family::V4, AttachMode::Auto).await;
 }
 
 #[tokio::test]
 async fn capture_is_byte_exact_ipv6() {
-    capture_is_byte_exact(Family::V6).await;
+    capture_is_byte_exact(Family::V6, AttachMode::Auto).await;
+}
+
+/// The clsact + netlink path (used where the kernel has no TCX) captures the same.
+#[tokio::test]
+async fn capture_is_byte_exact_through_clsact() {
+    capture_is_byte_exact(Family::V4, AttachMode::Netlink).await;
 }
 
 #[tokio::test]
@@ -193,6 +252,51 @@ async fn service_networks_restrict_the_selection() {
     source.drain_now(&mut segments);
     assert!(!segments.is_empty());
     assert!(segments.iter().all(|s| s.server().ip() == topo.server_addr(Family::V6)));
+}
+
+/// Requests only, from an IPv4 service network: nothing of responses nor of IPv6.
+#[tokio::test]
+async fn requests_only_from_an_ipv4_network() {
+    let topo = Topology::new().unwrap();
+    let _server = RecordingServer::start(&topo.server, &[SERVICE_PORT]);
+    let mut settings = tap_settings(&topo, AttachMode::Auto);
+    settings.service_nets = vec![ipnet::IpNet::new(topo.server_addr(Family::V4), 24).unwrap()];
+    settings.directions = Directions::REQUESTS;
+    let mut tap = Tap::attach(&settings).unwrap();
+    let mut source = tap.segments().unwrap();
+    let mut sent = 0;
+    for family in [Family::V4, Family::V6] {
+        let service = SocketAddr::new(topo.server_addr(family), SERVICE_PORT);
+        let reqs = mixed_requests("svc");
+        if family == Family::V4 {
+            sent = reqs.iter().map(|r| r.bytes.len()).sum();
+        }
+        keep_alive(&topo.client, service, reqs).unwrap();
+    }
+    let mut segments = Vec::new();
+    while source.drain_now(&mut segments) > 0 {}
+    assert!(segments.iter().all(|s| s.direction == Direction::Request));
+    assert!(segments.iter().all(|s| s.server().ip() == topo.server_addr(Family::V4)));
+    let copied: usize = segments.iter().map(|s| s.payload.len()).sum();
+    assert_eq!(copied, sent);
+}
+
+/// A ring too small for the traffic loses records, counts them, and the primary still gets
+/// every byte of its responses: the kernel program passes every packet whatever happens.
+#[tokio::test]
+async fn a_full_ring_counts_losses_and_passes_every_packet() {
+    let topo = Topology::new().unwrap();
+    let _server = RecordingServer::start(&topo.server, &[SERVICE_PORT]);
+    let mut settings = tap_settings(&topo, AttachMode::Auto);
+    settings.ring_bytes = 4096;
+    let tap = Tap::attach(&settings).unwrap();
+    // Nobody reads the ring while 40 requests of up to 100 KB cross; keep_alive checks
+    // every response body.
+    let service = SocketAddr::new(topo.server_addr(Family::V4), SERVICE_PORT);
+    keep_alive(&topo.client, service, mixed_requests("svc")).unwrap();
+    let counters = tap.counters().unwrap();
+    assert!(counters.lost > 0, "{counters}");
+    assert!(counters.records > 0, "{counters}");
 }
 
 // ---- the `mirror tap` binary: attach, capture, and leave nothing behind ----
@@ -239,9 +343,13 @@ fn tc_state(iface: &str) -> (String, String) {
     (qdiscs, filters)
 }
 
-fn sigterm_and_wait(mut child: Child) {
+fn sigterm_and_wait(child: Child) {
+    signal_and_wait(child, libc::SIGTERM);
+}
+
+fn signal_and_wait(mut child: Child, signal: i32) {
     // SAFETY: plain kill(2) on our child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let status = child.wait().unwrap();
     assert!(status.success(), "agent exit status {status}");
 }
@@ -281,6 +389,33 @@ fn agent_with_netlink_leaves_nothing_after_sigterm() {
     sigterm_and_wait(agent);
     let (qdiscs, filters) = tc_state(&topo.server_host_if);
     assert!(!qdiscs.contains("clsact") && filters.is_empty(), "{qdiscs}{filters}");
+}
+
+#[test]
+fn agent_leaves_nothing_after_sigint() {
+    let topo = Topology::new().unwrap();
+    let _server = RecordingServer::start(&topo.server, &[SERVICE_PORT]);
+    for mode in ["tcx", "netlink"] {
+        let agent = start_agent(&topo, &["--attach", mode]);
+        send_one(&topo);
+        signal_and_wait(agent, libc::SIGINT);
+        assert!(tcx_program_names(&topo.server_host_if).is_empty(), "{mode}");
+        let (qdiscs, filters) = tc_state(&topo.server_host_if);
+        assert!(!qdiscs.contains("clsact") && filters.is_empty(), "{mode}: {qdiscs}{filters}");
+    }
+}
+
+/// An attachment failing half-way (the same program twice on one TCX hook) detaches what
+/// was already attached.
+#[test]
+fn a_failed_attach_leaves_nothing() {
+    let topo = Topology::new().unwrap();
+    let iface = topo.server_host_if.clone();
+    let mut settings = tap_settings(&topo, AttachMode::Tcx);
+    settings.interfaces = vec![iface.clone(), iface.clone()];
+    let err = Tap::attach(&settings).err().expect("attaching twice to one hook fails");
+    assert!(format!("{err:#}").contains(&iface), "{err:#}");
+    assert!(tcx_program_names(&iface).is_empty());
 }
 
 #[test]

@@ -73,6 +73,9 @@ pub async fn run(args: TapArgs) -> Result<ExitCode> {
         eprintln!("mirror tap: {e:#}");
         return Ok(ExitCode::from(2));
     }
+    // Signals are handled from before the first attachment, so a SIGTERM at any point
+    // after it still detaches instead of killing the process with filters left behind.
+    let stop = super::shutdown_signal()?;
     let mut tap = Tap::attach(&settings)?;
     for (iface, hook, mode) in tap.attachments() {
         tracing::info!("attached to {iface} {hook:?} via {mode:?}");
@@ -80,7 +83,6 @@ pub async fn run(args: TapArgs) -> Result<ExitCode> {
     // Readiness signal for scripts and tests: printed once everything is attached.
     eprintln!("mirror tap: ready");
     let mut source = tap.segments()?;
-    let stop = super::shutdown_signal()?;
     tokio::pin!(stop);
     let mut batch = Vec::new();
     let mut printed = 0u64;

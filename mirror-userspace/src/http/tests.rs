@@ -100,6 +100,27 @@ fn chunked_request_with_trailers() {
 }
 
 #[test]
+fn chunked_response_with_trailers_then_a_malformed_response() {
+    let mut c = conv(3);
+    let chunked =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n";
+    let mut run = Run::new();
+    run.feed(c.open()).feed(c.request(b"GET /a HTTP/1.1\r\n\r\n", MSS));
+    run.feed(c.response(chunked, 7));
+    run.feed(c.request(b"GET /b HTTP/1.1\r\n\r\n", MSS));
+    run.feed(c.response(b"HTTP/1.1 abc\x01 broken\r\n\r\n", MSS));
+    run.feed(c.request(b"GET /c HTTP/1.1\r\n\r\n", MSS));
+    run.feed(c.response(&ok("c").into_bytes(), MSS));
+    let resps = run.responses();
+    let bodies: Vec<Vec<u8>> =
+        resps.iter().map(|r| [&r.head.bytes()[..], &r.body[..]].concat()).collect();
+    assert_eq!(bodies, vec![chunked.to_vec(), ok("c").into_bytes()]);
+    assert_eq!(resps[0].request_id, Some(0));
+    assert_eq!(run.stats().malformed_responses, 1);
+    assert_eq!(run.requests().len(), 3);
+}
+
+#[test]
 fn pipelined_requests_in_one_segment_and_http_1_0() {
     let mut c = conv(3);
     let a = b"GET /1 HTTP/1.1\r\n\r\n";
@@ -167,6 +188,7 @@ fn bodyless_statuses_and_close_delimited_responses() {
 fn upgrade_and_connect_stop_extraction() {
     for req in [
         &b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
+        &b"GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n"[..],
         &b"CONNECT example.com:443 HTTP/1.1\r\n\r\n"[..],
     ] {
         let mut c = conv(6);
@@ -293,6 +315,7 @@ fn a_lost_head_segment_resynchronises_at_the_next_request() {
     let mut run = Run::new();
     run.feed(segs);
     assert_eq!(run.request_bytes(), vec![b.to_vec()]);
+    assert_eq!(run.stats().lost_messages, 1);
 }
 
 #[test]
@@ -337,6 +360,31 @@ fn connection_and_memory_caps_evict_the_oldest() {
     let stats = run.x.stats();
     assert!(stats.evicted_connection_cap + stats.evicted_total_memory >= 40, "{stats:?}");
     assert!(stats.evicted_total_memory > 0, "{stats:?}");
+}
+
+#[test]
+fn the_connection_cap_evicts_the_oldest_connections() {
+    let config = ReassemblyConfig { max_connections: 3, ..ReassemblyConfig::default() };
+    let mut run = Run::with(config, HttpConfig::default());
+    let mut convs: Vec<Conversation> = (0..5).map(|i| conv(2000 + i)).collect();
+    for (i, c) in convs.iter_mut().enumerate() {
+        run.feed(c.at(1_000 + i as u64).open());
+        run.feed(c.request(b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\n", MSS));
+    }
+    assert_eq!(run.x.connections(), 3);
+    assert_eq!(run.x.stats().evicted_connection_cap, 2);
+    // The three newest survive and complete their requests; the oldest two were forgotten
+    // with their heads, so their bodies are mid-stream bytes that start no message.
+    for c in convs.iter_mut().rev() {
+        run.feed(c.request(b"abc", MSS));
+    }
+    assert_eq!(run.requests().len(), 3);
+    assert!(run.x.stats().unsynced_bytes > 0);
+}
+
+#[test]
+fn messages_are_capped_at_16_mib_by_default() {
+    assert_eq!(HttpConfig::default().max_message_bytes, 16 << 20);
 }
 
 #[test]
