@@ -35,20 +35,27 @@ echo "== client 10.251.1.2 -> node -> primary 10.251.2.2:8000; shadow 10.251.3.2
 mkdir -p "$WWW/primary" "$WWW/shadow"
 echo "primary" > "$WWW/primary/index.html"; echo "shadow" > "$WWW/shadow/index.html"
 for pair in "$PRI:primary" "$SHA:shadow"; do
-    ip netns exec "${pair%%:*}" python3 -m http.server 8000 --directory "$WWW/${pair##*:}" \
-        >/dev/null 2>&1 &
+    ip netns exec "${pair%%:*}" python3 -m http.server 8000 --protocol HTTP/1.1 \
+        --directory "$WWW/${pair##*:}" >/dev/null 2>&1 &
     SERVERS="${SERVERS:-} $!"
+done
+
+for ip in 10.251.2.2 10.251.3.2; do # wait for both servers to listen
+    for _ in $(seq 100); do
+        ip netns exec "$CLI" curl -sf -o /dev/null "http://$ip:8000/" && break
+        sleep 0.1
+    done
 done
 
 echo "== mirror run -i $HP --port 8000 --shadow http://10.251.3.2:8000 --log-requests"
 "$MIRROR" run -i "$HP" --port 8000 --shadow http://10.251.3.2:8000 --log-requests \
-    2> >(sed -u 's/^/   [agent] /' >&2) &
+    2> >(tee "$WWW/agent.log" | sed -u 's/^/   [agent] /' >&2) &
 AGENT=$!
-for _ in $(seq 100); do # wait for the servers (not through the tap's port yet)
-    ip netns exec "$CLI" curl -sf -o /dev/null http://10.251.3.2:8000/ && break
-    sleep 0.1
+for _ in $(seq 200); do # the agent prints "ready" once its programs are attached
+    grep -q "mirror run: ready" "$WWW/agent.log" 2>/dev/null && break
+    kill -0 "$AGENT" 2>/dev/null || { echo "the agent failed to start" >&2; exit 1; }
+    sleep 0.05
 done
-sleep 1 # the agent attaches in well under a second
 
 echo "== client: keep-alive requests with Host: httpbin:8000"
 ip netns exec "$CLI" curl -s -H "Host: httpbin:8000" \
@@ -58,6 +65,5 @@ ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" -d 'hello' \
 for i in 1 2 3; do
     ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" "http://10.251.2.2:8000/?n=$i"
 done
-sleep 1
-echo "== stopping the agent"
+echo "== stopping the agent (it mirrors everything already captured, then prints its summary)"
 kill -INT "$AGENT"; wait "$AGENT" || true; AGENT=

@@ -124,18 +124,22 @@ fn test(args: &[String]) -> Result<()> {
 fn demo() -> Result<()> {
     build(true)?;
     let script = workspace_root().join("xtask/demo.sh");
-    check(Command::new("bash").arg(script).arg(workspace_root().join("target/release/mirror")))
+    check(as_root("bash").arg(script).arg(workspace_root().join("target/release/mirror")))
 }
 
 fn run_agent(args: &[String]) -> Result<()> {
     build(true)?;
-    let binary = workspace_root().join("target/release/mirror");
-    let mut cmd = if setup::is_root() {
-        Command::new(&binary)
+    check(as_root(workspace_root().join("target/release/mirror")).args(args))
+}
+
+/// `program` as root: directly when we are root, through sudo otherwise (namespaces and BPF
+/// programs need root; the build does not).
+fn as_root(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if setup::is_root() {
+        Command::new(program)
     } else {
         let mut sudo = Command::new("sudo");
-        sudo.arg(&binary);
+        sudo.arg(program);
         sudo
-    };
-    check(cmd.args(args))
+    }
 }

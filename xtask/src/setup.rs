@@ -16,6 +16,7 @@ const PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "curl",
+    "python3",
     "tcpdump",
     "tshark",
 ];
@@ -71,41 +72,70 @@ pub fn ensure() -> Result<()> {
     run()
 }
 
-pub fn run() -> Result<()> {
-    let missing = missing_packages(PACKAGES);
-    let linker_ok = bpf_linker_ok();
+/// What setup will do, decided from what is missing and where it runs.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    Nothing,
+    /// Not root, or not Debian: the exact commands for the user to run.
+    Manual(Vec<String>),
+    Install {
+        packages: Vec<&'static str>,
+        linker: bool,
+    },
+}
+
+fn plan(missing: Vec<&'static str>, linker_ok: bool, debian: bool, root: bool) -> Plan {
     if missing.is_empty() && linker_ok {
-        println!("setup: everything is installed");
-        return Ok(());
+        return Plan::Nothing;
     }
-    if !is_debian() || !is_root() {
-        eprintln!("setup needs root on Debian; run these commands:");
+    if !debian || !root {
+        let mut commands = Vec::new();
         if !missing.is_empty() {
-            eprintln!("  apt-get update");
-            eprintln!("  apt-get install -y {}", missing.join(" "));
+            commands.push("apt-get update".to_owned());
+            commands.push(format!("apt-get install -y {}", missing.join(" ")));
         }
         if !linker_ok {
-            eprintln!("  {}", bpf_linker_install_command());
+            commands.push(bpf_linker_install_command());
         }
-        bail!("setup incomplete (not root, or not Debian)");
+        return Plan::Manual(commands);
     }
-    if !missing.is_empty() {
-        println!("setup: installing {}", missing.join(" "));
-        check(Command::new("apt-get").arg("update").arg("-q"))?;
-        apt_install(&missing)?;
+    Plan::Install { packages: missing, linker: !linker_ok }
+}
+
+pub fn run() -> Result<()> {
+    match plan(missing_packages(PACKAGES), bpf_linker_ok(), is_debian(), is_root()) {
+        Plan::Nothing => println!("setup: everything is installed"),
+        Plan::Manual(commands) => {
+            eprintln!("setup needs root on Debian; run these commands:");
+            for c in commands {
+                eprintln!("  {c}");
+            }
+            bail!("setup incomplete (not root, or not Debian)");
+        }
+        Plan::Install { packages, linker } => {
+            if !packages.is_empty() {
+                println!("setup: installing {}", packages.join(" "));
+                check(Command::new("apt-get").arg("update").arg("-q"))?;
+                apt_install(&packages)?;
+            }
+            if linker {
+                install_bpf_linker()?;
+            }
+            println!("setup: done");
+        }
     }
-    if !linker_ok {
-        println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
-        check(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .env("LLVM_PREFIX", LLVM_PREFIX)
-                .env("LLVM_SYS_220_PREFIX", LLVM_PREFIX)
-                .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"])
-                .args(["--no-default-features", "--features", "llvm-22"]),
-        )?;
-    }
-    println!("setup: done");
     Ok(())
+}
+
+fn install_bpf_linker() -> Result<()> {
+    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
+    check(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_SYS_220_PREFIX", LLVM_PREFIX)
+            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"])
+            .args(["--no-default-features", "--features", "llvm-22"]),
+    )
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {
@@ -142,4 +172,45 @@ pub fn ensure_bench_tools() -> Result<()> {
         ]))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_to_do_when_everything_is_installed() {
+        for (debian, root) in [(true, true), (false, false)] {
+            assert_eq!(plan(vec![], true, debian, root), Plan::Nothing);
+        }
+    }
+
+    #[test]
+    fn installs_only_what_is_missing() {
+        assert_eq!(
+            plan(vec!["tshark"], true, true, true),
+            Plan::Install { packages: vec!["tshark"], linker: false }
+        );
+        assert_eq!(
+            plan(vec![], false, true, true),
+            Plan::Install { packages: vec![], linker: true }
+        );
+    }
+
+    #[test]
+    fn without_root_or_debian_prints_the_exact_commands() {
+        let linker = bpf_linker_install_command();
+        for (debian, root) in [(true, false), (false, true)] {
+            assert_eq!(
+                plan(vec!["curl", "tshark"], false, debian, root),
+                Plan::Manual(vec![
+                    "apt-get update".into(),
+                    "apt-get install -y curl tshark".into(),
+                    linker.clone(),
+                ])
+            );
+        }
+        assert_eq!(plan(vec![], false, false, false), Plan::Manual(vec![linker]));
+        assert!(bpf_linker_install_command().contains("bpf-linker@0.13.0 --locked"));
+    }
 }

@@ -1,0 +1,43 @@
+//! The README's first command: `cargo xtask demo` runs xtask/demo.sh with the built agent.
+//! It must show each mirrored request with its rewritten Host and the shadow's status, print
+//! the summary, and leave no namespace or link behind.
+use std::{collections::BTreeSet, path::Path, process::Command};
+
+use mirror_tests::mirror_bin;
+
+#[test]
+fn the_demo_mirrors_every_request_and_cleans_up() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/demo.sh");
+    let child = Command::new("bash")
+        .arg(script)
+        .arg(mirror_bin())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+
+    let mirrored: Vec<&str> = stdout.lines().filter(|l| l.starts_with("mirrored ")).collect();
+    let paths: BTreeSet<&str> = mirrored.iter().filter_map(|l| l.split(' ').nth(2)).collect();
+    let want: BTreeSet<&str> =
+        ["/", "/index.html", "/missing", "/form", "/?n=1", "/?n=2", "/?n=3"].into();
+    assert_eq!((mirrored.len(), paths), (7, want), "{stdout}");
+    for line in &mirrored {
+        assert!(line.contains(" Host: httpbin-shadow:8000 -> 10.251.3.2:8000: "), "{line}");
+    }
+    assert!(mirrored
+        .iter()
+        .any(|l| l.starts_with("mirrored GET /missing ") && l.contains(": 404 ")));
+    assert!(stderr.contains("requests: 7 captured"), "{stderr}");
+    assert!(stderr.contains(": 7 mirrored, 0 not sampled"), "{stderr}");
+
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(!netns.contains(&format!("mdemo-c-{id}")), "{netns}");
+    let links = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!("mdp{id}")));
+}
