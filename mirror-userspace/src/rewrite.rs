@@ -1,6 +1,9 @@
 //! Turning a captured request into the copy sent to a shadow: Host rewrite (Envoy's rule by
-//! default), header edits, X-Forwarded-For. Method, target, the order of the other headers
-//! and the body bytes are kept.
+//! default), header edits, X-Forwarded-For. Method, target, header order and the body bytes
+//! are kept, as far as RFC 9110 §5.3 gives order a meaning: the copy is built in an
+//! [`http::HeaderMap`], which keeps the values of a repeated field in their order but groups
+//! them at the field's first occurrence (`A: 1, B: 2, A: 3` goes out as `A: 1, A: 3, B: 2`).
+//! The order of differing field names is not significant; the order of a field's values is.
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -202,6 +205,54 @@ mod tests {
                 "x-add=a"
             ]
         );
+    }
+
+    /// RFC 9110 §5.3: the relative order of a repeated field's values is kept; the values
+    /// are grouped at the field's first occurrence, and every other field keeps its place.
+    #[test]
+    fn repeated_fields_keep_their_value_order_and_others_their_place() {
+        let req = captured(
+            b"GET /h HTTP/1.1\r\nA: 1\r\nHost: h:80\r\nB: 2\r\nA: 3\r\nC: 4\r\nB: 5\r\nA: 6\r\nD: 7\r\n\r\n",
+        );
+        let r = Rewriter::new(HostRewrite::Keep, &HeaderOps::default()).unwrap();
+        let copy = r.copy(&req, "s:1", "10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(
+            names(&copy),
+            [
+                "a=1",
+                "a=3",
+                "a=6",
+                "host=h:80",
+                "b=2",
+                "b=5",
+                "c=4",
+                "d=7",
+                "x-forwarded-for=10.0.0.1"
+            ]
+        );
+        // The two rules, checked on their own: each name's values in the order sent...
+        for name in ["a", "b"] {
+            let sent: Vec<&[u8]> = req
+                .head
+                .headers()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+                .collect();
+            let copied: Vec<&[u8]> =
+                copy.headers().get_all(name).iter().map(|v| v.as_bytes()).collect();
+            assert_eq!(copied, sent, "{name}");
+        }
+        // ...and the names in the order of their first occurrence.
+        let mut first = Vec::new();
+        for (n, _) in req.head.headers() {
+            let n = n.to_ascii_lowercase();
+            if !first.contains(&n) {
+                first.push(n);
+            }
+        }
+        first.push("x-forwarded-for".into());
+        let keys: Vec<&str> = copy.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys, first);
     }
 
     #[test]

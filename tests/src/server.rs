@@ -45,6 +45,8 @@ pub enum Behavior {
     Slow(std::time::Duration),
     /// Reset every connection as soon as it is accepted.
     Reset,
+    /// Answer every request with this status (and the usual body).
+    Status(u16),
 }
 
 /// Bytes seen on one accepted connection.
@@ -61,6 +63,8 @@ type Records = Arc<Mutex<HashMap<SocketAddr, ConnRecord>>>;
 struct Seen {
     requests: Mutex<Vec<SeenRequest>>,
     arrived: std::sync::Condvar,
+    /// When each request (same order as `requests`) was read in full.
+    times: Mutex<Vec<std::time::Instant>>,
 }
 
 /// The body the server answers with, so clients can check every response.
@@ -135,6 +139,11 @@ impl RecordingServer {
     pub fn connections(&self) -> HashMap<SocketAddr, ConnRecord> {
         self.records.lock().unwrap().clone()
     }
+
+    /// When each request so far was read in full, in arrival order.
+    pub fn arrival_times(&self) -> Vec<std::time::Instant> {
+        self.seen.times.lock().unwrap().clone()
+    }
 }
 
 impl Drop for RecordingServer {
@@ -186,6 +195,7 @@ async fn answer(
     let body = req.into_body().collect().await?.to_bytes();
     {
         let mut requests = seen.requests.lock().unwrap();
+        seen.times.lock().unwrap().push(std::time::Instant::now());
         requests.push(SeenRequest {
             method: method.clone(),
             target: target.clone(),
@@ -197,7 +207,12 @@ async fn answer(
     if let Behavior::Slow(delay) = behavior {
         tokio::time::sleep(delay).await;
     }
-    Ok(Response::new(Full::new(Bytes::from(expected_body(&method, &target, &body)))))
+    let mut response =
+        Response::new(Full::new(Bytes::from(expected_body(&method, &target, &body))));
+    if let Behavior::Status(status) = behavior {
+        *response.status_mut() = hyper::StatusCode::from_u16(status).expect("a valid status");
+    }
+    Ok(response)
 }
 
 /// A TcpStream that appends everything read and written to its connection's record.

@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use mirror_tests::{
@@ -102,6 +102,11 @@ fn istio_mirroring_task() {
         assert_eq!(names, expected, "header order kept");
     }
     assert_eq!(mirrored(&summary), 1000, "{summary}");
+    // The keep-alive pool: copies reuse connections rather than opening one each. At most
+    // 64 copies (the default maxInFlight) are in flight; hyper's pool may open a few more
+    // connections than that when a connect races a connection coming back idle.
+    let connections = shadow.connections().len();
+    assert!(connections <= 2 * 64, "{connections} shadow connections for 1000 copies");
 }
 
 /// `--percent 10`, sampled per request on one keep-alive connection of 2000 requests.
@@ -299,6 +304,77 @@ fn metric(text: &str, name_and_labels: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
+/// Polls /metrics until `done` holds (or [`WAIT`] passes); returns the last text.
+fn wait_for_metrics(addr: SocketAddr, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, text) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        if done(&text) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Neither TCX programs nor a clsact qdisc or tc filters on either hook of `iface`.
+fn assert_nothing_attached(iface: &str, context: &str) {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let (_, progs) = SchedClassifier::query_tcx(iface, hook).unwrap();
+        assert!(progs.is_empty(), "{context}: TCX programs left on {iface} {hook:?}");
+    }
+    let tc = |args: &[&str]| {
+        let out = std::process::Command::new("tc").args(args).output().unwrap();
+        assert!(out.status.success(), "tc {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let qdiscs = tc(&["qdisc", "show", "dev", iface]);
+    assert!(!qdiscs.contains("clsact"), "{context}: clsact left on {iface}: {qdiscs}");
+    for hook in ["ingress", "egress"] {
+        let filters = tc(&["filter", "show", "dev", iface, hook]);
+        assert!(filters.trim().is_empty(), "{context}: {hook} filters left on {iface}: {filters}");
+    }
+}
+
+/// Match rules (POST to /api/ with `X-Canary: yes`) and header edits (credentials removed,
+/// two headers added), as flags.
+const MATCH_AND_EDITS: &[&str] = &[
+    "--match-method",
+    "POST",
+    "--match-path-prefix",
+    "/api/",
+    "--match-header",
+    "x-canary=yes",
+    "--remove-header",
+    "authorization",
+    "--remove-header",
+    "cookie",
+    "--set-header",
+    "x-mirrored:1",
+    "--add-header",
+    "x-extra:e",
+];
+
+/// `n` requests, one in four of which matches [`MATCH_AND_EDITS`]; all carry credentials.
+fn canary_requests(n: usize) -> Vec<RawRequest> {
+    (0..n)
+        .map(|i| {
+            let (method, path, canary) = match i % 4 {
+                0 => ("POST", "/api/orders", "yes"),
+                1 => ("GET", "/api/orders", "yes"),
+                2 => ("POST", "/other", "yes"),
+                _ => ("POST", "/api/orders", "no"),
+            };
+            let r = RawRequest::new(method, &format!("{path}?i={i}"), "svc:8000", b"x");
+            with_headers(
+                r,
+                &format!("X-Canary: {canary}\r\nAuthorization: Bearer s\r\nCookie: c=1\r\n"),
+            )
+        })
+        .collect()
+}
+
 /// Match rules and header edits take effect; the metrics endpoint agrees with the traffic.
 #[test]
 fn match_rules_header_edits_and_metrics() {
@@ -308,47 +384,11 @@ fn match_rules_header_edits_and_metrics() {
     let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
     let metrics_addr = free_local_addr();
     let m = metrics_addr.to_string();
-    let agent = agent(
-        &topo,
-        &shadow_url,
-        &[
-            "--match-method",
-            "POST",
-            "--match-path-prefix",
-            "/api/",
-            "--match-header",
-            "x-canary=yes",
-            "--remove-header",
-            "authorization",
-            "--remove-header",
-            "cookie",
-            "--set-header",
-            "x-mirrored:1",
-            "--add-header",
-            "x-extra:e",
-            "--metrics",
-            &m,
-        ],
-    );
+    let agent = agent(&topo, &shadow_url, &[MATCH_AND_EDITS, &["--metrics", &m]].concat());
     assert_eq!(get(metrics_addr, "/healthz").0, 200);
     assert_eq!(get(metrics_addr, "/readyz").0, 200);
-    let mut requests = Vec::new();
-    let mut matching = 0;
-    for i in 0..40 {
-        let (method, path, canary) = match i % 4 {
-            0 => ("POST", "/api/orders", "yes"),
-            1 => ("GET", "/api/orders", "yes"),
-            2 => ("POST", "/other", "yes"),
-            _ => ("POST", "/api/orders", "no"),
-        };
-        matching += usize::from(i % 4 == 0);
-        let mut r = RawRequest::new(method, &format!("{path}?i={i}"), "svc", b"x");
-        let extra =
-            format!("X-Canary: {canary}\r\nAuthorization: Bearer secret\r\nCookie: s=1\r\n");
-        let at = r.bytes.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
-        r.bytes.splice(at..at, extra.bytes());
-        requests.push(r);
-    }
+    let requests = canary_requests(40);
+    let matching = 10; // one in four: POST, /api/, X-Canary: yes
     keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
         .unwrap();
     let got = shadow.wait_for(matching, WAIT);
@@ -366,19 +406,25 @@ fn match_rules_header_edits_and_metrics() {
     // did not match once the agent has read them from the ring (it polls every 2 ms).
     let label = format!("mirror_shadow_requests_total{{shadow=\"{shadow_url}\",class=\"2xx\"}}");
     let skipped = "mirror_requests_skipped_total{reason=\"not_matched\"}";
-    let deadline = std::time::Instant::now() + WAIT;
-    let text = loop {
-        let (status, text) = get(metrics_addr, "/metrics");
-        assert_eq!(status, 200);
-        let done = metric(&text, &label) == matching as u64
-            && metric(&text, skipped) == (40 - matching) as u64;
-        if done || std::time::Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let http_requests = "mirror_http_total{counter=\"requests\"}";
+    let latency_count = format!("mirror_shadow_latency_seconds_count{{shadow=\"{shadow_url}\"}}");
+    let depth = format!("mirror_shadow_queue_depth{{shadow=\"{shadow_url}\"}}");
+    let selected = "mirror_kernel_total{counter=\"selected\"}";
+    // Framing and kernel counters are copied into the metrics once a second.
+    let text = wait_for_metrics(metrics_addr, |text| {
+        metric(text, &label) == matching as u64
+            && metric(text, skipped) == (40 - matching) as u64
+            && metric(text, http_requests) == 40
+            && metric(text, &latency_count) == matching as u64
+            && metric(text, selected) > 0
+    });
     assert_eq!(metric(&text, &label), matching as u64, "{text}");
     assert_eq!(metric(&text, skipped), (40 - matching) as u64, "{text}");
+    assert_eq!(metric(&text, http_requests), 40, "requests framed: {text}");
+    assert_eq!(metric(&text, &latency_count), matching as u64, "one latency per answer: {text}");
+    assert!(text.lines().any(|l| l.starts_with(&depth)), "{text}");
+    assert_eq!(metric(&text, &depth), 0, "nothing left waiting: {text}");
+    assert!(metric(&text, selected) > 0, "{text}");
     let summary = agent.stop();
     assert!(summary.contains(&format!("{} not matched", 40 - matching)), "{summary}");
 }
@@ -390,11 +436,23 @@ fn bad_flags_and_config_exit_2_before_attaching() {
     let iface = topo.server_host_if.as_str();
     let dir = std::env::temp_dir().join(format!("mirror-cfg-{}", topo.id));
     std::fs::create_dir_all(&dir).unwrap();
-    let bad_yaml = dir.join("bad.yaml");
-    std::fs::write(&bad_yaml, format!("interfaces: [{iface}]\nports: [8000]\nmirrors:\n  - url: http://s:8000\n    mirrorPercent: {{ value: 5 }}\n")).unwrap();
-    let yaml = bad_yaml.display().to_string();
-    let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["run", "--config", &yaml], "mirrorPercent"),
+    let write = |name: &str, tail: &str| {
+        let path = dir.join(name);
+        let head =
+            format!("interfaces: [{iface}]\nports: [8000]\nmirrors:\n  - url: http://s:8000\n");
+        std::fs::write(&path, head + tail).unwrap();
+        path.display().to_string()
+    };
+    let yaml = write("unknown.yaml", "    mirrorPercent: { value: 5 }\n");
+    let yaml_150 = write("150.yaml", "mirrorPercentage: { value: 150 }\n");
+    let yaml_150_bare = write("150-bare.yaml", "mirrorPercentage: 150\n");
+    let yaml_150_mirror = write("150-mirror.yaml", "    mirrorPercentage: { value: 150 }\n");
+    // Every needle must be in the error (case-insensitively).
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (vec!["run", "--config", &yaml], &["unknown field", "mirrorPercent"]),
+        (vec!["run", "--config", &yaml_150], &["mirrorPercentage", "150"]),
+        (vec!["run", "--config", &yaml_150_bare], &["mirrorPercentage", "line 5"]),
+        (vec!["run", "--config", &yaml_150_mirror], &["mirrors[0].mirrorPercentage", "150"]),
         (
             vec![
                 "run",
@@ -407,39 +465,45 @@ fn bad_flags_and_config_exit_2_before_attaching() {
                 "--percent",
                 "150",
             ],
-            "150",
+            // The field, not just the value echoed back.
+            &["percent", "150", "outside"],
         ),
-        (vec!["run", "-i", iface, "--port", "8000", "--shadow", "not a url"], "url"),
+        (
+            vec!["run", "-i", iface, "--port", "8000", "--shadow", "not a url"],
+            &["mirrors[0].url", "not a url"],
+        ),
         (
             vec!["run", "-i", "nosuchif0", "--port", "8000", "--shadow", "http://s:8000"],
-            "nosuchif0",
+            &["interfaces", "nosuchif0"],
         ),
-        (vec!["run", "-i", iface, "--port", "8000"], "mirrors"),
+        (vec!["run", "-i", iface, "--port", "8000"], &["mirrors", "--shadow"]),
         (
             vec!["run", "-i", iface, "--port", "8000", "--shadow", "http://s:1", "--bogus"],
-            "--bogus",
+            &["--bogus"],
         ),
         (
             vec!["run", "-i", iface, "--port", "8000", "--shadow", "http://s:1", "--threads", "0"],
-            "--threads",
+            &["--threads"],
         ),
         (
             vec!["run", "-i", iface, "--port", "8000", "--shadow", "http://s:1", "--pipeline", "0"],
-            "limits.pipeline",
+            &["limits.pipeline"],
         ),
     ];
-    for (args, needle) in cases {
+    for (args, needles) in cases {
         let out =
             std::process::Command::new(mirror_tests::mirror_bin()).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        for needle in needles {
+            assert!(
+                stderr.to_lowercase().contains(&needle.to_lowercase()),
+                "{args:?}: {needle:?} not in {stderr}"
+            );
+        }
+        assert_nothing_attached(iface, &format!("{args:?}"));
     }
     std::fs::remove_dir_all(&dir).unwrap();
-    let (_, progs) =
-        aya::programs::SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Ingress)
-            .unwrap();
-    assert!(progs.is_empty());
 }
 
 /// Two shadows, each with its own percentage (on a multi-threaded agent: `--threads 2`).
@@ -535,4 +599,422 @@ fn watching_a_running_agent_shows_what_it_mirrors() {
     }
     agent.stop();
     assert!(!socket.exists(), "the agent removes its socket");
+}
+
+/// `mirror run` arguments for `topo` without a watch socket (tests run in parallel).
+fn agent_args(topo: &Topology, shadow: &str, extra: &[&str]) -> Vec<String> {
+    mirror_tests::agent::run_args(&topo.server_host_if, PORT, shadow, extra)
+}
+
+/// `r` with `extra` ("Name: value\r\n" lines) inserted after its request line.
+fn with_headers(mut r: RawRequest, extra: &str) -> RawRequest {
+    let at = r.bytes.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    r.bytes.splice(at..at, extra.bytes());
+    r
+}
+
+/// A field of `/proc/PID/status` in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A shadow sleeping 10 s per request, flooded far past the agent's queue and byte budget
+/// (4 rounds of 2000 requests, half of them with 64 KiB bodies: 256 MiB against a 2 MiB
+/// budget): every primary request succeeds, the agent's memory does not grow from round to
+/// round, the queue never holds more than its length, copies are dropped by reason
+/// (byte budget, full queue, timeout) and never more than maxInFlight are in flight.
+#[test]
+fn slow_shadow_flooded_keeps_memory_queue_and_in_flight_bounded() {
+    const IN_FLIGHT: usize = 4;
+    const QUEUE: u64 = 64;
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow =
+        RecordingServer::start_with(&topo.shadow, &[PORT], Behavior::Slow(Duration::from_secs(10)));
+    let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let metrics_addr = free_local_addr();
+    let dir = std::env::temp_dir().join(format!("mirror-flood-{}", topo.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The byte budget has no flag: 2 MiB, room for 32 of the big copies.
+    let yaml = dir.join("limits.yaml");
+    std::fs::write(&yaml, "limits: { maxQueuedBytes: 2097152 }\n").unwrap();
+    let (y, m) = (yaml.display().to_string(), metrics_addr.to_string());
+    let (n, q, t) = (IN_FLIGHT.to_string(), QUEUE.to_string(), TIMEOUT.as_millis().to_string());
+    let limits = ["--config", &y, "--max-in-flight", &n, "--queue-length", &q, "--timeout-ms", &t];
+    let mut args = agent_args(&topo, &shadow_url, &limits);
+    args.extend(["--metrics".to_string(), m]);
+    let agent = AgentProcess::start(&args, "mirror run: ready");
+    let depth = format!("mirror_shadow_queue_depth{{shadow=\"{shadow_url}\"}}");
+    let drops = |reason: &str| {
+        format!("mirror_shadow_dropped_total{{shadow=\"{shadow_url}\",reason=\"{reason}\"}}")
+    };
+    let big = vec![b'z'; 64 << 10];
+    let mut peaks = Vec::new();
+    for round in 0..4 {
+        let requests: Vec<RawRequest> = (0..2000)
+            .map(|i| {
+                let body: &[u8] = if i % 2 == 0 { &big } else { b"small" };
+                RawRequest::new("POST", &format!("/flood/{round}/{i}"), "svc", body)
+            })
+            .collect();
+        // Checks every primary response.
+        keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
+            .unwrap();
+        let (_, text) = get(metrics_addr, "/metrics");
+        assert!(text.lines().any(|l| l.starts_with(&depth)), "{text}");
+        assert!(metric(&text, &depth) <= QUEUE, "round {round}: {text}");
+        peaks.push(proc_status_kib(agent.pid(), "VmHWM:"));
+    }
+    let text = wait_for_metrics(metrics_addr, |text| metric(text, &drops("timeout")) > 0);
+    for reason in ["byte_budget", "queue_full", "timeout"] {
+        assert!(metric(&text, &drops(reason)) > 0, "no {reason} drops: {text}");
+    }
+    assert!(metric(&text, &depth) <= QUEUE, "{text}");
+    let summary = agent.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+    for reason in ["byte_budget", "queue_full", "timeout"] {
+        assert!(dropped(&summary, reason) > 0, "{reason}: {summary}");
+    }
+    // Peak RSS after the first round (queue and budget already full) and after the last.
+    let growth = peaks[3].saturating_sub(peaks[0]);
+    assert!(growth < 20 << 10, "agent peak RSS grew {growth} KiB: {peaks:?} KiB");
+    assert!(peaks[3] < 200 << 10, "agent peak RSS {peaks:?} KiB");
+    // In flight: a slot is freed only by the timeout (the shadow never answers in time), so
+    // in any stretch of half a timeout at most IN_FLIGHT copies can arrive.
+    let times = shadow.arrival_times();
+    assert!(times.len() >= IN_FLIGHT, "{} copies reached the shadow: {summary}", times.len());
+    for (i, first) in times.iter().enumerate() {
+        let within = times[i..].iter().take_while(|t| t.duration_since(*first) < TIMEOUT / 2);
+        let count = within.count();
+        assert!(count <= IN_FLIGHT, "{count} copies within {:?}: {summary}", TIMEOUT / 2);
+    }
+}
+
+/// Writes `request` on a new connection to `server` from inside `ns` and reads the head of
+/// the answer; then, if `then` is given, writes it on the same connection and reads again.
+/// Returns the status lines.
+fn raw_exchange(
+    ns: &mirror_tests::netns::Netns,
+    server: SocketAddr,
+    request: &'static [u8],
+    then: Option<&'static [u8]>,
+) -> Vec<String> {
+    ns.run(move || {
+        let mut stream = TcpStream::connect(server).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut status = Vec::new();
+        for bytes in std::iter::once(request).chain(then) {
+            stream.write_all(bytes).unwrap();
+            let mut got = Vec::new();
+            let mut byte = [0u8; 1];
+            while !got.ends_with(b"\r\n\r\n") {
+                assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed: {got:?}");
+                got.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&got).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            stream.read_exact(&mut body).unwrap();
+            status.push(head.lines().next().unwrap().to_owned());
+        }
+        status
+    })
+}
+
+/// Upgrade (WebSocket) and CONNECT requests are not mirrored, nor anything after them on
+/// their connections; requests on other connections are.
+#[test]
+fn upgrade_and_connect_are_not_mirrored() {
+    let topo = Topology::new().unwrap();
+    let primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let agent = AgentProcess::start(&agent_args(&topo, &url, &[]), "mirror run: ready");
+    let server = SocketAddr::new(topo.server_addr(Family::V4), PORT);
+    let before = keep_alive(
+        &topo.client,
+        server,
+        (0..5).map(|i| RawRequest::new("GET", &format!("/normal/a{i}"), "svc", b"")).collect(),
+    );
+    before.unwrap();
+    let ws = b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    // The primary does not switch protocols, so a request after it is answered too: the
+    // agent must not mirror it either (the connection is no longer HTTP/1 to the agent).
+    let after = b"GET /after-upgrade HTTP/1.1\r\nHost: svc\r\n\r\n";
+    let status = raw_exchange(&topo.client, server, ws, Some(after));
+    assert_eq!(status.len(), 2, "{status:?}");
+    let connect = b"CONNECT svc.example:443 HTTP/1.1\r\nHost: svc.example:443\r\n\r\n";
+    let status = raw_exchange(&topo.client, server, connect, None);
+    assert!(status[0].starts_with("HTTP/1.1 "), "{status:?}");
+    keep_alive(
+        &topo.client,
+        server,
+        (0..5).map(|i| RawRequest::new("GET", &format!("/normal/b{i}"), "svc", b"")).collect(),
+    )
+    .unwrap();
+    shadow.wait_for(10, WAIT);
+    let summary = agent.stop();
+    let primary_targets: Vec<String> =
+        primary.requests().iter().map(|r| r.target.clone()).collect();
+    for t in ["/ws", "/after-upgrade", "svc.example:443"] {
+        assert!(primary_targets.iter().any(|p| p == t), "the primary got {t}: {primary_targets:?}");
+    }
+    let mut got: Vec<String> = shadow.requests().iter().map(|r| r.target.clone()).collect();
+    got.sort();
+    let mut want: Vec<String> =
+        ["a", "b"].iter().flat_map(|c| (0..5).map(move |i| format!("/normal/{c}{i}"))).collect();
+    want.sort();
+    assert_eq!(got, want, "{summary}");
+    assert_eq!(mirrored(&summary), 10, "{summary}");
+    assert!(summary.contains("upgraded_connections 2"), "{summary}");
+}
+
+/// Consistent sampling by a header at 30 %: 20 users, 10 requests each, interleaved on one
+/// keep-alive connection: each user is mirrored entirely or not at all, and both happen.
+#[test]
+fn consistent_sampling_by_header_mirrors_whole_users() {
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let args = agent_args(&topo, &url, &["--percent", "30", "--sample-by-header", "x-user"]);
+    let agent = AgentProcess::start(&args, "mirror run: ready");
+    let requests: Vec<RawRequest> = (0..10)
+        .flat_map(|n| (0..20).map(move |u| (u, n)))
+        .map(|(u, n)| {
+            let r = RawRequest::new("GET", &format!("/u/{u}/{n}"), "svc", b"");
+            with_headers(r, &format!("X-User: user-{u}\r\n"))
+        })
+        .collect();
+    keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
+        .unwrap();
+    let summary = agent.stop();
+    let mut per_user: HashMap<String, usize> = HashMap::new();
+    for r in shadow.requests() {
+        let user = String::from_utf8(r.header("x-user").unwrap().to_vec()).unwrap();
+        assert!(r.target.starts_with(&format!("/u/{}/", &user[5..])), "{user}: {}", r.target);
+        *per_user.entry(user).or_default() += 1;
+    }
+    assert!(per_user.values().all(|&n| n == 10), "all or none per user: {per_user:?}");
+    let users = per_user.len();
+    assert!((1..20).contains(&users), "{users} of 20 users mirrored at 30 %: {summary}");
+    assert_eq!(mirrored(&summary), 10 * users as u64, "{summary}");
+}
+
+/// A shadow answering 500: copies are counted under 5xx, in the summary and the metrics.
+#[test]
+fn shadow_errors_are_counted_as_5xx() {
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow = RecordingServer::start_with(&topo.shadow, &[PORT], Behavior::Status(500));
+    let url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let metrics_addr = free_local_addr();
+    let m = metrics_addr.to_string();
+    let agent =
+        AgentProcess::start(&agent_args(&topo, &url, &["--metrics", &m]), "mirror run: ready");
+    let requests: Vec<RawRequest> =
+        (0..60).map(|i| RawRequest::new("GET", &format!("/e/{i}"), "svc", b"")).collect();
+    keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
+        .unwrap();
+    let class = |c: &str| format!("mirror_shadow_requests_total{{shadow=\"{url}\",class=\"{c}\"}}");
+    let text = wait_for_metrics(metrics_addr, |text| metric(text, &class("5xx")) == 60);
+    assert_eq!(metric(&text, &class("5xx")), 60, "{text}");
+    assert_eq!(metric(&text, &class("2xx")), 0, "{text}");
+    let summary = agent.stop();
+    assert_eq!(shadow.requests().len(), 60);
+    assert_eq!(mirrored(&summary), 60, "{summary}");
+    assert!(summary.contains("2xx 0 3xx 0 4xx 0 5xx 60;"), "{summary}");
+}
+
+/// Method, target, headers and body of a copy.
+type SeenCopy = (String, String, Vec<(String, Vec<u8>)>, Vec<u8>);
+
+/// What one run of [`mirror_with`] produced, comparable across runs.
+#[derive(Debug, PartialEq)]
+struct MirrorOutcome {
+    /// What the first shadow got (sorted by target), without X-Forwarded-For.
+    all: Vec<SeenCopy>,
+    /// Targets the second (50 %) shadow got, sorted.
+    half: Vec<String>,
+    /// "requests: ..." of the summary, and each shadow's counts after its authority.
+    summary: Vec<String>,
+}
+
+/// Match rules, header edits, a literal host and two shadows (100 % and 50 %, seeded),
+/// configured by `configure` (flags or a YAML file); 80 requests of which 20 match.
+fn mirror_with(
+    configure: impl FnOnce(&Topology, &str, &str, &std::path::Path) -> Vec<String>,
+) -> MirrorOutcome {
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let all = RecordingServer::start(&topo.shadow, &[PORT]);
+    let half = RecordingServer::start(&topo.shadow, &[PORT + 1]);
+    let a = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let b = http_url(topo.shadow_addr(Family::V4), PORT + 1, "");
+    let dir = std::env::temp_dir().join(format!("mirror-same-{}", topo.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = AgentProcess::start(&configure(&topo, &a, &b, &dir), "mirror run: ready");
+    let requests = canary_requests(80);
+    keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
+        .unwrap();
+    let summary = agent.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let client = topo.client_addr(Family::V4).to_string();
+    let mut got_all: Vec<_> = all
+        .requests()
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.header("x-forwarded-for"), Some(client.as_bytes()));
+            let headers = r.headers.into_iter().filter(|(n, _)| n != "x-forwarded-for").collect();
+            (r.method, r.target, headers, r.body)
+        })
+        .collect();
+    got_all.sort();
+    let mut got_half: Vec<String> = half.requests().into_iter().map(|r| r.target).collect();
+    got_half.sort();
+    let summary = summary
+        .lines()
+        .filter_map(|l| {
+            if l.starts_with("requests:") {
+                Some(l.to_owned())
+            } else {
+                l.strip_prefix("shadow ").map(|l| l.split_once(": ").unwrap().1.to_owned())
+            }
+        })
+        .collect();
+    MirrorOutcome { all: got_all, half: got_half, summary }
+}
+
+/// A YAML `--config` with the Istio-like names does what the same settings as flags do.
+#[test]
+fn yaml_config_mirrors_like_the_flags() {
+    let flags = mirror_with(|topo, a, b, _| {
+        let b = format!("{b}@50");
+        let extra = [
+            &["--shadow", &b, "--seed", "9"],
+            MATCH_AND_EDITS,
+            &["--host-rewrite", "canary.local:8000"],
+        ]
+        .concat();
+        agent_args(topo, a, &extra)
+    });
+    let yaml = mirror_with(|topo, a, b, dir| {
+        let text = format!(
+            r#"interfaces: [{iface}]
+ports: [{PORT}]
+mirrors:
+  - url: {a}
+  - url: {b}
+    mirrorPercentage: {{ value: 50 }}
+match:
+  - methods: [POST]
+    uri: {{ prefix: /api/ }}
+    headers:
+      x-canary: {{ exact: "yes" }}
+headers:
+  request:
+    set: {{ x-mirrored: "1" }}
+    add: {{ x-extra: e }}
+    remove: [authorization, cookie]
+hostRewrite: {{ literal: "canary.local:8000" }}
+seed: 9
+"#,
+            iface = topo.server_host_if
+        );
+        let path = dir.join("mirror.yaml");
+        std::fs::write(&path, text).unwrap();
+        ["run", "--config", &path.display().to_string(), "--watch-socket", "none"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    // The flag run on its own: the settings took effect.
+    assert_eq!(flags.all.len(), 20, "{flags:?}");
+    for (method, target, headers, body) in &flags.all {
+        assert_eq!((method.as_str(), body.as_slice()), ("POST", &b"x"[..]));
+        assert!(target.starts_with("/api/orders?i="), "{target}");
+        let names: Vec<String> =
+            headers.iter().map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v))).collect();
+        // In the order sent (Authorization and Cookie removed), then the edits.
+        assert_eq!(
+            names,
+            [
+                "x-canary: yes",
+                "host: canary.local:8000",
+                "x-test: raw",
+                "content-length: 1",
+                "x-mirrored: 1",
+                "x-extra: e",
+            ]
+        );
+    }
+    assert!((1..20).contains(&flags.half.len()), "{flags:?}");
+    assert_eq!(flags.summary[0], "requests: 80 captured, 60 not matched, 0 not copyable");
+    // The YAML run: the same copies, the same sample, the same counts.
+    assert_eq!(yaml, flags);
+}
+
+/// SIGINT stops the agent like SIGTERM: exit 0, the summary, nothing left attached.
+#[test]
+fn sigint_stops_cleanly_with_a_summary() {
+    use std::io::BufRead;
+    /// Kills the agent if the test fails before it exits.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let mut child = Child(
+        std::process::Command::new(mirror_tests::mirror_bin())
+            .args(agent_args(&topo, &url, &[]))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let mut text = String::new();
+    while !text.contains("mirror run: ready") {
+        assert!(stderr.read_line(&mut text).unwrap() > 0, "agent failed: {text}");
+    }
+    let iface = topo.server_host_if.as_str();
+    let tcx = |hook| aya::programs::SchedClassifier::query_tcx(iface, hook).unwrap().1.len();
+    let mut tc = std::process::Command::new("tc");
+    tc.args(["filter", "show", "dev", iface, "ingress"]);
+    let netlink = String::from_utf8(tc.output().unwrap().stdout).unwrap();
+    let attached = tcx(aya::programs::TcAttachType::Ingress) > 0 || netlink.contains("mirror");
+    assert!(attached, "the tap is attached while the agent runs");
+    let requests: Vec<RawRequest> =
+        (0..30).map(|i| RawRequest::new("GET", &format!("/int/{i}"), "svc", b"")).collect();
+    keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
+        .unwrap();
+    shadow.wait_for(30, WAIT);
+    // SAFETY: kill(2) on our child's pid.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) }, 0);
+    stderr.read_to_string(&mut text).unwrap();
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("mirror run: stopped"), "{text}");
+    assert!(text.contains("requests: 30 captured"), "{text}");
+    assert_eq!(mirrored(&text), 30, "{text}");
+    assert_nothing_attached(iface, "after SIGINT");
 }

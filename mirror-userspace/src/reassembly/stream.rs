@@ -165,7 +165,10 @@ impl StreamReassembler {
         let mut off = off;
         let mut segment_start = seg.segment_start;
         if off < self.next_off {
-            // Retransmission of bytes already delivered (we no longer hold them to compare).
+            // Retransmission of bytes already delivered: the first arrival won and went on to
+            // framing. Delivered bytes are not kept (that would be a copy of every segment),
+            // so a retransmission that differs from them is counted as duplicate bytes, not as
+            // a conflict; conflicts are detected among bytes still held out of order.
             let old = (self.next_off - off).min(bytes.len() as u64) as usize;
             stats.duplicate_bytes += old as u64;
             if old == bytes.len() {

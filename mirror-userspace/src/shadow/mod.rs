@@ -299,8 +299,13 @@ struct Dispatcher {
 
 impl Dispatcher {
     async fn run(self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(job) = rx.recv().await {
+        loop {
+            // A slot first, then a copy: a copy taken from the queue before a slot is free
+            // would wait outside it, one more than `queue_length`.
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(job) = rx.recv().await else {
                 return;
             };
             self.outcomes.metrics.queue_depth.dec();
