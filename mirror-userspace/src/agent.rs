@@ -19,9 +19,9 @@ use anyhow::{Context, Result};
 use crate::{
     capture::CaptureSource,
     config::{parse_shadow_url, MirrorConfig},
-    http::{extractor, HttpConfig, HttpEvent, HttpExtractor, HttpRequest, HttpStats},
+    http::{extractor, HttpEvent, HttpExtractor, HttpRequest, HttpStats},
     metrics::{self, Metrics, ShadowMetrics, Stage},
-    reassembly::{ReassemblyConfig, ReassemblyStats},
+    reassembly::ReassemblyStats,
     rewrite::Rewriter,
     segment::Segment,
     select::{RequestMatcher, Sampler},
@@ -113,7 +113,7 @@ impl Mirroring {
             .filter_map(|s| s.client.authority().rsplit(':').next()?.parse().ok())
             .collect();
         let pipeline = Pipeline {
-            extractor: extractor(ReassemblyConfig::default(), HttpConfig::default()),
+            extractor: extractor(config.reassembly.reassembly(), config.reassembly.http()),
             own,
             shadow_ports,
             stages: Stages { matcher, sampler, rewriter, metrics: metrics.clone(), watch: None },

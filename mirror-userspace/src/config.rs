@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::{http::HttpConfig, reassembly::ReassemblyConfig};
+
 /// The whole configuration, as in the YAML file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -42,6 +44,9 @@ pub struct MirrorConfig {
     pub sample_by_header: Option<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Caps on what reassembly and framing may hold.
+    #[serde(default)]
+    pub reassembly: CaptureLimits,
     /// Serve Prometheus metrics, /healthz and /readyz here.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -124,6 +129,83 @@ pub enum HostRewrite {
     Keep,
     /// Use this Host.
     Literal(String),
+}
+
+/// Caps of TCP reassembly and HTTP framing: when one is reached the oldest state is evicted
+/// (or the message skipped) and counted, so memory stays bounded whatever the traffic.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct CaptureLimits {
+    /// Connections tracked at once.
+    pub max_connections: usize,
+    /// Out-of-order bytes held per direction of a connection.
+    pub max_out_of_order_bytes: usize,
+    /// Bytes buffered by one connection (out-of-order data and partial messages).
+    pub max_connection_bytes: usize,
+    /// Bytes buffered by all connections together.
+    pub max_buffered_bytes: usize,
+    /// A connection silent this long is forgotten.
+    pub idle_timeout_ms: u64,
+    /// A hole in a stream open this long is given up on.
+    pub hole_timeout_ms: u64,
+    /// Larger messages (head and body) are skipped.
+    pub max_message_bytes: u64,
+}
+
+impl Default for CaptureLimits {
+    fn default() -> Self {
+        let (r, h) = (ReassemblyConfig::default(), HttpConfig::default());
+        Self {
+            max_connections: r.max_connections,
+            max_out_of_order_bytes: r.max_pending_per_direction,
+            max_connection_bytes: r.max_buffered_per_connection,
+            max_buffered_bytes: r.max_buffered_total,
+            idle_timeout_ms: r.idle_timeout_ns / 1_000_000,
+            hole_timeout_ms: r.hole_timeout_ns / 1_000_000,
+            max_message_bytes: h.max_message_bytes,
+        }
+    }
+}
+
+impl CaptureLimits {
+    pub fn reassembly(&self) -> ReassemblyConfig {
+        ReassemblyConfig {
+            max_connections: self.max_connections,
+            max_pending_per_direction: self.max_out_of_order_bytes,
+            max_buffered_per_connection: self.max_connection_bytes,
+            max_buffered_total: self.max_buffered_bytes,
+            idle_timeout_ns: self.idle_timeout_ms.saturating_mul(1_000_000),
+            hole_timeout_ns: self.hole_timeout_ms.saturating_mul(1_000_000),
+        }
+    }
+
+    pub fn http(&self) -> HttpConfig {
+        HttpConfig { max_message_bytes: self.max_message_bytes }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (field, value) in [
+            ("maxConnections", self.max_connections as u64),
+            ("maxOutOfOrderBytes", self.max_out_of_order_bytes as u64),
+            ("maxConnectionBytes", self.max_connection_bytes as u64),
+            ("maxBufferedBytes", self.max_buffered_bytes as u64),
+            ("idleTimeoutMs", self.idle_timeout_ms),
+            ("holeTimeoutMs", self.hole_timeout_ms),
+            ("maxMessageBytes", self.max_message_bytes),
+        ] {
+            if value == 0 {
+                bail!("reassembly.{field}: must be at least 1");
+            }
+        }
+        if self.max_connection_bytes > self.max_buffered_bytes {
+            bail!(
+                "reassembly.maxConnectionBytes: {} is more than maxBufferedBytes ({})",
+                self.max_connection_bytes,
+                self.max_buffered_bytes
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Deepest HTTP/1.1 pipeline per shadow connection.
@@ -293,7 +375,7 @@ impl MirrorConfig {
                 bail!("limits.rateLimit: {r} is not a positive rate");
             }
         }
-        Ok(())
+        self.reassembly.validate()
     }
 }
 
@@ -346,6 +428,7 @@ headers:
 hostRewrite: keep
 sampleByHeader: x-user
 limits: { maxInFlight: 8, timeoutMs: 250, rateLimit: 100, pipeline: 4 }
+reassembly: { maxConnections: 5000, idleTimeoutMs: 60000, maxMessageBytes: 1048576 }
 metrics: 127.0.0.1:9100
 "#;
 
@@ -360,6 +443,13 @@ metrics: 127.0.0.1:9100
         assert_eq!(c.limits.max_in_flight, 8);
         assert_eq!(c.limits.pipeline, 4);
         assert_eq!(c.limits.queue_length, 1024);
+        let (r, h) = (c.reassembly.reassembly(), c.reassembly.http());
+        assert_eq!((r.max_connections, r.idle_timeout_ns), (5000, 60_000_000_000));
+        assert_eq!(r.max_buffered_total, ReassemblyConfig::default().max_buffered_total);
+        assert_eq!(h.max_message_bytes, 1 << 20);
+        let defaults = MirrorConfig::from_yaml("ports: [1]\n").unwrap().reassembly;
+        assert_eq!(defaults.reassembly(), ReassemblyConfig::default());
+        assert_eq!(defaults.max_message_bytes, HttpConfig::default().max_message_bytes);
     }
 
     #[test]
@@ -376,5 +466,13 @@ metrics: 127.0.0.1:9100
         let mut c = MirrorConfig::from_yaml(FULL).unwrap();
         c.match_rules[0].uri = Some(StringMatch::Regex("(".into()));
         assert!(format!("{:#}", c.validate().unwrap_err()).contains("match[0].uri.regex"));
+        let mut c = MirrorConfig::from_yaml(FULL).unwrap();
+        c.reassembly.max_connections = 0;
+        let e = format!("{:#}", c.validate().unwrap_err());
+        assert!(e.contains("reassembly.maxConnections"), "{e}");
+        let mut c = MirrorConfig::from_yaml(FULL).unwrap();
+        c.reassembly.max_connection_bytes = c.reassembly.max_buffered_bytes + 1;
+        let e = format!("{:#}", c.validate().unwrap_err());
+        assert!(e.contains("reassembly.maxConnectionBytes"), "{e}");
     }
 }

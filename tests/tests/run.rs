@@ -1018,3 +1018,43 @@ fn sigint_stops_cleanly_with_a_summary() {
     assert_eq!(mirrored(&text), 30, "{text}");
     assert_nothing_attached(iface, "after SIGINT");
 }
+
+/// The reassembly caps are configurable: with `reassembly.maxMessageBytes: 1000` a request
+/// larger than that is skipped and counted, and the ones around it are still mirrored.
+#[test]
+fn reassembly_caps_come_from_the_config() {
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let path = std::env::temp_dir().join(format!("mirror-caps-{}.yaml", topo.id));
+    let yaml = format!(
+        "interfaces: [{}]\nports: [{PORT}]\nmirrors: [{{ url: \"{url}\" }}]\n\
+         reassembly: {{ maxMessageBytes: 1000, maxConnections: 10 }}\n",
+        topo.server_host_if
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let args: Vec<String> = ["run", "--config", &path.display().to_string()]
+        .iter()
+        .chain(&["--watch-socket", "none"])
+        .map(|s| s.to_string())
+        .collect();
+    let agent = AgentProcess::start(&args, "mirror run: ready");
+    let requests = vec![
+        RawRequest::new("POST", "/small/1", "svc", &[b'a'; 100]),
+        RawRequest::new("POST", "/big", "svc", &[b'b'; 2000]),
+        RawRequest::new("POST", "/small/2", "svc", &[b'c'; 100]),
+    ];
+    keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
+        .unwrap();
+    shadow.wait_for(2, WAIT);
+    let summary = agent.stop();
+    std::fs::remove_file(&path).unwrap();
+    // The agent waits for copies in flight before it exits: nothing more can arrive.
+    let got = shadow.requests();
+    let mut targets: Vec<&str> = got.iter().map(|r| r.target.as_str()).collect();
+    targets.sort();
+    assert_eq!(targets, ["/small/1", "/small/2"], "{summary}");
+    assert!(summary.contains("oversized_requests 1"), "{summary}");
+    assert_eq!(mirrored(&summary), 2, "{summary}");
+}

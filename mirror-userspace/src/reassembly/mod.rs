@@ -51,7 +51,7 @@ pub trait StreamConsumer {
 }
 
 /// Limits of the flow table. Every one is a hard cap.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReassemblyConfig {
     /// Connections tracked at once; the least recently active one is evicted beyond it.
     pub max_connections: usize,
