@@ -34,6 +34,10 @@ fn main() -> Result<()> {
     if !Path::new(DEBIAN_RUSTC).exists() {
         bail!("{DEBIAN_RUSTC} (Debian rustc-web) is missing: run `cargo xtask setup` first");
     }
+    // A new compiler or linker (a package upgrade, a reinstalled bpf-linker) rebuilds it too.
+    for tool in [Path::new(DEBIAN_RUSTC), linker.as_path()] {
+        println!("cargo:rerun-if-changed={}", tool.display());
+    }
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // The outer build's variables would leak into the inner one (clippy and coverage set

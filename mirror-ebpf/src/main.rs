@@ -310,9 +310,12 @@ fn is_service(cfg: &TapConfig, port: u16, addr: &[u8; 16], family: u8) -> bool {
 /// one 336-byte slot; up to 2 KiB (one MSS on a 1500-byte MTU) a 2 KiB slot; anything larger
 /// (GSO/GRO super-packets of up to 64 KiB, non-linear) is cut into 16 KiB chunk records in a
 /// bounded loop. `bpf_skb_load_bytes` copies straight from the (possibly paged) skb into ring
-/// memory, so each byte is copied once in the kernel. The cost: at most ~15 % slack per
-/// record on average in ring space (unused tail of a class), one reserve/submit per 16 KiB,
-/// and an 80-byte header per record.
+/// memory, so each byte is copied once in the kernel. The cost is ring space, not copying:
+/// a record reserves its whole class, so the unused tail of a slot is slack (up to 255 bytes
+/// of a small slot, about 600 bytes for a full 1448-byte MSS in a 2 KiB slot, and up to
+/// 14 KiB for the last chunk of a super-packet: a 2049-byte payload takes a 16 KiB slot);
+/// plus one reserve/submit per 16 KiB and an 80-byte header per record. The slack is held
+/// only until the reader consumes the record.
 #[inline(always)]
 fn emit(ctx: &TcContext, sel: &Selected, counters: &Counters) {
     let len = sel.header.payload_len;
