@@ -418,6 +418,38 @@ fn a_failed_attach_leaves_nothing() {
     assert!(tcx_program_names(&iface).is_empty());
 }
 
+/// Auto mode falls back to clsact + netlink when TCX refuses an attachment (here: the same
+/// program a second time on one hook, which TCX rejects on any kernel), and both copies
+/// capture; detaching removes the links and the clsact qdisc it created.
+#[tokio::test]
+async fn auto_mode_falls_back_to_clsact_when_tcx_fails() {
+    let topo = Topology::new().unwrap();
+    let _server = RecordingServer::start(&topo.server, &[SERVICE_PORT]);
+    let iface = topo.server_host_if.clone();
+    let mut settings = tap_settings(&topo, AttachMode::Auto);
+    settings.interfaces = vec![iface.clone(), iface.clone()];
+    let mut tap = Tap::attach(&settings).unwrap();
+    let modes: Vec<AttachMode> = tap.attachments().map(|(_, _, m)| m).collect();
+    use AttachMode::{Netlink, Tcx};
+    assert_eq!(modes, [Tcx, Tcx, Netlink, Netlink]);
+    let (qdiscs, filters) = tc_state(&iface);
+    assert!(qdiscs.contains("clsact") && filters.contains("mirror_ingress"), "{qdiscs}");
+    let mut source = tap.segments().unwrap();
+    send_one(&topo);
+    let mut segments = Vec::new();
+    while source.drain_now(&mut segments) > 0 {}
+    // Every segment twice: once per attachment of its hook.
+    let mut keys: Vec<_> =
+        segments.iter().map(|s| (s.direction == Direction::Request, s.seq, s.flags)).collect();
+    keys.sort();
+    assert!(!keys.is_empty());
+    assert!(keys.chunks(2).all(|pair| pair.len() == 2 && pair[0] == pair[1]), "{keys:?}");
+    tap.detach().unwrap();
+    assert!(tcx_program_names(&iface).is_empty());
+    let (qdiscs, filters) = tc_state(&iface);
+    assert!(!qdiscs.contains("clsact") && filters.is_empty(), "{qdiscs}{filters}");
+}
+
 #[test]
 fn agent_exiting_normally_leaves_nothing_and_keeps_a_foreign_qdisc() {
     let topo = Topology::new().unwrap();
