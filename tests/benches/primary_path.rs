@@ -248,8 +248,8 @@ impl KernelRuns {
         k
     }
 
-    /// Runs since `before`. A fresh agent loads fresh programs, so an empty `before` (taken
-    /// before it started) is the usual case.
+    /// Runs since `before`, which is taken once the fresh agent is ready: only the runs of
+    /// the measured load count, not whatever crossed the interface while it started.
     fn since(&self, before: &KernelRuns) -> KernelRuns {
         KernelRuns {
             ns: self.ns.saturating_sub(before.ns),

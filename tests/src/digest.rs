@@ -96,15 +96,7 @@ impl Drop for DigestServer {
 
 async fn accept_loop(listener: TcpListener, digests: Arc<Mutex<Digests>>, edited: Arc<Edited>) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // Out of descriptors, or a connection aborted in the backlog: keep listening
-            // (returning would close the listener and refuse every later client).
-            Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let (stream, _) = crate::server::next_connection(&listener).await;
         let (digests, edited) = (digests.clone(), edited.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| record(req, digests.clone(), edited.clone()));

@@ -157,17 +157,20 @@ impl Drop for RecordingServer {
     }
 }
 
+/// The next connection. Accept errors (out of descriptors, a connection aborted in the
+/// backlog) are waited out: returning would close the listener and refuse every later client.
+pub(crate) async fn next_connection(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, records: Records, seen: Arc<Seen>, behavior: Behavior) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // Out of descriptors, or a connection aborted in the backlog: keep listening
-            // (returning would close the listener and refuse every later client).
-            Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = next_connection(&listener).await;
         if behavior == Behavior::Reset {
             reset(stream);
             continue;

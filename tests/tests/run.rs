@@ -18,14 +18,10 @@ use mirror_tests::{
 const PORT: u16 = 8000;
 const WAIT: Duration = Duration::from_secs(20);
 
+/// `mirror run` on the server's host-side veth, without a watch socket (tests run agents side
+/// by side; only the watch test serves one).
 fn agent(topo: &Topology, shadow: &str, extra: &[&str]) -> AgentProcess {
-    let mut args: Vec<String> = ["run", "-i", &topo.server_host_if, "--port", &PORT.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(["--shadow".to_string(), shadow.to_string()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    AgentProcess::start(&args, "mirror run: ready")
+    AgentProcess::start(&agent_args(topo, shadow, extra), "mirror run: ready")
 }
 
 fn by_target(requests: &[SeenRequest]) -> HashMap<String, SeenRequest> {
@@ -581,7 +577,10 @@ fn watching_a_running_agent_shows_what_it_mirrors() {
     let url = http_url(topo.shadow_addr(Family::V4), PORT, "");
     let socket = std::env::temp_dir().join(format!("mirror-watch-{}.sock", topo.id));
     let s = socket.display().to_string();
-    let agent = agent(&topo, &url, &["--watch-socket", &s]);
+    let mut args = agent_args(&topo, &url, &[]);
+    let none = args.iter().position(|a| a == "none").unwrap();
+    args[none] = s.clone();
+    let agent = AgentProcess::start(&args, "mirror run: ready");
     let args: Vec<String> =
         ["dump", "--watch", &s, "-c", "20", "-tt"].iter().map(|x| x.to_string()).collect();
     let mut watcher = AgentProcess::start(&args, "watching");
