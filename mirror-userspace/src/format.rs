@@ -126,11 +126,12 @@ impl PacketPrinter {
         } else {
             if style.verbose {
                 let ip_len = len + 20 + if seg.src.is_ipv4() { 20 } else { 40 };
-                write!(
-                    out,
-                    "{t}{fam} (proto TCP (6), length {ip_len}, ifindex {}, {:?})\n    ",
-                    seg.ifindex, seg.hook
-                )?;
+                write!(out, "{t}{fam} (proto TCP (6), length {ip_len}")?;
+                // Interface and hook are known live; a capture file has neither (ifindex 0).
+                if seg.ifindex != 0 {
+                    write!(out, ", ifindex {}, {:?}", seg.ifindex, seg.hook)?;
+                }
+                write!(out, ")\n    ")?;
             } else {
                 write!(out, "{t}{fam} ")?;
             }

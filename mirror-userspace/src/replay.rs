@@ -72,14 +72,38 @@ pub async fn replay(
                 break;
             }
             let last_ts = batch.last().map_or(0, |s| s.ts_ns);
-            if let (Speed::Factor(x), Some(first)) = (opts.speed, batch.first()) {
-                let (file_start, wall_start) =
-                    *clock.get_or_insert((first.ts_ns, tokio::time::Instant::now()));
-                let due = Duration::from_nanos(first.ts_ns.saturating_sub(file_start)).div_f64(x);
-                tokio::time::sleep_until(wall_start + due).await;
+            if let Speed::Factor(x) = opts.speed {
+                // Each segment is due at its recorded offset from the first, divided by the
+                // factor: hand over what is due, wait for the next one (a batch can span the
+                // whole file).
+                let mut i = 0;
+                while i < batch.len() {
+                    let ts = batch[i].ts_ns;
+                    let (file_start, wall_start) =
+                        *clock.get_or_insert((ts, tokio::time::Instant::now()));
+                    let due =
+                        wall_start + Duration::from_nanos(ts.saturating_sub(file_start)).div_f64(x);
+                    if due > tokio::time::Instant::now() {
+                        let mut ready: Vec<_> = batch.drain(..i).collect();
+                        if let Some(s) = ready.last() {
+                            let now_ts = s.ts_ns;
+                            mirroring.segments(&mut ready);
+                            mirroring.tick(now_ts);
+                        }
+                        i = 0;
+                        tokio::select! {
+                            _ = &mut stop => break 'passes,
+                            _ = tokio::time::sleep_until(due) => {}
+                        }
+                    }
+                    i += 1;
+                }
             }
             mirroring.segments(&mut batch);
             mirroring.tick(last_ts);
+            // Reading a file never waits: let the shadow clients, the signal handler and
+            // the progress bar run between batches (one thread runs them all).
+            tokio::task::yield_now().await;
             let s = source.stats();
             progress.set_message(format!(
                 "{} packets, {} requests, {} copies",

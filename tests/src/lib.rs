@@ -191,15 +191,21 @@ pub mod agent {
         }
 
         /// SIGTERM, wait for a clean exit, return everything it printed on stderr.
-        pub fn stop(mut self) -> String {
+        pub fn stop(self) -> String {
+            self.stop_with(libc::SIGTERM)
+        }
+
+        /// `signal` (`libc::SIGINT`: Ctrl-C), wait for a clean exit, return everything it
+        /// printed on stderr.
+        pub fn stop_with(mut self, signal: i32) -> String {
             // SAFETY: kill(2) on our child's pid.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(self.child.id() as i32, signal) };
             let status = self.child.wait().unwrap();
             if let Some(r) = self.reader.take() {
                 r.join().unwrap();
             }
             let text = self.stderr.lock().unwrap().clone();
-            assert!(status.success(), "agent exited with {status}: {text}");
+            assert!(status.success(), "exited with {status} after signal {signal}: {text}");
             text
         }
     }

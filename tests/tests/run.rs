@@ -969,32 +969,11 @@ seed: 9
 /// SIGINT stops the agent like SIGTERM: exit 0, the summary, nothing left attached.
 #[test]
 fn sigint_stops_cleanly_with_a_summary() {
-    use std::io::BufRead;
-    /// Kills the agent if the test fails before it exits.
-    struct Child(std::process::Child);
-    impl Drop for Child {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let topo = Topology::new().unwrap();
     let _primary = RecordingServer::start(&topo.server, &[PORT]);
     let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
     let url = http_url(topo.shadow_addr(Family::V4), PORT, "");
-    let mut child = Child(
-        std::process::Command::new(mirror_tests::mirror_bin())
-            .args(agent_args(&topo, &url, &[]))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
-    let mut text = String::new();
-    while !text.contains("mirror run: ready") {
-        assert!(stderr.read_line(&mut text).unwrap() > 0, "agent failed: {text}");
-    }
+    let agent = agent(&topo, &url, &[]);
     let iface = topo.server_host_if.as_str();
     let tcx = |hook| aya::programs::SchedClassifier::query_tcx(iface, hook).unwrap().1.len();
     let mut tc = std::process::Command::new("tc");
@@ -1007,11 +986,8 @@ fn sigint_stops_cleanly_with_a_summary() {
     keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), requests)
         .unwrap();
     shadow.wait_for(30, WAIT);
-    // SAFETY: kill(2) on our child's pid.
-    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) }, 0);
-    stderr.read_to_string(&mut text).unwrap();
-    let status = child.0.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{text}");
+    // Exit status 0 is asserted by stop_with.
+    let text = agent.stop_with(libc::SIGINT);
     assert!(text.contains("mirror run: stopped"), "{text}");
     assert!(text.contains("requests: 30 captured"), "{text}");
     assert_eq!(mirrored(&text), 30, "{text}");

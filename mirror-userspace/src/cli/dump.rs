@@ -24,7 +24,8 @@ use mirror::{
 
 #[derive(Args, Debug)]
 pub struct DumpArgs {
-    /// Interface to capture on (repeatable).
+    /// Interface to capture on (repeatable). Live capture shows every TCP segment but pure
+    /// ACKs (no payload, no SYN, FIN or RST), which the tap does not copy.
     #[arg(short = 'i', long = "interface")]
     interfaces: Vec<String>,
     /// Do not resolve names (never done; accepted for tcpdump compatibility).
@@ -48,7 +49,8 @@ pub struct DumpArgs {
     /// Quiet: less protocol information.
     #[arg(short = 'q')]
     quiet: bool,
-    /// Verbose.
+    /// Verbose: adds the IP length, interface index and hook of each packet. Not tcpdump's
+    /// -v: the tap does not capture the IP header's TTL, id or checksum.
     #[arg(short = 'v')]
     verbose: bool,
     /// Absolute TCP sequence numbers.
@@ -145,10 +147,12 @@ pub async fn run(args: DumpArgs) -> Result<ExitCode> {
                 eprintln!("mirror dump: {e:#}");
                 return Ok(ExitCode::from(1));
             }
+            // Signals are handled from before the first attachment: Ctrl-C at any moment
+            // detaches instead of killing the process with programs left attached.
+            let stop = super::shutdown_signal()?;
             let mut tap = Tap::attach(&settings)?;
             eprintln!("mirror dump: listening on {}", args.interfaces.join(", "));
             let mut source = tap.segments()?;
-            let stop = super::shutdown_signal()?;
             if pump(&mut source, &mut dumper, stop).await? {
                 // Interrupted: what was captured before the signal is still shown.
                 let mut batch = Vec::new();
