@@ -37,6 +37,21 @@ impl std::str::FromStr for Speed {
     }
 }
 
+/// When a recorded segment is due: its offset from the first segment of the pass, divided by
+/// the speed factor, after the wall-clock time that first segment was handed over.
+struct Pacer {
+    factor: f64,
+    start: Option<(u64, tokio::time::Instant)>,
+}
+
+impl Pacer {
+    fn due(&mut self, ts_ns: u64) -> tokio::time::Instant {
+        let (file_start, wall_start) =
+            *self.start.get_or_insert((ts_ns, tokio::time::Instant::now()));
+        wall_start + Duration::from_nanos(ts_ns.saturating_sub(file_start)).div_f64(self.factor)
+    }
+}
+
 pub struct ReplayOptions {
     pub path: PathBuf,
     /// Service ports (requests go to them); none: the lower port of each connection.
@@ -58,11 +73,15 @@ pub async fn replay(
     progress.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}")?);
     progress.enable_steady_tick(Duration::from_millis(200));
     let mut totals = FileStats::default();
+    let mut due = Vec::new();
     tokio::pin!(stop);
     'passes: loop {
         let mut source = PcapSource::open(&opts.path, Classifier::new(opts.ports.clone()))?;
         let mut batch = Vec::new();
-        let mut clock: Option<(u64, tokio::time::Instant)> = None;
+        let mut pacer = match opts.speed {
+            Speed::Factor(factor) => Some(Pacer { factor, start: None }),
+            Speed::Max => None,
+        };
         loop {
             let more = tokio::select! {
                 _ = &mut stop => break 'passes,
@@ -72,31 +91,22 @@ pub async fn replay(
                 break;
             }
             let last_ts = batch.last().map_or(0, |s| s.ts_ns);
-            if let Speed::Factor(x) = opts.speed {
-                // Each segment is due at its recorded offset from the first, divided by the
-                // factor: hand over what is due, wait for the next one (a batch can span the
-                // whole file).
-                let mut i = 0;
-                while i < batch.len() {
-                    let ts = batch[i].ts_ns;
-                    let (file_start, wall_start) =
-                        *clock.get_or_insert((ts, tokio::time::Instant::now()));
-                    let due =
-                        wall_start + Duration::from_nanos(ts.saturating_sub(file_start)).div_f64(x);
-                    if due > tokio::time::Instant::now() {
-                        let mut ready: Vec<_> = batch.drain(..i).collect();
-                        if let Some(s) = ready.last() {
-                            let now_ts = s.ts_ns;
-                            mirroring.segments(&mut ready);
-                            mirroring.tick(now_ts);
-                        }
-                        i = 0;
-                        tokio::select! {
-                            _ = &mut stop => break 'passes,
-                            _ = tokio::time::sleep_until(due) => {}
-                        }
-                    }
-                    i += 1;
+            // Paced: hand segments over as they fall due (a batch can span the whole file).
+            while let Some(pacer) = pacer.as_mut() {
+                let now = tokio::time::Instant::now();
+                let n = batch.iter().take_while(|s| pacer.due(s.ts_ns) <= now).count();
+                let Some(next) = batch.get(n).map(|s| pacer.due(s.ts_ns)) else {
+                    break;
+                };
+                if n > 0 {
+                    due.extend(batch.drain(..n));
+                    let ts = due.last().map_or(0, |s| s.ts_ns);
+                    mirroring.segments(&mut due);
+                    mirroring.tick(ts);
+                }
+                tokio::select! {
+                    _ = &mut stop => break 'passes,
+                    _ = tokio::time::sleep_until(next) => {}
                 }
             }
             mirroring.segments(&mut batch);
