@@ -3,4 +3,4 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| mirror::synth::fuzz_extract(data));
+fuzz_target!(|data: &[u8]| mirror_testkit::fuzz_extract(data));

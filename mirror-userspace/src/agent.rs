@@ -16,14 +16,14 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use mirror_capture::{CaptureSource, Segment};
+use mirror_flow::ReassemblyStats;
+use mirror_http::{extractor, HttpEvent, HttpExtractor, HttpRequest, HttpStats};
+
 use crate::{
-    capture::CaptureSource,
     config::{parse_shadow_url, MirrorConfig},
-    http::{extractor, HttpEvent, HttpExtractor, HttpRequest, HttpStats},
     metrics::{self, Metrics, ShadowMetrics, Stage},
-    reassembly::ReassemblyStats,
     rewrite::Rewriter,
-    segment::Segment,
     select::{RequestMatcher, Sampler},
     shadow::{OwnSockets, RequestLog, ShadowClient},
     tap::{Directions, KernelCounters, Tap, TapSettings},

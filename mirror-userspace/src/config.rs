@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{http::HttpConfig, reassembly::ReassemblyConfig};
+use mirror_flow::ReassemblyConfig;
+use mirror_http::HttpConfig;
 
 /// The whole configuration, as in the YAML file.
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -13,7 +13,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::segment::Segment;
+use mirror_capture::Segment;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 /// Which side of the packet a primitive looks at.
@@ -260,7 +260,7 @@ fn parse_net(value: &str) -> Result<IpNet, FilterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::Conversation;
+    use mirror_testkit::Conversation;
 
     fn parse(s: &str) -> Result<Filter, FilterError> {
         Filter::parse(&s.split(' ').map(str::to_owned).collect::<Vec<_>>())

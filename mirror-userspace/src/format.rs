@@ -7,12 +7,9 @@ use std::{
 
 use serde_json::json;
 
-use crate::{
-    http::{HttpEvent, HttpRequest, HttpResponse},
-    packet::encode_ip,
-    reassembly::ConnId,
-    segment::{tcp_flags, Segment},
-};
+use mirror_capture::{frame::encode_ip, tcp_flags, Segment};
+use mirror_flow::ConnId;
+use mirror_http::{HttpEvent, HttpRequest, HttpResponse};
 
 /// How the time of a line is shown (tcpdump's default, `-t`, `-tt`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

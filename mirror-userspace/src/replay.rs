@@ -6,12 +6,15 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use mirror_capture::{
+    frame::Classifier,
+    pcap::{FileStats, PcapSource},
+    CaptureSource,
+};
+
 use crate::{
     agent::{Mirroring, Summary},
-    capture::CaptureSource,
     config::MirrorConfig,
-    packet::Classifier,
-    pcap::{FileStats, PcapSource},
 };
 
 /// How fast the capture is replayed.

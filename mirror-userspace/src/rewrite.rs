@@ -10,10 +10,9 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::Full;
 
-use crate::{
-    config::{HeaderOps, HostRewrite},
-    http::{decode_chunked, HttpRequest},
-};
+use mirror_http::{decode_chunked, HttpRequest};
+
+use crate::config::{HeaderOps, HostRewrite};
 
 /// Envoy's shadow host: `host:port` -> `host-shadow:port`, `host` -> `host-shadow`,
 /// `[::1]:p` -> `[::1]-shadow:p`.
@@ -152,11 +151,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::{
-        http::{extractor, HttpConfig, HttpEvent},
-        reassembly::ReassemblyConfig,
-        synth::Conversation,
-    };
+    use mirror_flow::ReassemblyConfig;
+    use mirror_http::{extractor, HttpConfig, HttpEvent};
+    use mirror_testkit::Conversation;
 
     fn captured(raw: &[u8]) -> HttpRequest {
         let mut c = Conversation::new(

@@ -1,10 +1,9 @@
 //! Which requests are mirrored: match rules (Istio's `match`) and sampling.
 use regex::Regex;
 
-use crate::{
-    config::{MatchRule, StringMatch},
-    http::Head,
-};
+use mirror_http::Head;
+
+use crate::config::{MatchRule, StringMatch};
 
 enum Cond {
     Exact(String),

@@ -11,7 +11,7 @@ use tokio::{
     sync::broadcast::{self, error::RecvError},
 };
 
-use crate::http::HttpRequest;
+use mirror_http::HttpRequest;
 
 /// The default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/mirror/mirror.sock";

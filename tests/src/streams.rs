@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use anyhow::{bail, Result};
-use mirror::segment::{tcp_flags, Direction, Segment};
+use mirror_capture::{tcp_flags, Direction, Segment};
 
 /// The bytes of one direction of the connection whose client is `client`, in sequence
 /// order, starting right after the SYN. Retransmitted and overlapping bytes count once.

@@ -7,12 +7,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use mirror::{
-    pcap::PcapSink,
-    replay::Speed,
-    segment::{Direction, Segment},
-    synth::Conversation,
-};
+use mirror::replay::Speed;
+use mirror_capture::{pcap::PcapSink, Direction, Segment};
+use mirror_testkit::Conversation;
 use mirror_tests::{
     agent::AgentProcess,
     client::{keep_alive, RawRequest},

@@ -2,10 +2,8 @@
 //! client, a raw socket pipelining) come out exactly as sent, for IPv4 and IPv6.
 use std::{collections::HashMap, net::SocketAddr};
 
-use mirror::{
-    http::HttpEvent,
-    tap::{Tap, TapSettings},
-};
+use mirror::tap::{Tap, TapSettings};
+use mirror_http::HttpEvent;
 use mirror_tests::{
     client::{curl, hyper_client, keep_alive, pipelined, RawRequest},
     http_url,

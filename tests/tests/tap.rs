@@ -7,10 +7,8 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use mirror::{
-    segment::{tcp_flags, Direction, Hook, Segment},
-    tap::{AttachMode, Directions, Tap, TapSettings},
-};
+use mirror::tap::{AttachMode, Directions, Tap, TapSettings};
+use mirror_capture::{tcp_flags, Direction, Hook, Segment};
 
 use mirror_tests::{
     client::{curl, keep_alive, RawRequest},

@@ -46,9 +46,9 @@ pub fn run(names: &[String]) -> Result<()> {
 fn run_one(name: &str, out: &Path) -> Result<String> {
     if name == "extract" {
         // criterion, one core; its estimates are read back from target/criterion.
-        check(cargo().args(["bench", "--locked", "-p", "mirror-userspace", "--bench", "extract"]))?;
+        check(cargo().args(["bench", "--locked", "-p", "mirror-http", "--bench", "extract"]))?;
         std::fs::write(out.join("extract.md"), criterion_table()?)?;
-        return Ok("cargo bench -p mirror-userspace --bench extract".into());
+        return Ok("cargo bench -p mirror-http --bench extract".into());
     }
     let bin = workspace_root().join("target/release/mirror");
     check(

@@ -9,18 +9,19 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Args;
 use mirror::{
-    capture::CaptureSource,
     filter::Filter,
     format::{
         endpoint, packet_json, HttpPrinter, LineStyle, PacketPrinter, PayloadStyle, TimeStyle,
     },
-    http::{extractor, HttpConfig, HttpEvent, HttpExtractor},
-    packet::Classifier,
-    pcap::{PcapSink, PcapSource},
-    reassembly::ReassemblyConfig,
-    segment::{ChunkMerger, Hook, Segment},
     tap::{KernelCounters, Tap, TapSettings},
 };
+use mirror_capture::{
+    frame::Classifier,
+    pcap::{PcapSink, PcapSource},
+    CaptureSource, ChunkMerger, Hook, Segment,
+};
+use mirror_flow::ReassemblyConfig;
+use mirror_http::{extractor, HttpConfig, HttpEvent, HttpExtractor};
 
 #[derive(Args, Debug)]
 pub struct DumpArgs {

@@ -6,11 +6,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use ipnet::IpNet;
 use mirror::{
-    capture::CaptureSource,
     format::flags,
-    segment::Segment,
     tap::{AttachMode, Directions, Tap, TapSettings},
 };
+use mirror_capture::{CaptureSource, Segment};
 
 #[derive(Args, Debug)]
 pub struct TapArgs {

@@ -25,7 +25,7 @@ use tokio::{
 };
 
 use super::{connect, DropReason, Job, Outcomes, OwnSockets};
-use crate::http::ChunkedDecoder;
+use mirror_http::ChunkedDecoder;
 
 /// Longest response head we read before giving up on the connection.
 const MAX_HEAD: usize = 64 << 10;

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use mirror_common::{SegmentHeader, HEADER_LEN};
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::{capture::CaptureSource, segment::Segment};
+use mirror_capture::{CaptureSource, Segment};
 
 /// Most records turned into segments per batch, so one busy wake-up cannot hold the
 /// consumer for long (the rest is picked up on the next call).

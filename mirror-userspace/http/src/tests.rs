@@ -3,11 +3,9 @@
 use std::net::SocketAddr;
 
 use super::*;
-use crate::{
-    reassembly::ReassemblyConfig,
-    segment::{Direction, Segment},
-    synth::Conversation,
-};
+use mirror_capture::{Direction, Segment};
+use mirror_flow::ReassemblyConfig;
+use mirror_testkit::Conversation;
 
 const MSS: usize = 1448;
 

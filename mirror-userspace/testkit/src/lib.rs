@@ -1,10 +1,12 @@
-//! Synthetic TCP conversations: the segments a client and a server would put on the wire,
-//! for unit tests, property tests, fuzzing and benchmarks of the stages after capture.
-use std::net::SocketAddr;
+//! The test kit, used only as a dev-dependency: synthetic TCP conversations (the segments a
+//! client and a server would put on the wire), a [`MemorySource`] replaying them as a
+//! capture source, and the fuzz harness, for unit tests, property tests, fuzzing and
+//! benchmarks of the stages after capture.
+use std::{collections::VecDeque, io, net::SocketAddr};
 
 use bytes::Bytes;
 
-use crate::segment::{tcp_flags, Direction, Hook, Segment};
+use mirror_capture::{tcp_flags, CaptureSource, Direction, Hook, Segment};
 
 /// One connection's two sequence spaces and a clock.
 #[derive(Clone, Debug)]
@@ -180,10 +182,8 @@ pub fn segments_from_fuzz(data: &[u8]) -> Vec<Segment> {
 /// Runs decoded fuzz input through reassembly and framing with small caps, checking the
 /// invariants after every segment. Panics on a violation (that is the fuzzer's signal).
 pub fn fuzz_extract(data: &[u8]) {
-    use crate::{
-        http::{extractor, HttpConfig},
-        reassembly::ReassemblyConfig,
-    };
+    use mirror_flow::ReassemblyConfig;
+    use mirror_http::{extractor, HttpConfig};
     let config = ReassemblyConfig {
         max_connections: 3,
         max_pending_per_direction: 4096,
@@ -203,8 +203,30 @@ pub fn fuzz_extract(data: &[u8]) {
     x.finish(&mut events);
     assert_eq!((x.connections(), x.buffered()), (0, 0));
     for e in &events {
-        if let crate::http::HttpEvent::Request(r) = e {
+        if let mirror_http::HttpEvent::Request(r) = e {
             assert!(r.head.bytes().len() + r.body.len() <= 8192);
         }
+    }
+}
+/// A source replaying segments held in memory, in batches of a fixed size.
+pub struct MemorySource {
+    segments: VecDeque<Segment>,
+    batch: usize,
+}
+
+impl MemorySource {
+    pub fn new(segments: impl IntoIterator<Item = Segment>, batch: usize) -> Self {
+        Self { segments: segments.into_iter().collect(), batch: batch.max(1) }
+    }
+}
+
+impl CaptureSource for MemorySource {
+    async fn next_batch(&mut self, out: &mut Vec<Segment>) -> io::Result<bool> {
+        if self.segments.is_empty() {
+            return Ok(false);
+        }
+        let n = self.batch.min(self.segments.len());
+        out.extend(self.segments.drain(..n));
+        Ok(true)
     }
 }

@@ -2,12 +2,10 @@
 //! 64 KiB POSTs cut into MSS-sized segments (body bytes per second). Segments are built
 //! before timing; each iteration runs a fresh extractor over all of them.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mirror::{
-    http::{extractor, HttpConfig, HttpEvent},
-    reassembly::ReassemblyConfig,
-    segment::Segment,
-    synth::Conversation,
-};
+use mirror_capture::Segment;
+use mirror_flow::ReassemblyConfig;
+use mirror_http::{extractor, HttpConfig, HttpEvent};
+use mirror_testkit::Conversation;
 
 const MSS: usize = 1448;
 

@@ -5,7 +5,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 /// Most header fields in one head; more is treated as malformed.
-pub const MAX_HEADERS: usize = 128;
+pub(crate) const MAX_HEADERS: usize = 128;
 
 /// Why a head could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
-use crate::segment::{Direction, Hook, Segment};
+use crate::{Direction, Hook, Segment};
 
 /// Link-layer framing of captured frames (pcap DLT/LINKTYPE values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,7 +258,7 @@ impl Checksum {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::tcp_flags;
+    use crate::tcp_flags;
 
     fn segment(src: &str, dst: &str, payload: &[u8]) -> Segment {
         Segment {

@@ -13,10 +13,10 @@ use super::{
     head::{BodyKind, Head, HeadError, HeadParts},
     HttpStats,
 };
-use crate::reassembly::StreamEvent;
+use mirror_flow::StreamEvent;
 
 /// A head larger than this is treated as malformed.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

@@ -12,10 +12,8 @@ use super::{
     head::{declared_body, BodyKind, Head, HeadError},
     HttpConfig, HttpEvent, HttpRequest, HttpResponse, HttpShared,
 };
-use crate::{
-    reassembly::{ConnId, StreamConsumer, StreamEvent},
-    segment::Direction,
-};
+use mirror_capture::Direction;
+use mirror_flow::{ConnId, StreamConsumer, StreamEvent};
 
 /// A request whose response has not been seen yet.
 #[derive(Clone, Copy, Debug)]

@@ -1,12 +1,10 @@
 //! Property: random valid requests (methods, headers, Content-Length and chunked bodies,
 //! pipelined), cut into random segments, reordered and duplicated within a window, come out
 //! of reassembly and framing as exactly the original requests, byte for byte.
-use mirror::{
-    http::{extractor, HttpConfig, HttpEvent},
-    reassembly::ReassemblyConfig,
-    segment::{Direction, Segment},
-    synth::Conversation,
-};
+use mirror_capture::{Direction, Segment};
+use mirror_flow::ReassemblyConfig;
+use mirror_http::{extractor, HttpConfig, HttpEvent};
+use mirror_testkit::Conversation;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]

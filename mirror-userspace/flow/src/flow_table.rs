@@ -5,7 +5,7 @@ use super::{
     ConnId, ReassemblyConfig, ReassemblyStats, SegmentIn, StreamConsumer, StreamEvent,
     StreamReassembler,
 };
-use crate::segment::{tcp_flags, Direction, Segment};
+use mirror_capture::{tcp_flags, Direction, Segment};
 
 struct Connection<C> {
     streams: [StreamReassembler; 2],

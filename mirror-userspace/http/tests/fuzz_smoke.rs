@@ -3,7 +3,7 @@
 //! it go through reassembly and framing with the fuzz target's invariant checks.
 use std::path::Path;
 
-use mirror::synth::fuzz_extract;
+use mirror_testkit::fuzz_extract;
 
 /// xorshift64: deterministic, no dependency.
 fn next(state: &mut u64) -> u64 {
@@ -15,7 +15,7 @@ fn next(state: &mut u64) -> u64 {
 
 #[test]
 fn corpus_and_mutations_keep_the_invariants() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/segments");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/segments");
     let mut corpus: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .expect("fuzz corpus")
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())

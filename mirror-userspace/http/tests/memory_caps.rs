@@ -6,12 +6,10 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use mirror::{
-    http::{extractor, HttpConfig},
-    reassembly::ReassemblyConfig,
-    segment::Direction,
-    synth::Conversation,
-};
+use mirror_capture::Direction;
+use mirror_flow::ReassemblyConfig;
+use mirror_http::{extractor, HttpConfig};
+use mirror_testkit::Conversation;
 
 struct Counting;
 

@@ -15,9 +15,8 @@ use pcap_file::{
 };
 
 use crate::{
-    capture::CaptureSource,
-    packet::{decode, encode, Classifier, LinkType},
-    segment::Segment,
+    frame::{decode, encode, Classifier, LinkType},
+    CaptureSource, Segment,
 };
 
 /// Packets decoded per batch.

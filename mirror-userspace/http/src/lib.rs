@@ -1,6 +1,6 @@
 //! HTTP/1.x framing: where ordered byte streams become requests and responses.
 //!
-//! [`HttpConnection`] is the [`crate::reassembly::StreamConsumer`] of the flow table: per
+//! [`HttpConnection`] is the [`mirror_flow::StreamConsumer`] of the flow table: per
 //! connection, an [`HttpFramer`] per direction cuts the stream into messages (httparse parses
 //! the heads), and responses are paired with their requests in order.
 mod chunked;
@@ -17,7 +17,7 @@ pub use head::{declared_body, BodyKind, Head, HeadError};
 #[cfg(test)]
 mod tests;
 
-use crate::reassembly::{ConnId, FlowTable};
+use mirror_flow::{ConnId, FlowTable};
 
 /// Limits of the HTTP stage.
 #[derive(Clone, Debug)]
@@ -166,9 +166,6 @@ pub enum HttpEvent {
 pub type HttpExtractor = FlowTable<HttpConnection>;
 
 /// A flow table with HTTP framing and the given limits.
-pub fn extractor(
-    reassembly: crate::reassembly::ReassemblyConfig,
-    http: HttpConfig,
-) -> HttpExtractor {
+pub fn extractor(reassembly: mirror_flow::ReassemblyConfig, http: HttpConfig) -> HttpExtractor {
     FlowTable::new(reassembly, HttpShared { config: http, stats: HttpStats::default() })
 }

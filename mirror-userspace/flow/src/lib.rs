@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 pub use flow_table::FlowTable;
 pub use stream::{SegmentIn, StreamEvent, StreamReassembler};
 
-use crate::segment::Direction;
+use mirror_capture::Direction;
 
 /// Identity of a connection: the client and the service side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

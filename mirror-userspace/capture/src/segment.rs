@@ -3,7 +3,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use mirror_common::SegmentHeader;
-pub use mirror_common::{tcp_flags, Direction, Hook};
+
+use crate::{Direction, Hook};
 
 /// One TCP segment, or one chunk of a large (GSO) segment, as captured.
 ///
@@ -21,7 +22,7 @@ pub struct Segment {
     /// Sequence number of the segment's first payload byte (or of the SYN/FIN).
     pub seq: u32,
     pub ack: u32,
-    /// TCP flags, see [`tcp_flags`].
+    /// TCP flags, see [`crate::tcp_flags`].
     pub flags: u8,
     pub window: u16,
     /// Payload length of the whole segment on the wire.
@@ -159,6 +160,7 @@ fn ipv4(a: &[u8; 16]) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tcp_flags;
 
     fn header(family: u8) -> SegmentHeader {
         let mut saddr = [0u8; 16];
