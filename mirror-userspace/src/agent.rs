@@ -19,6 +19,7 @@ use anyhow::{Context, Result};
 use mirror_capture::{CaptureSource, Segment};
 use mirror_flow::ReassemblyStats;
 use mirror_http::{extractor, HttpEvent, HttpExtractor, HttpRequest, HttpStats};
+use mirror_tap::{Directions, KernelCounters, Tap, TapSettings};
 
 use crate::{
     config::{parse_shadow_url, MirrorConfig},
@@ -26,7 +27,6 @@ use crate::{
     rewrite::Rewriter,
     select::{RequestMatcher, Sampler},
     shadow::{OwnSockets, RequestLog, ShadowClient},
-    tap::{Directions, KernelCounters, Tap, TapSettings},
     watch::Publisher,
 };
 

@@ -303,7 +303,7 @@ impl MirrorConfig {
             bail!("interfaces: at least one interface is required (-i)");
         }
         for name in &self.interfaces {
-            if crate::tap::interface_index(name).is_none() {
+            if mirror_tap::interface_index(name).is_none() {
                 bail!("interfaces: no such interface {name:?}");
             }
         }

@@ -15,5 +15,4 @@ pub mod replay;
 pub mod rewrite;
 pub mod select;
 pub mod shadow;
-pub mod tap;
 pub mod watch;

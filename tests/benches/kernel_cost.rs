@@ -3,7 +3,7 @@
 //! machine adds. Run by `cargo xtask bench`; needs root.
 use std::os::fd::{AsFd, AsRawFd};
 
-use mirror::tap::{Tap, TapSettings};
+use mirror_tap::{Tap, TapSettings};
 use mirror_tests::{
     bench::{self, Spread},
     frames::TcpFrame,

@@ -41,10 +41,10 @@ pub fn require_root() {
 
 pub mod live {
     //! The live tap feeding reassembly and framing, as the agent does.
-    use mirror::tap::RingSource;
     use mirror_capture::CaptureSource;
     use mirror_flow::{ReassemblyConfig, ReassemblyStats};
     use mirror_http::{extractor, HttpConfig, HttpEvent, HttpStats};
+    use mirror_tap::RingSource;
     use tokio::sync::oneshot;
 
     /// What the extractor produced, with its counters.

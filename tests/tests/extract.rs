@@ -2,8 +2,8 @@
 //! client, a raw socket pipelining) come out exactly as sent, for IPv4 and IPv6.
 use std::{collections::HashMap, net::SocketAddr};
 
-use mirror::tap::{Tap, TapSettings};
 use mirror_http::HttpEvent;
+use mirror_tap::{Tap, TapSettings};
 use mirror_tests::{
     client::{curl, hyper_client, keep_alive, pipelined, RawRequest},
     http_url,

@@ -2,8 +2,8 @@
 //! side of the server's veth and parsed by the real kernel program on tc egress.
 use std::net::IpAddr;
 
-use mirror::tap::{AttachMode, RingSource, Tap, TapSettings};
 use mirror_capture::{Direction, Segment};
+use mirror_tap::{AttachMode, RingSource, Tap, TapSettings};
 use mirror_tests::{
     frames::{send_frame, TcpFrame},
     topology::{Family, Topology},

@@ -7,8 +7,8 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use mirror::tap::{AttachMode, Directions, Tap, TapSettings};
 use mirror_capture::{tcp_flags, Direction, Hook, Segment};
+use mirror_tap::{AttachMode, Directions, Tap, TapSettings};
 
 use mirror_tests::{
     client::{curl, keep_alive, RawRequest},

@@ -78,7 +78,9 @@ fn workspace_root() -> PathBuf {
 
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root());
+    // What xtask builds, tests and benchmarks always carries the kernel program: a missing
+    // BPF toolchain is an error here, not a build without it (see mirror-tap's build.rs).
+    cmd.current_dir(workspace_root()).env("MIRROR_EBPF", "require");
     cmd
 }
 

@@ -44,7 +44,7 @@ fn missing_packages(packages: &[&'static str]) -> Vec<&'static str> {
 }
 
 /// bpf-linker on PATH or in cargo's bin directory (where `cargo install` puts it, and where
-/// mirror-userspace's build script looks too).
+/// mirror-tap's build script looks too).
 fn bpf_linker_ok() -> bool {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(std::path::PathBuf::from)

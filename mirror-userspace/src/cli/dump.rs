@@ -13,7 +13,6 @@ use mirror::{
     format::{
         endpoint, packet_json, HttpPrinter, LineStyle, PacketPrinter, PayloadStyle, TimeStyle,
     },
-    tap::{KernelCounters, Tap, TapSettings},
 };
 use mirror_capture::{
     frame::Classifier,
@@ -22,6 +21,7 @@ use mirror_capture::{
 };
 use mirror_flow::ReassemblyConfig;
 use mirror_http::{extractor, HttpConfig, HttpEvent, HttpExtractor};
+use mirror_tap::{KernelCounters, Tap, TapSettings};
 
 #[derive(Args, Debug)]
 pub struct DumpArgs {

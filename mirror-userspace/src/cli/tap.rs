@@ -5,11 +5,9 @@ use std::{io::Write, process::ExitCode};
 use anyhow::{bail, Result};
 use clap::Args;
 use ipnet::IpNet;
-use mirror::{
-    format::flags,
-    tap::{AttachMode, Directions, Tap, TapSettings},
-};
+use mirror::format::flags;
 use mirror_capture::{CaptureSource, Segment};
+use mirror_tap::{AttachMode, Directions, Tap, TapSettings};
 
 #[derive(Args, Debug)]
 pub struct TapArgs {

@@ -32,8 +32,8 @@ struct Request {
 
 /// Deletes the clsact qdisc (and with it any filter still on it) from `iface`. A missing
 /// interface or qdisc is not an error: there is nothing left to clean up.
-pub fn delete(iface: &str) -> Result<()> {
-    let Some(ifindex) = super::attach::ifindex(iface) else {
+pub(crate) fn delete(iface: &str) -> Result<()> {
+    let Some(ifindex) = super::iface::ifindex(iface) else {
         return Ok(());
     };
     let sock = Socket::open()?;

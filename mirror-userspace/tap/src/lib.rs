@@ -5,6 +5,7 @@
 //! their fds, netlink filters are removed, and a clsact qdisc is deleted if we added it.
 mod attach;
 mod clsact;
+mod iface;
 mod ring;
 
 use std::{fmt, net::IpAddr};
@@ -22,11 +23,13 @@ use mirror_common::{
     PROG_INGRESS,
 };
 
+pub use attach::AttachMode;
 use attach::Attachment;
-pub use attach::{ifindex as interface_index, AttachMode};
+pub use iface::ifindex as interface_index;
 pub use ring::RingSource;
 
-/// The kernel object built from `mirror-ebpf` by this crate's build script.
+/// The kernel object built from `mirror-ebpf` by this crate's build script; empty when the
+/// build had no BPF toolchain (see build.rs), and then [`Tap::attach`] refuses to run.
 static TAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mirror-tap.o"));
 
 /// Which directions of a service's traffic to capture.
@@ -94,7 +97,7 @@ impl TapSettings {
             bail!("interfaces: at least one interface is required");
         }
         for name in &self.interfaces {
-            if attach::ifindex(name).is_none() {
+            if iface::ifindex(name).is_none() {
                 bail!("interfaces: no such interface {name:?}");
             }
         }
@@ -169,6 +172,12 @@ impl Tap {
     /// On error everything attached so far is detached again.
     pub fn attach(settings: &TapSettings) -> Result<Tap> {
         settings.validate()?;
+        if TAP_OBJECT.is_empty() {
+            bail!(
+                "this build has no kernel program: it was built without Debian's rustc-web and \
+                 bpf-linker (run `cargo xtask setup`, then rebuild)"
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_SEGMENTS, settings.ring_bytes)
             .load(TAP_OBJECT)

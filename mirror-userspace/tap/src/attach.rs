@@ -1,7 +1,5 @@
 //! Attaching a classifier to one hook of one interface: TCX links where the kernel has
 //! them (6.6+), otherwise a clsact qdisc and a netlink filter.
-use std::ffi::CString;
-
 use anyhow::{Context, Result};
 use aya::{
     programs::{
@@ -32,21 +30,13 @@ pub(super) struct Attachment {
 
 impl Attachment {
     /// Called after the programs (and with them the links) were dropped.
-    pub fn cleanup(self) -> Result<()> {
+    pub(crate) fn cleanup(self) -> Result<()> {
         if self.created_clsact {
             super::clsact::delete(&self.iface)
                 .with_context(|| format!("deleting the clsact qdisc on {}", self.iface))?;
         }
         Ok(())
     }
-}
-
-/// The index of interface `name`, if it exists.
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
 }
 
 pub(super) fn attach(
