@@ -19,14 +19,14 @@ use anyhow::{Context, Result};
 use mirror_capture::{CaptureSource, Segment};
 use mirror_flow::ReassemblyStats;
 use mirror_http::{extractor, HttpEvent, HttpExtractor, HttpRequest, HttpStats};
+use mirror_shadow::{OwnSockets, ResultSink, ShadowClient, ShadowOptions};
 use mirror_tap::{Directions, KernelCounters, Tap, TapSettings};
 
 use crate::{
     config::{parse_shadow_url, MirrorConfig},
-    metrics::{self, Metrics, ShadowMetrics, Stage},
+    metrics::{self, Metrics, ShadowMetrics, ShadowResults, Stage},
     rewrite::Rewriter,
     select::{RequestMatcher, Sampler},
-    shadow::{OwnSockets, RequestLog, ShadowClient},
     watch::Publisher,
 };
 
@@ -34,10 +34,10 @@ use crate::{
 pub const OWN_MARK: u32 = 0x006d_6972;
 
 /// Options of a run that are not part of the mirroring configuration.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
-    /// Print one line per copy when its shadow answers.
-    pub log_requests: bool,
+    /// Also told every copy's outcome (the request log).
+    pub results: Option<Arc<dyn ResultSink>>,
     pub ring_bytes: Option<u32>,
     /// Serve watchers (`mirror dump --watch`) on this unix socket.
     pub watch_socket: Option<std::path::PathBuf>,
@@ -82,7 +82,7 @@ pub struct Mirroring {
 
 impl Mirroring {
     /// Validates the mirroring part of `config` and starts one dispatcher per shadow.
-    pub fn start(config: &MirrorConfig, log_requests: bool) -> Result<Mirroring> {
+    pub fn start(config: &MirrorConfig, results: Option<Arc<dyn ResultSink>>) -> Result<Mirroring> {
         config.validate_mirroring()?;
         let matcher = RequestMatcher::new(&config.match_rules).context("match")?;
         let rewriter = Rewriter::new(config.host_rewrite.clone(), &config.headers.request)
@@ -95,16 +95,15 @@ impl Mirroring {
         for (i, m) in config.mirrors.iter().enumerate() {
             let uri = parse_shadow_url(&m.url).with_context(|| format!("mirrors[{i}].url"))?;
             let shadow_metrics = Arc::new(metrics.shadow(&m.url));
-            let log = log_requests.then(RequestLog::stdout);
-            let client = ShadowClient::start(
-                &uri,
-                &config.limits,
-                queued.clone(),
-                own.clone(),
-                OWN_MARK,
-                shadow_metrics.clone(),
-                log,
-            );
+            let sink = ShadowResults { metrics: shadow_metrics.clone(), next: results.clone() };
+            let options = ShadowOptions {
+                queued_bytes: queued.clone(),
+                own: own.clone(),
+                mark: OWN_MARK,
+                label_copies: results.is_some(),
+                sink: Arc::new(sink),
+            };
+            let client = ShadowClient::start(&uri, &config.limits.shadow(), options);
             let percent = config.percentage(i);
             shadows.push(Shadow { client, percent, metrics: shadow_metrics, offered: 0 });
         }
@@ -121,7 +120,7 @@ impl Mirroring {
             events: Vec::new(),
             captured_requests: 0,
         };
-        Ok(Mirroring { pipeline, metrics, queued, timeout: config.limits.timeout() })
+        Ok(Mirroring { pipeline, metrics, queued, timeout: config.limits.shadow().timeout })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -208,7 +207,7 @@ pub async fn run(
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let mut mirroring = Mirroring::start(&config, opts.log_requests)?;
+    let mut mirroring = Mirroring::start(&config, opts.results.clone())?;
     // Watching is an aid, not the job: without its socket the agent still mirrors.
     let watch_socket = opts.watch_socket.as_ref().filter(|path| match Publisher::serve(path) {
         Ok(publisher) => {
@@ -305,7 +304,7 @@ impl Pipeline {
         for event in self.events.drain(..) {
             if let HttpEvent::Request(req) = event {
                 self.captured_requests += 1;
-                self.stages.mirror(&req, &mut self.shadows);
+                self.stages.mirror(self.captured_requests, &req, &mut self.shadows);
             }
         }
     }
@@ -321,7 +320,8 @@ struct Stages {
 }
 
 impl Stages {
-    fn mirror(&mut self, req: &HttpRequest, shadows: &mut [Shadow]) {
+    /// Mirrors request number `id` (counted from 1) to the shadows that sample it.
+    fn mirror(&mut self, id: u64, req: &HttpRequest, shadows: &mut [Shadow]) {
         if !self.matcher.matches(&req.head) {
             self.metrics.not_matched.inc();
             return;
@@ -342,7 +342,7 @@ impl Stages {
                     }
                 };
             let bytes = req.head.bytes().len() + req.body.len();
-            if shadow.client.offer(copy, bytes).is_ok() {
+            if shadow.client.offer(id, copy, bytes).is_ok() {
                 shadow.offered += 1;
                 if watched {
                     sent_to.push(shadow.client.authority());

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use mirror_flow::ReassemblyConfig;
 use mirror_http::HttpConfig;
+use mirror_shadow::MAX_PIPELINE;
 
 /// The whole configuration, as in the YAML file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -209,9 +210,6 @@ impl CaptureLimits {
     }
 }
 
-/// Deepest HTTP/1.1 pipeline per shadow connection.
-pub const MAX_PIPELINE: usize = 64;
-
 /// Bounds on what each shadow may cost.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -256,8 +254,16 @@ impl Limits {
         1
     }
 
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
+    /// The shadow client's limits (validated by [`MirrorConfig::validate_mirroring`]).
+    pub fn shadow(&self) -> mirror_shadow::Limits {
+        mirror_shadow::Limits {
+            max_in_flight: self.max_in_flight,
+            queue_length: self.queue_length,
+            max_queued_bytes: self.max_queued_bytes,
+            timeout: Duration::from_millis(self.timeout_ms),
+            rate_limit: self.rate_limit,
+            pipeline: self.pipeline,
+        }
     }
 }
 

@@ -14,5 +14,4 @@ pub mod metrics;
 pub mod replay;
 pub mod rewrite;
 pub mod select;
-pub mod shadow;
 pub mod watch;

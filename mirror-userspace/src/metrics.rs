@@ -26,7 +26,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::shadow::DropReason;
+use mirror_shadow::{Answer, CopyInfo, DropReason, ResultSink};
 
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -192,6 +192,38 @@ impl ShadowMetrics {
 
     pub fn dropped_by_reason(&self) -> Vec<(&'static str, u64)> {
         DropReason::ALL.iter().zip(&self.dropped).map(|(r, c)| (r.name(), c.get())).collect()
+    }
+}
+
+/// A shadow's outcomes: counted in its metrics, then handed on (the request log).
+pub struct ShadowResults {
+    pub metrics: Arc<ShadowMetrics>,
+    pub next: Option<Arc<dyn ResultSink>>,
+}
+
+impl ResultSink for ShadowResults {
+    fn answered(&self, shadow: &str, copy: &CopyInfo, answer: &Answer) {
+        self.metrics.answered(answer.status, answer.elapsed);
+        if let Some(next) = &self.next {
+            next.answered(shadow, copy, answer);
+        }
+    }
+
+    fn dropped(
+        &self,
+        shadow: &str,
+        copy: &CopyInfo,
+        reason: DropReason,
+        error: &dyn std::fmt::Display,
+    ) {
+        self.metrics.dropped(reason);
+        if let Some(next) = &self.next {
+            next.dropped(shadow, copy, reason, error);
+        }
+    }
+
+    fn queue_depth(&self, _shadow: &str, delta: i64) {
+        self.metrics.queue_depth.inc_by(delta);
     }
 }
 

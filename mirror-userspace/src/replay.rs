@@ -62,7 +62,8 @@ pub struct ReplayOptions {
     pub speed: Speed,
     /// Start over at the end of the file, until stopped.
     pub repeat: bool,
-    pub log_requests: bool,
+    /// Also told every copy's outcome (the request log).
+    pub results: Option<std::sync::Arc<dyn mirror_shadow::ResultSink>>,
 }
 
 /// Replays until the file ends (or, with `repeat`, until `stop`); returns the summary.
@@ -71,7 +72,7 @@ pub async fn replay(
     opts: &ReplayOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(Summary, FileStats)> {
-    let mut mirroring = Mirroring::start(config, opts.log_requests)?;
+    let mut mirroring = Mirroring::start(config, opts.results.clone())?;
     let progress = ProgressBar::new_spinner();
     progress.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}")?);
     progress.enable_steady_tick(Duration::from_millis(200));

@@ -42,7 +42,7 @@ pub async fn run(args: ReplayArgs) -> Result<ExitCode> {
         ports: args.ports,
         speed: args.speed,
         repeat: args.repeat,
-        log_requests: args.mirror.log_requests,
+        results: super::request_log(args.mirror.log_requests),
     };
     let stop = super::shutdown_signal()?;
     let (summary, file) = replay(&config, &opts, stop).await?;

@@ -214,7 +214,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let watch_socket = (args.watch_socket != "none").then(|| PathBuf::from(&args.watch_socket));
     let opts = RunOptions {
-        log_requests: args.mirror.log_requests,
+        results: super::request_log(args.mirror.log_requests),
         ring_bytes: args.ring_bytes,
         watch_socket,
     };

@@ -24,7 +24,10 @@ use tokio::{
     sync::{mpsc, Mutex},
 };
 
-use super::{connect, DropReason, Job, Outcomes, OwnSockets};
+use crate::{
+    connect::{connect, OwnSockets, TrackedStream},
+    CopyInfo, DropReason, Job, Outcomes,
+};
 use mirror_http::ChunkedDecoder;
 
 /// Longest response head we read before giving up on the connection.
@@ -32,17 +35,17 @@ const MAX_HEAD: usize = 64 << 10;
 const MAX_HEADERS: usize = 128;
 
 /// What every connection of one shadow shares.
-pub(super) struct Pipelines {
-    pub uri: Uri,
-    pub mark: u32,
-    pub own: OwnSockets,
-    pub depth: usize,
-    pub outcomes: Outcomes,
-    pub queue: Mutex<mpsc::Receiver<Job>>,
+pub(crate) struct Pipelines {
+    pub(crate) uri: Uri,
+    pub(crate) mark: u32,
+    pub(crate) own: OwnSockets,
+    pub(crate) depth: usize,
+    pub(crate) outcomes: Outcomes,
+    pub(crate) queue: Mutex<mpsc::Receiver<Job>>,
 }
 
 /// Runs `connections` pipelined connections until the queue closes.
-pub(super) async fn run(shared: Arc<Pipelines>, connections: usize) {
+pub(crate) async fn run(shared: Arc<Pipelines>, connections: usize) {
     let tasks: Vec<_> =
         (0..connections).map(|_| tokio::spawn(connection_loop(shared.clone()))).collect();
     for t in tasks {
@@ -53,7 +56,7 @@ pub(super) async fn run(shared: Arc<Pipelines>, connections: usize) {
 /// One copy written and not yet answered.
 struct Unanswered {
     job_bytes: usize,
-    label: Option<String>,
+    info: CopyInfo,
     start: Instant,
     /// The response has no body whatever its headers say (HEAD).
     head_only: bool,
@@ -68,7 +71,7 @@ async fn connection_loop(shared: Arc<Pipelines>) {
                 Ok(stream) => Connection::new(&shared).serve(stream, jobs).await,
                 Err(e) => {
                     for job in jobs.drain(..) {
-                        shared.outcomes.failed(job.bytes, job.label, DropReason::Error, &e);
+                        shared.outcomes.failed(job.bytes, &job.info, DropReason::Error, &e);
                     }
                     jobs
                 }
@@ -88,7 +91,7 @@ async fn next_jobs(shared: &Pipelines, room: usize) -> Option<Vec<Job>> {
             Err(_) => break,
         }
     }
-    shared.outcomes.metrics.queue_depth.dec_by(jobs.len() as i64);
+    shared.outcomes.dequeued(jobs.len());
     Some(jobs)
 }
 
@@ -127,8 +130,8 @@ impl<'a> Connection<'a> {
 
     /// Sends `first` and what follows until the connection ends; returns copies taken but
     /// not sent.
-    async fn serve(mut self, stream: super::TrackedStream, first: Vec<Job>) -> Vec<Job> {
-        let super::TrackedStream { stream, guard: _guard } = stream;
+    async fn serve(mut self, stream: TrackedStream, first: Vec<Job>) -> Vec<Job> {
+        let TrackedStream { stream, guard: _guard } = stream;
         let (mut rd, mut wr) = stream.into_split();
         self.take(first).await;
         let failure = loop {
@@ -162,7 +165,7 @@ impl<'a> Connection<'a> {
             }
         };
         for u in self.unanswered.drain(..) {
-            self.shared.outcomes.failed(u.job_bytes, u.label, failure.0, &failure.1);
+            self.shared.outcomes.failed(u.job_bytes, &u.info, failure.0, &failure.1);
         }
         self.leftover
     }
@@ -177,7 +180,7 @@ impl<'a> Connection<'a> {
             encode(&parts, &body, &mut self.out);
             self.unanswered.push_back(Unanswered {
                 job_bytes: job.bytes,
-                label: job.label,
+                info: job.info,
                 start: Instant::now(),
                 head_only: parts.method == Method::HEAD,
             });
@@ -269,7 +272,7 @@ impl<'a> Connection<'a> {
 
     fn answered(&mut self, status: u16) {
         if let Some(u) = self.unanswered.pop_front() {
-            self.shared.outcomes.answered(u.job_bytes, u.label, u.start, status);
+            self.shared.outcomes.answered(u.job_bytes, &u.info, u.start, status);
         }
     }
 
@@ -355,9 +358,21 @@ mod tests {
     use http::Request;
 
     use super::*;
-    use crate::shadow::Outcomes;
+    use crate::{Answer, ResultSink};
 
-    fn pipelines() -> Pipelines {
+    /// Records the statuses of answered copies.
+    #[derive(Default)]
+    struct Statuses(std::sync::Mutex<Vec<u16>>);
+
+    impl ResultSink for Statuses {
+        fn answered(&self, _: &str, _: &CopyInfo, answer: &Answer) {
+            self.0.lock().unwrap().push(answer.status);
+        }
+
+        fn dropped(&self, _: &str, _: &CopyInfo, _: DropReason, _: &dyn std::fmt::Display) {}
+    }
+
+    fn pipelines(sink: Arc<Statuses>) -> Pipelines {
         let (_, rx) = mpsc::channel(1);
         Pipelines {
             uri: "http://shadow:8000".parse().unwrap(),
@@ -365,10 +380,10 @@ mod tests {
             own: OwnSockets::default(),
             depth: 8,
             outcomes: Outcomes {
+                shadow: "shadow:8000".into(),
                 timeout: Duration::from_secs(1),
                 queued_bytes: Arc::new(AtomicUsize::new(0)),
-                metrics: Arc::new(crate::metrics::Metrics::default().shadow("shadow:8000")),
-                log: None,
+                sink,
             },
             queue: Mutex::new(rx),
         }
@@ -377,14 +392,20 @@ mod tests {
     fn waiting(c: &mut Connection<'_>, head_only: &[bool]) {
         for &head_only in head_only {
             let start = Instant::now();
-            c.unanswered.push_back(Unanswered { job_bytes: 0, label: None, start, head_only });
+            c.unanswered.push_back(Unanswered {
+                job_bytes: 0,
+                info: CopyInfo::default(),
+                start,
+                head_only,
+            });
         }
     }
 
     /// Responses matched to copies in order, whatever their framing, arriving in pieces.
     #[test]
     fn reads_pipelined_responses_of_every_framing() {
-        let p = pipelines();
+        let sink = Arc::new(Statuses::default());
+        let p = pipelines(sink.clone());
         let mut c = Connection::new(&p);
         waiting(&mut c, &[false, false, true, false, false]);
         let wire: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n\
@@ -401,14 +422,14 @@ mod tests {
         assert!(c.closing);
         c.at_end();
         assert!(c.unanswered.is_empty());
-        assert_eq!(p.outcomes.metrics.answered_by_class(), [0, 4, 0, 0, 1]);
+        assert_eq!(*sink.0.lock().unwrap(), [200, 201, 200, 204, 500]);
     }
 
     /// What a broken shadow sends ends the connection with an error, never a panic, and the
     /// buffer stays bounded.
     #[test]
     fn rejects_malformed_and_endless_heads() {
-        let p = pipelines();
+        let p = pipelines(Arc::default());
         let mut c = Connection::new(&p);
         waiting(&mut c, &[false]);
         c.input.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n");

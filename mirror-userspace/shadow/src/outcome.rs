@@ -1,0 +1,100 @@
+//! The seam after replay: what happened to each copy, handed to a [`ResultSink`].
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+/// Why a copy was not delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    QueueFull,
+    ByteBudget,
+    RateLimited,
+    Timeout,
+    Error,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::QueueFull,
+        DropReason::ByteBudget,
+        DropReason::RateLimited,
+        DropReason::Timeout,
+        DropReason::Error,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::ByteBudget => "byte_budget",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::Timeout => "timeout",
+            DropReason::Error => "error",
+        }
+    }
+}
+
+/// Which copy an outcome is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CopyInfo {
+    /// Chosen by whoever offered the copy (the agent numbers captured requests).
+    pub id: u64,
+    /// "METHOD target Host: h", when the client was asked to label copies.
+    pub label: Option<Box<str>>,
+}
+
+/// A shadow's answer to a copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// From sending the copy to the end of the response.
+    pub elapsed: Duration,
+}
+
+/// Receives the outcome of every copy offered to a shadow: answered, or dropped with a reason.
+/// Called from the shadow client's tasks; must not block.
+pub trait ResultSink: Send + Sync + 'static {
+    fn answered(&self, shadow: &str, copy: &CopyInfo, answer: &Answer);
+
+    /// `error` says more for [`DropReason::Error`] (formatted only if the sink wants it).
+    fn dropped(&self, shadow: &str, copy: &CopyInfo, reason: DropReason, error: &dyn fmt::Display);
+
+    /// Copies waiting in the shadow's queue changed by `delta`.
+    fn queue_depth(&self, _shadow: &str, _delta: i64) {}
+}
+
+/// What happens once a copy is answered or abandoned: the sink is told, the byte budget
+/// released.
+pub(crate) struct Outcomes {
+    pub(crate) shadow: Arc<str>,
+    pub(crate) timeout: Duration,
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
+    pub(crate) sink: Arc<dyn ResultSink>,
+}
+
+impl Outcomes {
+    pub(crate) fn answered(&self, bytes: usize, copy: &CopyInfo, start: Instant, status: u16) {
+        let answer = Answer { status, elapsed: start.elapsed() };
+        self.sink.answered(&self.shadow, copy, &answer);
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failed(
+        &self,
+        bytes: usize,
+        copy: &CopyInfo,
+        reason: DropReason,
+        error: &dyn fmt::Display,
+    ) {
+        self.sink.dropped(&self.shadow, copy, reason, error);
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dequeued(&self, n: usize) {
+        self.sink.queue_depth(&self.shadow, -(n as i64));
+    }
+}
