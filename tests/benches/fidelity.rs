@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mirror::rewrite::shadow_host;
+use mirror_agent::rewrite::shadow_host;
 use mirror_tests::{
     agent::{self, AgentProcess},
     bench::{self, CpuMeter, Spread},

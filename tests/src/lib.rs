@@ -12,7 +12,7 @@ pub mod server;
 pub mod streams;
 pub mod topology;
 
-/// The `mirror` binary built by `cargo xtask test` (or `cargo build -p mirror-userspace`).
+/// The `mirror` binary built by `cargo xtask test` (or `cargo build -p mirror-cli`).
 pub fn mirror_bin() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("MIRROR_BIN") {
         return p.into();
@@ -22,7 +22,7 @@ pub fn mirror_bin() -> std::path::PathBuf {
     let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("mirror");
     assert!(
         bin.exists(),
-        "{} is missing: build it first (`cargo build -p mirror-userspace`; `cargo xtask test` does)",
+        "{} is missing: build it first (`cargo build -p mirror-cli`; `cargo xtask test` does)",
         bin.display()
     );
     bin

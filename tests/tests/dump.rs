@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use mirror::replay::Speed;
+use mirror_agent::replay::Speed;
 use mirror_capture::{pcap::PcapSink, Direction, Segment};
 use mirror_testkit::Conversation;
 use mirror_tests::{

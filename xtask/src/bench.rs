@@ -27,7 +27,7 @@ pub fn run(names: &[String]) -> Result<()> {
     };
     setup::ensure()?;
     setup::ensure_bench_tools()?;
-    check(cargo().args(["build", "--locked", "--release", "-p", "mirror-userspace"]))?;
+    check(cargo().args(["build", "--locked", "--release", "-p", "mirror-cli"]))?;
     let out = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out)?;
     for name in names {

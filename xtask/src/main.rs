@@ -95,7 +95,7 @@ pub(crate) fn check(cmd: &mut Command) -> Result<()> {
 fn build(release: bool) -> Result<()> {
     setup::ensure()?;
     let mut cmd = cargo();
-    cmd.args(["build", "--locked", "-p", "mirror-userspace"]);
+    cmd.args(["build", "--locked", "-p", "mirror-cli"]);
     if release {
         cmd.arg("--release");
     }
@@ -118,7 +118,7 @@ fn test(args: &[String]) -> Result<()> {
     )?;
     // The integration tests drive the `mirror` binary too; cargo builds a package's binaries
     // only for that package's own integration tests, so build it first.
-    check(cargo().args(["build", "--locked", "-p", "mirror-userspace", "--bin", "mirror"]))?;
+    check(cargo().args(["build", "--locked", "-p", "mirror-cli", "--bin", "mirror"]))?;
     let bin = workspace_root().join("target/debug/mirror");
     check(cargo().args(["test", "--locked", "--workspace"]).env("MIRROR_BIN", bin).args(args))
 }

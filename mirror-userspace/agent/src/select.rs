@@ -3,22 +3,19 @@ use regex::Regex;
 
 use mirror_http::Head;
 
-use crate::config::{MatchRule, StringMatch};
-
-enum Cond {
+/// A string condition, as Istio's StringMatch.
+#[derive(Clone, Debug)]
+pub enum StringMatch {
     Exact(String),
     Prefix(String),
+    /// Anchored: the whole value must match, as Istio's RE2 full match.
     Regex(Regex),
 }
 
-impl Cond {
-    fn compile(m: &StringMatch) -> Result<Cond, regex::Error> {
-        Ok(match m {
-            StringMatch::Exact(s) => Cond::Exact(s.clone()),
-            StringMatch::Prefix(s) => Cond::Prefix(s.clone()),
-            // Anchored, as Istio's RE2 full match.
-            StringMatch::Regex(r) => Cond::Regex(Regex::new(&format!("^(?:{r})$"))?),
-        })
+impl StringMatch {
+    /// A regex condition on the whole value (anchored here).
+    pub fn regex(pattern: &str) -> Result<StringMatch, regex::Error> {
+        Ok(StringMatch::Regex(Regex::new(&format!("^(?:{pattern})$"))?))
     }
 
     fn holds(&self, value: &[u8]) -> bool {
@@ -26,53 +23,47 @@ impl Cond {
             return false;
         };
         match self {
-            Cond::Exact(s) => value == s,
-            Cond::Prefix(s) => value.starts_with(s.as_str()),
-            Cond::Regex(r) => r.is_match(value),
+            StringMatch::Exact(s) => value == s,
+            StringMatch::Prefix(s) => value.starts_with(s.as_str()),
+            StringMatch::Regex(r) => r.is_match(value),
         }
     }
 }
 
-struct Rule {
-    methods: Vec<String>,
-    uri: Option<Cond>,
-    headers: Vec<(String, Cond)>,
+/// One match rule: every condition given must hold.
+#[derive(Clone, Debug, Default)]
+pub struct MatchRule {
+    /// Request methods, upper case (any of them; none: any method).
+    pub methods: Vec<String>,
+    /// The request target (path and query).
+    pub uri: Option<StringMatch>,
+    /// Header conditions by header name.
+    pub headers: Vec<(String, StringMatch)>,
 }
 
-/// The compiled match rules; no rules means every request matches.
+impl MatchRule {
+    fn holds(&self, head: &Head) -> bool {
+        let method = head.method().unwrap_or("");
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && self.uri.as_ref().is_none_or(|c| c.holds(head.target().unwrap_or("").as_bytes()))
+            && self.headers.iter().all(|(name, c)| head.header(name).is_some_and(|v| c.holds(v)))
+    }
+}
+
+/// The match rules (Istio's `match`): any rule matches; no rules means every request
+/// matches.
 pub struct RequestMatcher {
-    rules: Vec<Rule>,
+    rules: Vec<MatchRule>,
 }
 
 impl RequestMatcher {
-    pub fn new(rules: &[MatchRule]) -> Result<Self, regex::Error> {
-        let rules = rules
-            .iter()
-            .map(|r| {
-                Ok(Rule {
-                    methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
-                    uri: r.uri.as_ref().map(Cond::compile).transpose()?,
-                    headers: r
-                        .headers
-                        .iter()
-                        .map(|(n, c)| Ok((n.clone(), Cond::compile(c)?)))
-                        .collect::<Result<_, regex::Error>>()?,
-                })
-            })
-            .collect::<Result<_, regex::Error>>()?;
-        Ok(Self { rules })
+    pub fn new(rules: Vec<MatchRule>) -> Self {
+        Self { rules }
     }
 
     pub fn matches(&self, head: &Head) -> bool {
-        self.rules.is_empty() || self.rules.iter().any(|r| rule_holds(r, head))
+        self.rules.is_empty() || self.rules.iter().any(|r| r.holds(head))
     }
-}
-
-fn rule_holds(rule: &Rule, head: &Head) -> bool {
-    let method = head.method().unwrap_or("");
-    (rule.methods.is_empty() || rule.methods.iter().any(|m| m == method))
-        && rule.uri.as_ref().is_none_or(|c| c.holds(head.target().unwrap_or("").as_bytes()))
-        && rule.headers.iter().all(|(name, c)| head.header(name).is_some_and(|v| c.holds(v)))
 }
 
 /// Per-request sampling, optionally consistent by the hash of a header's value.
@@ -131,19 +122,23 @@ mod tests {
 
     #[test]
     fn rules_are_ored_and_conditions_anded() {
-        let yaml = r#"
-- methods: [post]
-  uri: { prefix: /api/ }
-- headers: { x-canary: { regex: "y.s" } }
-"#;
-        let rules: Vec<MatchRule> = serde_saphyr::from_str(yaml).unwrap();
-        let m = RequestMatcher::new(&rules).unwrap();
+        let m = RequestMatcher::new(vec![
+            MatchRule {
+                methods: vec!["POST".into()],
+                uri: Some(StringMatch::Prefix("/api/".into())),
+                ..MatchRule::default()
+            },
+            MatchRule {
+                headers: vec![("x-canary".into(), StringMatch::regex("y.s").unwrap())],
+                ..MatchRule::default()
+            },
+        ]);
         assert!(m.matches(&head("POST /api/x HTTP/1.1\r\n\r\n")));
         assert!(!m.matches(&head("GET /api/x HTTP/1.1\r\n\r\n")));
         assert!(!m.matches(&head("POST /other HTTP/1.1\r\n\r\n")));
         assert!(m.matches(&head("GET / HTTP/1.1\r\nX-Canary: yes\r\n\r\n")));
         assert!(!m.matches(&head("GET / HTTP/1.1\r\nX-Canary: yes!\r\n\r\n")), "anchored");
-        assert!(RequestMatcher::new(&[]).unwrap().matches(&head("GET / HTTP/1.1\r\n\r\n")));
+        assert!(RequestMatcher::new(vec![]).matches(&head("GET / HTTP/1.1\r\n\r\n")));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use mirror_http::{HttpEvent, HttpRequest, HttpResponse};
 
 /// How the time of a line is shown (tcpdump's default, `-t`, `-tt`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimeStyle {
+pub(crate) enum TimeStyle {
     /// `HH:MM:SS.uuuuuu`, local time.
     Clock,
     None,
@@ -23,7 +23,7 @@ pub enum TimeStyle {
 
 /// What is shown of a packet's bytes (`-A`, `-x`, `-X`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PayloadStyle {
+pub(crate) enum PayloadStyle {
     None,
     Ascii,
     Hex,
@@ -31,7 +31,7 @@ pub enum PayloadStyle {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct LineStyle {
+pub(crate) struct LineStyle {
     pub time: TimeStyle,
     pub payload: PayloadStyle,
     pub quiet: bool,
@@ -42,7 +42,7 @@ pub struct LineStyle {
 
 impl TimeStyle {
     /// From tcpdump's `-t` count: none given, `-t`, `-tt` (or more).
-    pub fn from_t_flags(count: u8) -> TimeStyle {
+    pub(crate) fn from_t_flags(count: u8) -> TimeStyle {
         match count {
             0 => TimeStyle::Clock,
             1 => TimeStyle::None,
@@ -51,7 +51,7 @@ impl TimeStyle {
     }
 }
 
-pub fn time(style: TimeStyle, ts_ns: u64) -> String {
+pub(crate) fn time(style: TimeStyle, ts_ns: u64) -> String {
     let (secs, micros) = (ts_ns / 1_000_000_000, (ts_ns % 1_000_000_000) / 1000);
     match style {
         TimeStyle::None => String::new(),
@@ -67,7 +67,7 @@ pub fn time(style: TimeStyle, ts_ns: u64) -> String {
 }
 
 /// tcpdump's `addr.port`.
-pub fn endpoint(a: SocketAddr) -> String {
+pub(crate) fn endpoint(a: SocketAddr) -> String {
     format!("{}.{}", a.ip(), a.port())
 }
 
@@ -80,7 +80,7 @@ fn family(a: SocketAddr) -> &'static str {
 }
 
 /// tcpdump's flag letters, in its order: F S R P . U E W.
-pub fn flags(f: u8) -> String {
+pub(crate) fn flags(f: u8) -> String {
     let table = [
         (tcp_flags::FIN, 'F'),
         (tcp_flags::SYN, 'S'),
@@ -101,14 +101,14 @@ pub fn flags(f: u8) -> String {
 
 /// Prints packet lines; keeps tcpdump's per-connection state for relative sequence numbers.
 #[derive(Default)]
-pub struct PacketPrinter {
+pub(crate) struct PacketPrinter {
     /// Canonical connection key -> (seq base, ack base), as tcpdump's tcp_seq_hash.
     bases: HashMap<(IpAddr, u16, IpAddr, u16), (u32, u32)>,
     scratch: Vec<u8>,
 }
 
 impl PacketPrinter {
-    pub fn write(
+    pub(crate) fn write(
         &mut self,
         seg: &Segment,
         style: &LineStyle,
@@ -193,7 +193,11 @@ fn octets(ip: IpAddr) -> Vec<u8> {
 }
 
 /// `-x`, `-X` and `-A` over the IP packet, in tcpdump's layout.
-pub fn dump_bytes(bytes: &[u8], style: PayloadStyle, out: &mut impl Write) -> io::Result<()> {
+pub(crate) fn dump_bytes(
+    bytes: &[u8],
+    style: PayloadStyle,
+    out: &mut impl Write,
+) -> io::Result<()> {
     if style == PayloadStyle::Ascii {
         let mut text = Vec::with_capacity(bytes.len());
         for (i, &b) in bytes.iter().enumerate() {
@@ -234,12 +238,12 @@ struct Pending {
 
 /// Prints `--http` lines (or their JSON form), pairing responses with requests.
 #[derive(Default)]
-pub struct HttpPrinter {
+pub(crate) struct HttpPrinter {
     requests: HashMap<(ConnId, u64), Pending>,
 }
 
 impl HttpPrinter {
-    pub fn write(
+    pub(crate) fn write(
         &mut self,
         event: &HttpEvent,
         time_style: TimeStyle,
@@ -329,7 +333,7 @@ impl HttpPrinter {
 }
 
 /// The JSON-lines form of a packet.
-pub fn packet_json(seg: &Segment, out: &mut impl Write) -> io::Result<()> {
+pub(crate) fn packet_json(seg: &Segment, out: &mut impl Write) -> io::Result<()> {
     let v = json!({
         "type": "packet", "ts_ns": seg.ts_ns, "src": seg.src.to_string(), "dst": seg.dst.to_string(),
         "flags": flags(seg.flags), "seq": seg.seq, "ack": seg.ack, "win": seg.window,

@@ -2,15 +2,15 @@
 //! check the capture on a host; `mirror dump` (tcpdump-style) and `mirror run` build on it.
 use std::{io::Write, process::ExitCode};
 
+use crate::format::flags;
 use anyhow::{bail, Result};
 use clap::Args;
 use ipnet::IpNet;
-use mirror::format::flags;
 use mirror_capture::{CaptureSource, Segment};
 use mirror_tap::{AttachMode, Directions, Tap, TapSettings};
 
 #[derive(Args, Debug)]
-pub struct TapArgs {
+pub(crate) struct TapArgs {
     /// Interface to attach to (repeatable).
     #[arg(short = 'i', long = "interface", required = true)]
     interfaces: Vec<String>,
@@ -48,7 +48,7 @@ enum AttachArg {
     Netlink,
 }
 
-pub async fn run(args: TapArgs) -> Result<ExitCode> {
+pub(crate) async fn run(args: TapArgs) -> Result<ExitCode> {
     let settings = TapSettings {
         interfaces: args.interfaces,
         ports: args.ports,
@@ -72,7 +72,7 @@ pub async fn run(args: TapArgs) -> Result<ExitCode> {
     }
     // Signals are handled from before the first attachment, so a SIGTERM at any point
     // after it still detaches instead of killing the process with filters left behind.
-    let stop = super::shutdown_signal()?;
+    let stop = crate::signals::shutdown_signal()?;
     let mut tap = Tap::attach(&settings)?;
     for (iface, hook, mode) in tap.attachments() {
         tracing::info!("attached to {iface} {hook:?} via {mode:?}");

@@ -1,21 +1,28 @@
-//! Settings of `mirror run`: a YAML file with Istio-like names (`mirrors`,
-//! `mirrorPercentage`, `match`, `headers`), command-line flags, or both (flags extend lists
-//! and override scalars). [`MirrorConfig::validate`] checks everything before anything is
-//! attached, and every error names the offending field.
+//! Settings of `mirror run` and `mirror replay`: a YAML file with Istio-like names
+//! (`mirrors`, `mirrorPercentage`, `match`, `headers`), command-line flags, or both (flags
+//! extend lists and override scalars). This is the schema; the stages own their typed
+//! settings, and [`MirrorConfig::mirror_settings`] and [`MirrorConfig::tap_settings`]
+//! convert to them, checking every field once, before anything is attached; every error
+//! names the offending field.
 use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
+use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
-use serde::Deserialize;
-
+use mirror_agent::{
+    pipeline::{MirrorSettings, ShadowTarget},
+    rewrite, select,
+};
 use mirror_flow::ReassemblyConfig;
 use mirror_http::HttpConfig;
 use mirror_shadow::MAX_PIPELINE;
+use mirror_tap::TapSettings;
+use serde::Deserialize;
 
 /// The whole configuration, as in the YAML file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct MirrorConfig {
+pub(crate) struct MirrorConfig {
     /// Interfaces to tap (for a pod: the host side of its veth).
     #[serde(default)]
     pub interfaces: Vec<String>,
@@ -60,7 +67,7 @@ pub struct MirrorConfig {
 /// A shadow service.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Mirror {
+pub(crate) struct Mirror {
     /// `http://host[:port]`: where copies are sent.
     pub url: String,
     #[serde(default)]
@@ -70,14 +77,14 @@ pub struct Mirror {
 /// Istio's `{ value: 12.5 }`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct Percentage {
+pub(crate) struct Percentage {
     pub value: f64,
 }
 
 /// A string condition, as Istio's StringMatch: exactly one of the three.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub enum StringMatch {
+pub(crate) enum StringMatch {
     Exact(String),
     Prefix(String),
     Regex(String),
@@ -86,7 +93,7 @@ pub enum StringMatch {
 /// One match rule: every condition given must hold.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct MatchRule {
+pub(crate) struct MatchRule {
     /// Request methods (any of them).
     #[serde(default)]
     pub methods: Vec<String>,
@@ -101,14 +108,14 @@ pub struct MatchRule {
 /// Istio's `headers: { request: { set, add, remove } }`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HeaderEdits {
+pub(crate) struct HeaderEdits {
     #[serde(default)]
     pub request: HeaderOps,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HeaderOps {
+pub(crate) struct HeaderOps {
     /// Replace (or add) these headers.
     #[serde(default)]
     pub set: BTreeMap<String, String>,
@@ -123,7 +130,7 @@ pub struct HeaderOps {
 /// How the Host header of a copy is rewritten.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub enum HostRewrite {
+pub(crate) enum HostRewrite {
     /// Envoy's rule: `host:port` becomes `host-shadow:port`.
     #[default]
     ShadowSuffix,
@@ -137,7 +144,7 @@ pub enum HostRewrite {
 /// (or the message skipped) and counted, so memory stays bounded whatever the traffic.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct CaptureLimits {
+pub(crate) struct CaptureLimits {
     /// Connections tracked at once.
     pub max_connections: usize,
     /// Out-of-order bytes held per direction of a connection.
@@ -170,7 +177,7 @@ impl Default for CaptureLimits {
 }
 
 impl CaptureLimits {
-    pub fn reassembly(&self) -> ReassemblyConfig {
+    fn reassembly(&self) -> ReassemblyConfig {
         ReassemblyConfig {
             max_connections: self.max_connections,
             max_pending_per_direction: self.max_out_of_order_bytes,
@@ -181,7 +188,7 @@ impl CaptureLimits {
         }
     }
 
-    pub fn http(&self) -> HttpConfig {
+    fn http(&self) -> HttpConfig {
         HttpConfig { max_message_bytes: self.max_message_bytes }
     }
 
@@ -213,7 +220,7 @@ impl CaptureLimits {
 /// Bounds on what each shadow may cost.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Requests in flight to one shadow at once.
     #[serde(default = "Limits::default_in_flight")]
     pub max_in_flight: usize,
@@ -253,18 +260,6 @@ impl Limits {
     fn default_pipeline() -> usize {
         1
     }
-
-    /// The shadow client's limits (validated by [`MirrorConfig::validate_mirroring`]).
-    pub fn shadow(&self) -> mirror_shadow::Limits {
-        mirror_shadow::Limits {
-            max_in_flight: self.max_in_flight,
-            queue_length: self.queue_length,
-            max_queued_bytes: self.max_queued_bytes,
-            timeout: Duration::from_millis(self.timeout_ms),
-            rate_limit: self.rate_limit,
-            pipeline: self.pipeline,
-        }
-    }
 }
 
 impl Default for Limits {
@@ -282,107 +277,162 @@ impl Default for Limits {
 
 impl MirrorConfig {
     /// Reads a YAML file; unknown fields are errors.
-    pub fn from_file(path: &Path) -> Result<MirrorConfig> {
+    pub(crate) fn from_file(path: &Path) -> Result<MirrorConfig> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_yaml(&text).with_context(|| format!("in {}", path.display()))
     }
 
-    pub fn from_yaml(text: &str) -> Result<MirrorConfig> {
+    pub(crate) fn from_yaml(text: &str) -> Result<MirrorConfig> {
         serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// The percentage of mirror `i`: its own, else the default, else 100.
-    pub fn percentage(&self, i: usize) -> f64 {
+    fn percentage(&self, i: usize) -> f64 {
         self.mirrors[i].mirror_percentage.or(self.mirror_percentage).map_or(100.0, |p| p.value)
     }
 
-    /// Checks every field; errors name the field.
-    pub fn validate(&self) -> Result<()> {
-        self.validate_capture()?;
-        self.validate_mirroring()
-    }
-
-    /// The live-capture part: interfaces and ports.
-    pub fn validate_capture(&self) -> Result<()> {
+    /// Where and what a live run captures: interfaces (which must exist), ports, networks.
+    pub(crate) fn tap_settings(&self, ring_bytes: Option<u32>) -> Result<TapSettings> {
         if self.interfaces.is_empty() {
             bail!("interfaces: at least one interface is required (-i)");
-        }
-        for name in &self.interfaces {
-            if mirror_tap::interface_index(name).is_none() {
-                bail!("interfaces: no such interface {name:?}");
-            }
         }
         if self.ports.is_empty() || self.ports.contains(&0) {
             bail!("ports: at least one non-zero service port is required (--port)");
         }
-        Ok(())
+        let defaults = TapSettings::default();
+        let tap = TapSettings {
+            interfaces: self.interfaces.clone(),
+            ports: self.ports.clone(),
+            service_nets: self.service_nets.clone(),
+            ring_bytes: ring_bytes.unwrap_or(defaults.ring_bytes),
+            ..defaults
+        };
+        tap.validate()?;
+        Ok(tap)
     }
 
-    /// Everything about where and how requests are mirrored.
-    pub fn validate_mirroring(&self) -> Result<()> {
+    /// Everything about where and how requests are mirrored, converted to the stages'
+    /// settings; errors name the field.
+    pub(crate) fn mirror_settings(&self) -> Result<MirrorSettings> {
         if self.mirrors.is_empty() {
             bail!("mirrors: at least one shadow is required (--shadow URL)");
         }
         if let Some(p) = self.mirror_percentage {
             check_percentage("mirrorPercentage", p.value)?;
         }
+        let mut shadows = Vec::new();
         for (i, m) in self.mirrors.iter().enumerate() {
-            parse_shadow_url(&m.url).with_context(|| format!("mirrors[{i}].url"))?;
+            let uri = parse_shadow_url(&m.url).with_context(|| format!("mirrors[{i}].url"))?;
             if let Some(p) = m.mirror_percentage {
                 check_percentage(&format!("mirrors[{i}].mirrorPercentage"), p.value)?;
             }
+            shadows.push(ShadowTarget { uri, name: m.url.clone(), percent: self.percentage(i) });
         }
-        for (i, rule) in self.match_rules.iter().enumerate() {
-            for m in &rule.methods {
-                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                    bail!("match[{i}].methods: {m:?} is not a method");
-                }
-            }
-            if let Some(StringMatch::Regex(r)) = &rule.uri {
-                regex::Regex::new(r).with_context(|| format!("match[{i}].uri.regex"))?;
-            }
-            for (name, cond) in &rule.headers {
-                check_header_name(&format!("match[{i}].headers"), name)?;
-                if let StringMatch::Regex(r) = cond {
-                    regex::Regex::new(r).with_context(|| format!("match[{i}].headers.{name}"))?;
-                }
-            }
-        }
-        let ops = &self.headers.request;
-        for (name, value) in ops.set.iter().chain(&ops.add) {
-            check_header_name("headers.request", name)?;
-            http::HeaderValue::from_str(value)
-                .with_context(|| format!("headers.request: invalid value for {name}"))?;
-        }
-        for name in &ops.remove {
-            check_header_name("headers.request.remove", name)?;
-        }
-        if let HostRewrite::Literal(h) = &self.host_rewrite {
-            http::HeaderValue::from_str(h).context("hostRewrite.literal: invalid host")?;
-        }
+        let rules = self.match_rules.iter().enumerate().map(|(i, r)| r.convert(i));
+        let rules = rules.collect::<Result<_>>()?;
+        let host = match &self.host_rewrite {
+            HostRewrite::ShadowSuffix => rewrite::HostRewrite::ShadowSuffix,
+            HostRewrite::Keep => rewrite::HostRewrite::Keep,
+            HostRewrite::Literal(h) => rewrite::HostRewrite::Literal(
+                HeaderValue::from_str(h).context("hostRewrite.literal: invalid host")?,
+            ),
+        };
         if let Some(h) = &self.sample_by_header {
-            check_header_name("sampleByHeader", h)?;
+            header_name("sampleByHeader", h)?;
         }
-        let l = &self.limits;
-        if l.max_in_flight == 0 {
+        self.reassembly.validate()?;
+        Ok(MirrorSettings {
+            shadows,
+            rules,
+            host,
+            edits: self.headers.request.convert()?,
+            sample_by_header: self.sample_by_header.clone(),
+            seed: self.seed,
+            limits: self.limits.convert()?,
+            reassembly: self.reassembly.reassembly(),
+            http: self.reassembly.http(),
+        })
+    }
+}
+
+impl MatchRule {
+    /// Rule `i` (of `match`), with its regexes compiled.
+    fn convert(&self, i: usize) -> Result<select::MatchRule> {
+        let mut methods = Vec::new();
+        for m in &self.methods {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                bail!("match[{i}].methods: {m:?} is not a method");
+            }
+            methods.push(m.to_ascii_uppercase());
+        }
+        let uri = self.uri.as_ref().map(|c| c.convert(&format!("match[{i}].uri.regex")));
+        let mut headers = Vec::new();
+        for (name, cond) in &self.headers {
+            header_name(&format!("match[{i}].headers"), name)?;
+            headers.push((name.clone(), cond.convert(&format!("match[{i}].headers.{name}"))?));
+        }
+        Ok(select::MatchRule { methods, uri: uri.transpose()?, headers })
+    }
+}
+
+impl StringMatch {
+    /// `field` names a regex that does not compile.
+    fn convert(&self, field: &str) -> Result<select::StringMatch> {
+        Ok(match self {
+            StringMatch::Exact(s) => select::StringMatch::Exact(s.clone()),
+            StringMatch::Prefix(s) => select::StringMatch::Prefix(s.clone()),
+            StringMatch::Regex(r) => select::StringMatch::regex(r).context(field.to_owned())?,
+        })
+    }
+}
+
+impl HeaderOps {
+    fn convert(&self) -> Result<rewrite::HeaderEdits> {
+        let pair = |(name, value): (&String, &String)| -> Result<(HeaderName, HeaderValue)> {
+            let value = HeaderValue::from_str(value)
+                .with_context(|| format!("headers.request: invalid value for {name}"))?;
+            Ok((header_name("headers.request", name)?, value))
+        };
+        Ok(rewrite::HeaderEdits {
+            set: self.set.iter().map(pair).collect::<Result<_>>()?,
+            add: self.add.iter().map(pair).collect::<Result<_>>()?,
+            remove: self
+                .remove
+                .iter()
+                .map(|n| header_name("headers.request.remove", n))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+impl Limits {
+    fn convert(&self) -> Result<mirror_shadow::Limits> {
+        if self.max_in_flight == 0 {
             bail!("limits.maxInFlight: must be at least 1");
         }
-        if l.queue_length == 0 {
+        if self.queue_length == 0 {
             bail!("limits.queueLength: must be at least 1");
         }
-        if l.timeout_ms == 0 {
+        if self.timeout_ms == 0 {
             bail!("limits.timeoutMs: must be at least 1");
         }
-        if !(1..=MAX_PIPELINE).contains(&l.pipeline) {
-            bail!("limits.pipeline: {} is not between 1 and {MAX_PIPELINE}", l.pipeline);
+        if !(1..=MAX_PIPELINE).contains(&self.pipeline) {
+            bail!("limits.pipeline: {} is not between 1 and {MAX_PIPELINE}", self.pipeline);
         }
-        if let Some(r) = l.rate_limit {
+        if let Some(r) = self.rate_limit {
             if !(r.is_finite() && r > 0.0) {
                 bail!("limits.rateLimit: {r} is not a positive rate");
             }
         }
-        self.reassembly.validate()
+        Ok(mirror_shadow::Limits {
+            max_in_flight: self.max_in_flight,
+            queue_length: self.queue_length,
+            max_queued_bytes: self.max_queued_bytes,
+            timeout: Duration::from_millis(self.timeout_ms),
+            rate_limit: self.rate_limit,
+            pipeline: self.pipeline,
+        })
     }
 }
 
@@ -393,14 +443,13 @@ fn check_percentage(field: &str, value: f64) -> Result<()> {
     Ok(())
 }
 
-fn check_header_name(field: &str, name: &str) -> Result<()> {
-    http::HeaderName::from_bytes(name.as_bytes())
-        .with_context(|| format!("{field}: {name:?} is not a header name"))?;
-    Ok(())
+fn header_name(field: &str, name: &str) -> Result<HeaderName> {
+    HeaderName::from_bytes(name.as_bytes())
+        .with_context(|| format!("{field}: {name:?} is not a header name"))
 }
 
 /// Parses a shadow URL: `http://host[:port]` with an optional path prefix that is ignored.
-pub fn parse_shadow_url(url: &str) -> Result<http::Uri> {
+fn parse_shadow_url(url: &str) -> Result<http::Uri> {
     let uri: http::Uri = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
     if uri.scheme_str() != Some("http") {
         bail!("{url:?}: only http:// shadows are supported");
@@ -414,6 +463,14 @@ pub fn parse_shadow_url(url: &str) -> Result<http::Uri> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl MirrorConfig {
+        /// Both conversions a live run makes.
+        fn validate(&self) -> Result<()> {
+            self.tap_settings(None)?;
+            self.mirror_settings().map(drop)
+        }
+    }
 
     const FULL: &str = r#"
 interfaces: [lo]
@@ -450,6 +507,13 @@ metrics: 127.0.0.1:9100
         assert_eq!(c.limits.max_in_flight, 8);
         assert_eq!(c.limits.pipeline, 4);
         assert_eq!(c.limits.queue_length, 1024);
+        let s = c.mirror_settings().unwrap();
+        assert_eq!(s.shadows.iter().map(|t| t.percent).collect::<Vec<_>>(), [12.5, 50.0]);
+        assert_eq!(s.shadows[1].uri.port_u16(), Some(9000));
+        assert_eq!((s.limits.pipeline, s.limits.timeout), (4, Duration::from_millis(250)));
+        assert_eq!(s.rules[0].methods, ["GET", "POST"]);
+        assert_eq!(s.host, rewrite::HostRewrite::Keep);
+        assert_eq!(s.edits.remove, ["authorization", "cookie"]);
         let (r, h) = (c.reassembly.reassembly(), c.reassembly.http());
         assert_eq!((r.max_connections, r.idle_timeout_ns), (5000, 60_000_000_000));
         assert_eq!(r.max_buffered_total, ReassemblyConfig::default().max_buffered_total);

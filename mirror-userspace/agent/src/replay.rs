@@ -4,7 +4,6 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use mirror_capture::{
     frame::Classifier,
@@ -12,10 +11,7 @@ use mirror_capture::{
     CaptureSource,
 };
 
-use crate::{
-    agent::{Mirroring, Summary},
-    config::MirrorConfig,
-};
+use crate::pipeline::{MirrorSettings, Mirroring, Summary};
 
 /// How fast the capture is replayed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,6 +51,14 @@ impl Pacer {
     }
 }
 
+/// How far a replay got, reported after every batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub packets: u64,
+    pub requests: u64,
+    pub copies: u64,
+}
+
 pub struct ReplayOptions {
     pub path: PathBuf,
     /// Service ports (requests go to them); none: the lower port of each connection.
@@ -67,15 +71,14 @@ pub struct ReplayOptions {
 }
 
 /// Replays until the file ends (or, with `repeat`, until `stop`); returns the summary.
+/// `progress` is called after every batch.
 pub async fn replay(
-    config: &MirrorConfig,
+    settings: MirrorSettings,
     opts: &ReplayOptions,
+    mut progress: impl FnMut(Progress),
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(Summary, FileStats)> {
-    let mut mirroring = Mirroring::start(config, opts.results.clone())?;
-    let progress = ProgressBar::new_spinner();
-    progress.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}")?);
-    progress.enable_steady_tick(Duration::from_millis(200));
+    let mut mirroring = Mirroring::start(settings, opts.results.clone());
     let mut totals = FileStats::default();
     let mut due = Vec::new();
     tokio::pin!(stop);
@@ -116,15 +119,13 @@ pub async fn replay(
             mirroring.segments(&mut batch);
             mirroring.tick(last_ts);
             // Reading a file never waits: let the shadow clients, the signal handler and
-            // the progress bar run between batches (one thread runs them all).
+            // the progress display run between batches (one thread runs them all).
             tokio::task::yield_now().await;
-            let s = source.stats();
-            progress.set_message(format!(
-                "{} packets, {} requests, {} copies",
-                totals.packets + s.packets,
-                mirroring.captured_requests(),
-                mirroring.mirrored()
-            ));
+            progress(Progress {
+                packets: totals.packets + source.stats().packets,
+                requests: mirroring.captured_requests(),
+                copies: mirroring.mirrored(),
+            });
         }
         mirroring.finish_input();
         let s = source.stats();
@@ -134,7 +135,6 @@ pub async fn replay(
             break;
         }
     }
-    progress.finish_and_clear();
     mirroring.settle().await;
     Ok((mirroring.summary(None), totals))
 }

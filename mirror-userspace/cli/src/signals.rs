@@ -1,15 +1,11 @@
-//! Subcommands of the `mirror` binary.
-pub mod dump;
-pub mod replay;
-pub mod run;
-pub mod tap;
+//! What the subcommands share: the shutdown signal and the request log.
 
 use std::{fmt, io::Write, sync::Arc};
 
 use mirror_shadow::{Answer, CopyInfo, DropReason, ResultSink};
 
 /// Completes on SIGINT or SIGTERM.
-pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -50,6 +46,6 @@ impl ResultSink for RequestLog {
 }
 
 /// The request log, if asked for.
-pub fn request_log(enabled: bool) -> Option<Arc<dyn ResultSink>> {
+pub(crate) fn request_log(enabled: bool) -> Option<Arc<dyn ResultSink>> {
     enabled.then(|| Arc::new(RequestLog) as Arc<dyn ResultSink>)
 }

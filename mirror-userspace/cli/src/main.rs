@@ -1,10 +1,19 @@
 //! `mirror`: the command-line front end of the agent.
+// The binary is where printing belongs: every line the user sees is written here.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-mod cli;
+mod config;
+mod dump;
+mod format;
+mod replay;
+mod run;
+mod signals;
+mod tap;
 
 #[derive(Parser)]
 #[command(name = "mirror", version, about = "Transparent eBPF traffic mirror")]
@@ -16,13 +25,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Mirror live requests of a service to shadow services until SIGINT/SIGTERM.
-    Run(Box<cli::run::RunArgs>),
+    Run(Box<run::RunArgs>),
     /// Replay the HTTP requests of a capture file to shadow services.
-    Replay(Box<cli::replay::ReplayArgs>),
+    Replay(Box<replay::ReplayArgs>),
     /// tcpdump for the mirrored flows: packet, HTTP or JSON lines, pcap in and out.
-    Dump(Box<cli::dump::DumpArgs>),
+    Dump(Box<dump::DumpArgs>),
     /// Attach the tap and print the captured segments (one line each) until interrupted.
-    Tap(cli::tap::TapArgs),
+    Tap(tap::TapArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,9 +73,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .build()?
     };
     match cli.command {
-        Command::Run(args) => rt.block_on(cli::run::run(*args)),
-        Command::Tap(args) => rt.block_on(cli::tap::run(args)),
-        Command::Dump(args) => rt.block_on(cli::dump::run(*args)),
-        Command::Replay(args) => rt.block_on(cli::replay::run(*args)),
+        Command::Run(args) => rt.block_on(run::run(*args)),
+        Command::Tap(args) => rt.block_on(tap::run(args)),
+        Command::Dump(args) => rt.block_on(dump::run(*args)),
+        Command::Replay(args) => rt.block_on(replay::run(*args)),
     }
 }

@@ -1,14 +1,15 @@
 //! `mirror replay -r FILE --shadow URL`: replay the HTTP requests of a capture file.
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::Args;
-use mirror::replay::{replay, ReplayOptions, Speed};
+use indicatif::{ProgressBar, ProgressStyle};
+use mirror_agent::replay::{replay, Progress, ReplayOptions, Speed};
 
-use super::run::MirrorArgs;
+use crate::run::MirrorArgs;
 
 #[derive(Args, Debug)]
-pub struct ReplayArgs {
+pub(crate) struct ReplayArgs {
     /// The pcap or pcapng file.
     #[arg(short = 'r')]
     read: PathBuf,
@@ -25,8 +26,8 @@ pub struct ReplayArgs {
     mirror: MirrorArgs,
 }
 
-pub async fn run(args: ReplayArgs) -> Result<ExitCode> {
-    let config = match args.mirror.config().and_then(|c| c.validate_mirroring().map(|()| c)) {
+pub(crate) async fn run(args: ReplayArgs) -> Result<ExitCode> {
+    let settings = match args.mirror.config().and_then(|c| c.mirror_settings()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mirror replay: {e:#}");
@@ -42,10 +43,18 @@ pub async fn run(args: ReplayArgs) -> Result<ExitCode> {
         ports: args.ports,
         speed: args.speed,
         repeat: args.repeat,
-        results: super::request_log(args.mirror.log_requests),
+        results: crate::signals::request_log(args.mirror.log_requests),
     };
-    let stop = super::shutdown_signal()?;
-    let (summary, file) = replay(&config, &opts, stop).await?;
+    let stop = crate::signals::shutdown_signal()?;
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}")?);
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    let progress = |p: Progress| {
+        let text = format!("{} packets, {} requests, {} copies", p.packets, p.requests, p.copies);
+        spinner.set_message(text);
+    };
+    let (summary, file) = replay(settings, &opts, progress, stop).await?;
+    spinner.finish_and_clear();
     eprintln!(
         "mirror replay: {} packets read ({} not selected)\n{summary}",
         file.packets, file.skipped

@@ -17,7 +17,7 @@ use mirror_capture::Segment;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 /// Which side of the packet a primitive looks at.
-pub enum Dir {
+pub(super) enum Dir {
     Src,
     Dst,
     Either,
@@ -25,7 +25,7 @@ pub enum Dir {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 /// One primitive of an expression.
-pub enum Prim {
+pub(super) enum Prim {
     Port(Dir, u16),
     Host(Dir, IpAddr),
     Net(Dir, IpNet),
@@ -36,7 +36,7 @@ pub enum Prim {
 
 /// A parsed expression.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Filter {
+pub(super) enum Filter {
     All,
     Prim(Prim),
     Not(Box<Filter>),
@@ -46,7 +46,7 @@ pub enum Filter {
 
 /// A syntax error, worded like tcpdump's.
 #[derive(Debug, PartialEq, Eq)]
-pub struct FilterError(pub String);
+pub(super) struct FilterError(pub String);
 
 impl fmt::Display for FilterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -58,7 +58,7 @@ impl std::error::Error for FilterError {}
 
 impl Filter {
     /// Parses the words of an expression (as given on the command line).
-    pub fn parse(words: &[String]) -> Result<Filter, FilterError> {
+    pub(super) fn parse(words: &[String]) -> Result<Filter, FilterError> {
         let text = words.join(" ");
         let tokens = tokenize(&text);
         if tokens.is_empty() {
@@ -72,13 +72,13 @@ impl Filter {
         }
     }
 
-    pub fn matches(&self, s: &Segment) -> bool {
+    pub(super) fn matches(&self, s: &Segment) -> bool {
         self.matches_addrs(s.src, s.dst)
     }
 
     /// Evaluates the expression for a packet from `src` to `dst` (all a primitive looks
     /// at; watched events carry no more).
-    pub fn matches_addrs(&self, src: SocketAddr, dst: SocketAddr) -> bool {
+    pub(super) fn matches_addrs(&self, src: SocketAddr, dst: SocketAddr) -> bool {
         match self {
             Filter::All => true,
             Filter::Prim(p) => prim_matches(p, src, dst),
@@ -90,7 +90,7 @@ impl Filter {
 
     /// Ports one of which every matching segment uses (as source or destination), if the
     /// expression implies such a set: the kernel then selects only those.
-    pub fn ports(&self) -> Option<BTreeSet<u16>> {
+    pub(super) fn ports(&self) -> Option<BTreeSet<u16>> {
         match self {
             Filter::Prim(Prim::Port(_, p)) => Some(BTreeSet::from([*p])),
             Filter::And(a, b) => match (a.ports(), b.ports()) {

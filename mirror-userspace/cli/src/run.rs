@@ -4,13 +4,12 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ipnet::IpNet;
-use mirror::{
-    agent::{self, RunOptions},
-    config::{HostRewrite, MatchRule, Mirror, MirrorConfig, Percentage, StringMatch},
-};
+use mirror_agent::live::{LiveAgent, RunOptions};
+
+use crate::config::{HostRewrite, MatchRule, Mirror, MirrorConfig, Percentage, StringMatch};
 
 #[derive(Args, Debug)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Interface to tap, on ingress and egress (repeatable).
     #[arg(short = 'i', long = "interface")]
     interfaces: Vec<String>,
@@ -24,7 +23,7 @@ pub struct RunArgs {
     #[arg(long)]
     ring_bytes: Option<u32>,
     /// Unix socket where `mirror dump --watch` sees the mirrored requests ("none": off).
-    #[arg(long, default_value = mirror::watch::DEFAULT_SOCKET)]
+    #[arg(long, default_value = mirror_agent::watch::DEFAULT_SOCKET)]
     watch_socket: String,
     /// Threads the agent runs on. One is the default and the cheapest per request: the
     /// pipeline is one sequential stream, and a second worker mostly adds cross-thread
@@ -37,7 +36,7 @@ pub struct RunArgs {
 
 /// Where and how requests are mirrored: shared by `mirror run` and `mirror replay`.
 #[derive(Args, Debug)]
-pub struct MirrorArgs {
+pub(crate) struct MirrorArgs {
     /// Shadow service, optionally with its own percentage: http://host:port[@PERCENT]
     /// (repeatable).
     #[arg(long = "shadow")]
@@ -115,7 +114,7 @@ impl RunArgs {
 
 impl MirrorArgs {
     /// The configuration file (if any), extended and overridden by these flags.
-    pub fn config(&self) -> Result<MirrorConfig> {
+    pub(crate) fn config(&self) -> Result<MirrorConfig> {
         let mut c = match &self.config {
             Some(path) => MirrorConfig::from_file(path)?,
             None => MirrorConfig::default(),
@@ -204,9 +203,13 @@ fn split_header(flag: &str, h: &str) -> Result<(String, String)> {
     Ok((n.trim().to_owned(), v.trim().to_owned()))
 }
 
-pub async fn run(args: RunArgs) -> Result<ExitCode> {
-    let config = match args.config().and_then(|c| c.validate().map(|()| c)) {
-        Ok(c) => c,
+pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
+    let settings = args.config().and_then(|c| {
+        let tap = c.tap_settings(args.ring_bytes)?;
+        Ok((tap, c.mirror_settings()?, c.metrics))
+    });
+    let (tap, settings, metrics) = match settings {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("mirror run: {e:#}");
             return Ok(ExitCode::from(2));
@@ -214,12 +217,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let watch_socket = (args.watch_socket != "none").then(|| PathBuf::from(&args.watch_socket));
     let opts = RunOptions {
-        results: super::request_log(args.mirror.log_requests),
-        ring_bytes: args.ring_bytes,
+        tap,
+        metrics,
         watch_socket,
+        results: crate::signals::request_log(args.mirror.log_requests),
     };
-    let shutdown = super::shutdown_signal()?;
-    let summary = agent::run(config, opts, shutdown).await?;
+    // Signals are handled from before the first attachment: a signal at any moment detaches.
+    let shutdown = crate::signals::shutdown_signal()?;
+    let agent = LiveAgent::start(settings, opts).await?;
+    eprintln!("mirror run: ready");
+    let summary = agent.run(shutdown).await?;
     eprintln!("mirror run: stopped\n{summary}");
     Ok(ExitCode::SUCCESS)
 }

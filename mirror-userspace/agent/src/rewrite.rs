@@ -12,8 +12,6 @@ use http_body_util::Full;
 
 use mirror_http::{decode_chunked, HttpRequest};
 
-use crate::config::{HeaderOps, HostRewrite};
-
 /// Envoy's shadow host: `host:port` -> `host-shadow:port`, `host` -> `host-shadow`,
 /// `[::1]:p` -> `[::1]-shadow:p`.
 pub fn shadow_host(host: &str) -> String {
@@ -40,32 +38,37 @@ pub enum RewriteError {
     Body,
 }
 
+/// How the Host header of a copy is rewritten.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HostRewrite {
+    /// Envoy's rule: `host:port` becomes `host-shadow:port`.
+    #[default]
+    ShadowSuffix,
+    /// Keep the original Host.
+    Keep,
+    /// Use this Host.
+    Literal(HeaderValue),
+}
+
+/// Istio's `headers.request`: header edits applied to every copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Replace (or add) these headers.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Append these headers.
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Remove these headers (for example Authorization, Cookie).
+    pub remove: Vec<HeaderName>,
+}
+
 pub struct Rewriter {
     host: HostRewrite,
-    set: Vec<(HeaderName, HeaderValue)>,
-    add: Vec<(HeaderName, HeaderValue)>,
-    remove: Vec<HeaderName>,
+    edits: HeaderEdits,
 }
 
 impl Rewriter {
-    /// `ops` must have been validated (see `MirrorConfig::validate`).
-    pub fn new(host: HostRewrite, ops: &HeaderOps) -> Result<Self, RewriteError> {
-        let pair = |(n, v): (&String, &String)| -> Result<_, RewriteError> {
-            Ok((
-                HeaderName::from_bytes(n.as_bytes()).map_err(|_| RewriteError::Header)?,
-                HeaderValue::from_str(v).map_err(|_| RewriteError::Header)?,
-            ))
-        };
-        Ok(Self {
-            host,
-            set: ops.set.iter().map(pair).collect::<Result<_, _>>()?,
-            add: ops.add.iter().map(pair).collect::<Result<_, _>>()?,
-            remove: ops
-                .remove
-                .iter()
-                .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|_| RewriteError::Header))
-                .collect::<Result<_, _>>()?,
-        })
+    pub fn new(host: HostRewrite, edits: HeaderEdits) -> Self {
+        Self { host, edits }
     }
 
     /// The copy of `req` for the shadow at `authority` (`host:port`, where it is sent).
@@ -91,7 +94,8 @@ impl Rewriter {
         let headers = builder.headers_mut().ok_or(RewriteError::RequestLine)?;
         for (name, value) in head.headers() {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| RewriteError::Header)?;
-            if self.remove.contains(&name) || self.set.iter().any(|(n, _)| *n == name) {
+            let edits = &self.edits;
+            if edits.remove.contains(&name) || edits.set.iter().any(|(n, _)| *n == name) {
                 continue;
             }
             let mut value = HeaderValue::from_bytes(value).map_err(|_| RewriteError::Header)?;
@@ -106,10 +110,10 @@ impl Rewriter {
             }
             headers.append(name, value);
         }
-        for (name, value) in &self.set {
+        for (name, value) in &self.edits.set {
             headers.insert(name.clone(), value.clone());
         }
-        for (name, value) in &self.add {
+        for (name, value) in &self.edits.add {
             headers.append(name.clone(), value.clone());
         }
         if !forwarded {
@@ -130,7 +134,7 @@ impl Rewriter {
     fn host_value(&self, original: &HeaderValue) -> Option<HeaderValue> {
         match &self.host {
             HostRewrite::Keep => Some(original.clone()),
-            HostRewrite::Literal(h) => HeaderValue::from_str(h).ok(),
+            HostRewrite::Literal(h) => Some(h.clone()),
             HostRewrite::ShadowSuffix => {
                 HeaderValue::from_str(&shadow_host(original.to_str().ok()?)).ok()
             }
@@ -148,8 +152,6 @@ fn absolute_path(target: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use mirror_flow::ReassemblyConfig;
     use mirror_http::{extractor, HttpConfig, HttpEvent};
@@ -182,12 +184,12 @@ mod tests {
         let req = captured(
             b"POST /p?q=1 HTTP/1.1\r\nHost: api:80\r\nAuthorization: x\r\nX-Forwarded-For: 1.2.3.4\r\nX-A: 1\r\nX-Set: old\r\nContent-Length: 2\r\n\r\nhi",
         );
-        let ops = HeaderOps {
-            set: BTreeMap::from([("x-set".into(), "new".into())]),
-            add: BTreeMap::from([("x-add".into(), "a".into())]),
-            remove: vec!["authorization".into()],
+        let edits = HeaderEdits {
+            set: vec![(HeaderName::from_static("x-set"), HeaderValue::from_static("new"))],
+            add: vec![(HeaderName::from_static("x-add"), HeaderValue::from_static("a"))],
+            remove: vec![HeaderName::from_static("authorization")],
         };
-        let r = Rewriter::new(HostRewrite::ShadowSuffix, &ops).unwrap();
+        let r = Rewriter::new(HostRewrite::ShadowSuffix, edits);
         let copy = r.copy(&req, "10.9.9.9:8080", "10.0.0.1".parse().unwrap()).unwrap();
         assert_eq!(copy.method(), "POST");
         assert_eq!(copy.uri(), "http://10.9.9.9:8080/p?q=1");
@@ -211,7 +213,7 @@ mod tests {
         let req = captured(
             b"GET /h HTTP/1.1\r\nA: 1\r\nHost: h:80\r\nB: 2\r\nA: 3\r\nC: 4\r\nB: 5\r\nA: 6\r\nD: 7\r\n\r\n",
         );
-        let r = Rewriter::new(HostRewrite::Keep, &HeaderOps::default()).unwrap();
+        let r = Rewriter::new(HostRewrite::Keep, HeaderEdits::default());
         let copy = r.copy(&req, "s:1", "10.0.0.1".parse().unwrap()).unwrap();
         assert_eq!(
             names(&copy),
@@ -255,13 +257,13 @@ mod tests {
     #[test]
     fn keep_and_literal_hosts_and_chunked_bodies() {
         let req = captured(b"PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
-        let keep = Rewriter::new(HostRewrite::Keep, &HeaderOps::default()).unwrap();
+        let keep = Rewriter::new(HostRewrite::Keep, HeaderEdits::default());
         let copy = keep.copy(&req, "s:1", "::1".parse().unwrap()).unwrap();
         assert_eq!(copy.headers()["host"], "h");
         assert_eq!(copy.headers()["x-forwarded-for"], "::1");
         assert_eq!(copy.headers()["transfer-encoding"], "chunked");
-        let literal =
-            Rewriter::new(HostRewrite::Literal("canary".into()), &HeaderOps::default()).unwrap();
+        let canary = HostRewrite::Literal(HeaderValue::from_static("canary"));
+        let literal = Rewriter::new(canary, HeaderEdits::default());
         let copy = literal.copy(&req, "s:1", "::1".parse().unwrap()).unwrap();
         assert_eq!(copy.headers()["host"], "canary");
         let body = copy.into_body();

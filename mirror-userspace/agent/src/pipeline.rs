@@ -1,46 +1,62 @@
-//! `mirror run`: the whole pipeline, live.
-//!
-//! tap -> segments -> reassembly + framing -> match -> sample (per shadow) -> rewrite ->
-//! shadow queues. One task runs everything up to the queues, so a request costs no thread
-//! hand-off until its copy is queued; each shadow's dispatcher sends copies on its own.
+//! Everything between a capture source and the shadow queues: segments -> reassembly +
+//! framing -> match -> sample (per shadow) -> rewrite -> shadow queues. One task runs it all,
+//! so a request costs no thread hand-off until its copy is queued; each shadow's dispatcher
+//! sends copies on its own. `mirror run` ([`crate::live`]) and `mirror replay`
+//! ([`crate::replay`]) drive it.
 use std::{
     collections::HashSet,
     fmt,
-    future::Future,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
 };
 
-use anyhow::{Context, Result};
-
-use mirror_capture::{CaptureSource, Segment};
-use mirror_flow::ReassemblyStats;
-use mirror_http::{extractor, HttpEvent, HttpExtractor, HttpRequest, HttpStats};
-use mirror_shadow::{OwnSockets, ResultSink, ShadowClient, ShadowOptions};
-use mirror_tap::{Directions, KernelCounters, Tap, TapSettings};
+use http::Uri;
+use mirror_capture::Segment;
+use mirror_flow::{ReassemblyConfig, ReassemblyStats};
+use mirror_http::{extractor, HttpConfig, HttpEvent, HttpExtractor, HttpRequest, HttpStats};
+use mirror_shadow::{Limits, OwnSockets, ResultSink, ShadowClient, ShadowOptions};
+use mirror_tap::KernelCounters;
 
 use crate::{
-    config::{parse_shadow_url, MirrorConfig},
-    metrics::{self, Metrics, ShadowMetrics, ShadowResults, Stage},
-    rewrite::Rewriter,
-    select::{RequestMatcher, Sampler},
+    metrics::{Metrics, ShadowMetrics, ShadowResults, Stage},
+    rewrite::{HeaderEdits, HostRewrite, Rewriter},
+    select::{MatchRule, RequestMatcher, Sampler},
     watch::Publisher,
 };
 
 /// Marks the agent's own sockets; the kernel tap ignores packets carrying it ("mir").
 pub const OWN_MARK: u32 = 0x006d_6972;
 
-/// Options of a run that are not part of the mirroring configuration.
-#[derive(Clone, Default)]
-pub struct RunOptions {
-    /// Also told every copy's outcome (the request log).
-    pub results: Option<Arc<dyn ResultSink>>,
-    pub ring_bytes: Option<u32>,
-    /// Serve watchers (`mirror dump --watch`) on this unix socket.
-    pub watch_socket: Option<std::path::PathBuf>,
+/// A shadow service: where its copies go and which share of the requests it gets.
+#[derive(Clone, Debug)]
+pub struct ShadowTarget {
+    /// `http://host[:port]`.
+    pub uri: Uri,
+    /// As configured: the shadow's label in the metrics.
+    pub name: String,
+    /// 0..=100.
+    pub percent: f64,
+}
+
+/// Where and how requests are mirrored: the settings of every stage after capture, typed and
+/// valid (the binary's configuration layer converts and checks them once).
+#[derive(Clone, Debug, Default)]
+pub struct MirrorSettings {
+    pub shadows: Vec<ShadowTarget>,
+    /// Istio's `match`: any rule matches; none matches every request.
+    pub rules: Vec<MatchRule>,
+    pub host: HostRewrite,
+    pub edits: HeaderEdits,
+    /// Sample consistently by the hash of this header's value.
+    pub sample_by_header: Option<String>,
+    /// Seed of the sampling random numbers (reproducible runs).
+    pub seed: Option<u64>,
+    pub limits: Limits,
+    pub reassembly: ReassemblyConfig,
+    pub http: HttpConfig,
 }
 
 struct Shadow {
@@ -81,20 +97,18 @@ pub struct Mirroring {
 }
 
 impl Mirroring {
-    /// Validates the mirroring part of `config` and starts one dispatcher per shadow.
-    pub fn start(config: &MirrorConfig, results: Option<Arc<dyn ResultSink>>) -> Result<Mirroring> {
-        config.validate_mirroring()?;
-        let matcher = RequestMatcher::new(&config.match_rules).context("match")?;
-        let rewriter = Rewriter::new(config.host_rewrite.clone(), &config.headers.request)
-            .map_err(|e| anyhow::anyhow!("headers: {e}"))?;
-        let sampler = Sampler::new(config.sample_by_header.clone(), config.seed);
+    /// Starts one dispatcher per shadow (within a tokio runtime). `results`, if given, is
+    /// told every copy's outcome after the metrics.
+    pub fn start(settings: MirrorSettings, results: Option<Arc<dyn ResultSink>>) -> Mirroring {
+        let matcher = RequestMatcher::new(settings.rules);
+        let rewriter = Rewriter::new(settings.host, settings.edits);
+        let sampler = Sampler::new(settings.sample_by_header, settings.seed);
         let metrics = Arc::new(Metrics::default());
         let own = OwnSockets::default();
         let queued = Arc::new(AtomicUsize::new(0));
         let mut shadows = Vec::new();
-        for (i, m) in config.mirrors.iter().enumerate() {
-            let uri = parse_shadow_url(&m.url).with_context(|| format!("mirrors[{i}].url"))?;
-            let shadow_metrics = Arc::new(metrics.shadow(&m.url));
+        for target in &settings.shadows {
+            let shadow_metrics = Arc::new(metrics.shadow(&target.name));
             let sink = ShadowResults { metrics: shadow_metrics.clone(), next: results.clone() };
             let options = ShadowOptions {
                 queued_bytes: queued.clone(),
@@ -103,8 +117,8 @@ impl Mirroring {
                 label_copies: results.is_some(),
                 sink: Arc::new(sink),
             };
-            let client = ShadowClient::start(&uri, &config.limits.shadow(), options);
-            let percent = config.percentage(i);
+            let client = ShadowClient::start(&target.uri, &settings.limits, options);
+            let percent = target.percent;
             shadows.push(Shadow { client, percent, metrics: shadow_metrics, offered: 0 });
         }
         let shadow_ports = shadows
@@ -112,7 +126,7 @@ impl Mirroring {
             .filter_map(|s| s.client.authority().rsplit(':').next()?.parse().ok())
             .collect();
         let pipeline = Pipeline {
-            extractor: extractor(config.reassembly.reassembly(), config.reassembly.http()),
+            extractor: extractor(settings.reassembly, settings.http),
             own,
             shadow_ports,
             stages: Stages { matcher, sampler, rewriter, metrics: metrics.clone(), watch: None },
@@ -120,7 +134,7 @@ impl Mirroring {
             events: Vec::new(),
             captured_requests: 0,
         };
-        Ok(Mirroring { pipeline, metrics, queued, timeout: config.limits.shadow().timeout })
+        Mirroring { pipeline, metrics, queued, timeout: settings.limits.timeout }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -194,80 +208,6 @@ impl Mirroring {
                 .collect(),
         }
     }
-}
-
-/// Runs until `shutdown` completes; then detaches and returns the summary.
-pub async fn run(
-    config: MirrorConfig,
-    opts: RunOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Summary> {
-    config.validate()?;
-    let listener = match config.metrics {
-        Some(addr) => Some(metrics::bind(addr).await?),
-        None => None,
-    };
-    let mut mirroring = Mirroring::start(&config, opts.results.clone())?;
-    // Watching is an aid, not the job: without its socket the agent still mirrors.
-    let watch_socket = opts.watch_socket.as_ref().filter(|path| match Publisher::serve(path) {
-        Ok(publisher) => {
-            mirroring.publish_to(publisher);
-            true
-        }
-        Err(e) => {
-            tracing::warn!(
-                "watch socket {}: {e}; `mirror dump --watch` will not work",
-                path.display()
-            );
-            false
-        }
-    });
-    let mut tap = Tap::attach(&TapSettings {
-        interfaces: config.interfaces.clone(),
-        ports: config.ports.clone(),
-        service_nets: config.service_nets.clone(),
-        directions: Directions::BOTH,
-        ring_bytes: opts.ring_bytes.unwrap_or(mirror_common::DEFAULT_RING_BYTES),
-        ignore_mark: OWN_MARK,
-        ..TapSettings::default()
-    })?;
-    let ready = Arc::new(AtomicBool::new(true));
-    if let Some(listener) = listener {
-        tokio::spawn(metrics::serve(listener, mirroring.metrics().clone(), ready.clone()));
-    }
-    eprintln!("mirror run: ready");
-
-    let mut source = tap.segments()?;
-    let mut batch = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            more = source.next_batch(&mut batch) => {
-                if !more? {
-                    break;
-                }
-                mirroring.segments(&mut batch);
-            }
-            _ = tick.tick() => {
-                mirroring.tick(wall_clock_ns());
-                mirroring.metrics().sync(Stage::Kernel, &kernel_fields(&tap.counters()?));
-            }
-        }
-    }
-    // Everything captured before the signal is mirrored: drain the ring to the end.
-    while source.drain_now(&mut batch) > 0 {
-        mirroring.segments(&mut batch);
-    }
-    ready.store(false, Ordering::Relaxed);
-    let kernel = tap.counters()?;
-    tap.detach()?;
-    mirroring.settle().await;
-    if let Some(path) = watch_socket {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(mirroring.summary(Some(kernel)))
 }
 
 /// Everything between the capture and the shadow queues.
@@ -353,24 +293,6 @@ impl Stages {
             watch.mirrored(req, &sent_to);
         }
     }
-}
-
-fn kernel_fields(k: &KernelCounters) -> [(&'static str, u64); 6] {
-    [
-        ("seen", k.seen),
-        ("selected", k.selected),
-        ("records", k.records),
-        ("bytes", k.bytes),
-        ("lost", k.lost),
-        ("truncated", k.truncated),
-    ]
-}
-
-/// Nanoseconds since the Unix epoch: the clock of segment timestamps.
-pub fn wall_clock_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl fmt::Display for Summary {

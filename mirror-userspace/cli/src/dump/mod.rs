@@ -8,12 +8,6 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mirror::{
-    filter::Filter,
-    format::{
-        endpoint, packet_json, HttpPrinter, LineStyle, PacketPrinter, PayloadStyle, TimeStyle,
-    },
-};
 use mirror_capture::{
     frame::Classifier,
     pcap::{PcapSink, PcapSource},
@@ -23,8 +17,15 @@ use mirror_flow::ReassemblyConfig;
 use mirror_http::{extractor, HttpConfig, HttpEvent, HttpExtractor};
 use mirror_tap::{KernelCounters, Tap, TapSettings};
 
+use crate::format::{
+    endpoint, packet_json, HttpPrinter, LineStyle, PacketPrinter, PayloadStyle, TimeStyle,
+};
+
+mod filter;
+use filter::Filter;
+
 #[derive(Args, Debug)]
-pub struct DumpArgs {
+pub(crate) struct DumpArgs {
     /// Interface to capture on (repeatable). Live capture shows every TCP segment but pure
     /// ACKs (no payload, no SYN, FIN or RST), which the tap does not copy.
     #[arg(short = 'i', long = "interface")]
@@ -81,7 +82,7 @@ pub struct DumpArgs {
     ports: Vec<u16>,
     /// Watch what a running `mirror run` mirrors, through its unix socket, instead of
     /// capturing (no second program is attached).
-    #[arg(long, num_args = 0..=1, default_missing_value = mirror::watch::DEFAULT_SOCKET)]
+    #[arg(long, num_args = 0..=1, default_missing_value = mirror_agent::watch::DEFAULT_SOCKET)]
     watch: Option<PathBuf>,
     /// Filter expression (tcpdump syntax).
     expression: Vec<String>,
@@ -94,7 +95,7 @@ struct Counts {
     matched: u64,
 }
 
-pub async fn run(args: DumpArgs) -> Result<ExitCode> {
+pub(crate) async fn run(args: DumpArgs) -> Result<ExitCode> {
     let filter = match Filter::parse(&args.expression) {
         Ok(f) => f,
         Err(e) => {
@@ -150,7 +151,7 @@ pub async fn run(args: DumpArgs) -> Result<ExitCode> {
             }
             // Signals are handled from before the first attachment: Ctrl-C at any moment
             // detaches instead of killing the process with programs left attached.
-            let stop = super::shutdown_signal()?;
+            let stop = crate::signals::shutdown_signal()?;
             let mut tap = Tap::attach(&settings)?;
             eprintln!("mirror dump: listening on {}", args.interfaces.join(", "));
             let mut source = tap.segments()?;
@@ -346,7 +347,7 @@ async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Resu
         return Ok(ExitCode::from(1));
     }
     eprintln!("mirror dump: watching {}", path.display());
-    let stop = super::shutdown_signal()?;
+    let stop = crate::signals::shutdown_signal()?;
     tokio::pin!(stop);
     let mut out = std::io::stdout().lock();
     let (mut shown, mut lost) = (0u64, 0u64);
@@ -375,7 +376,7 @@ async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Resu
             writeln!(
                 out,
                 "{}{} > {}: {} {} {} {} (head {}, body {}) mirrored to {}",
-                mirror::format::time(
+                crate::format::time(
                     TimeStyle::from_t_flags(args.time),
                     v["ts_ns"].as_u64().unwrap_or(0)
                 ),
