@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod layers;
 mod setup;
 
 #[derive(Parser)]
@@ -36,6 +37,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Check that the workspace's dependencies point down the pipeline.
+    Layers,
     /// Self-contained demo in network namespaces.
     Demo,
     /// Benchmarks (never part of `test`); writes their tables into BENCHMARKS.md.
@@ -66,6 +69,7 @@ fn run(task: Task) -> Result<()> {
         Task::Setup => setup::run(),
         Task::Build { release } => build(release),
         Task::Test { args } => test(&args),
+        Task::Layers => layers::run(),
         Task::Demo => demo(),
         Task::Bench { names } => bench::run(&names),
         Task::Run { args } => run_agent(&args),
@@ -105,6 +109,7 @@ fn build(release: bool) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     setup::ensure()?;
     check(cargo().args(["fmt", "--all", "--check"]))?;
+    layers::run()?;
     // The kernel crate is linted on its own: in a workspace-wide build, feature unification
     // gives its mirror-common dependency the `user` feature (and so std).
     let clippy = ["clippy", "--locked", "--all-targets"];
