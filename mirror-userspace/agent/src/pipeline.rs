@@ -115,6 +115,7 @@ impl Mirroring {
                 own: own.clone(),
                 mark: OWN_MARK,
                 label_copies: results.is_some(),
+                keep_body: None,
                 sink: Arc::new(sink),
             };
             let client = ShadowClient::start(&target.uri, &settings.limits, options);

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use super::{
     framer::{is_message_start, Decision, Frame, HttpFramer, Role},
     head::{declared_body, BodyKind, Head, HeadError},
+    response::{final_body, ResponseKind},
     HttpConfig, HttpEvent, HttpRequest, HttpResponse, HttpShared,
 };
 use mirror_capture::Direction;
@@ -97,17 +98,15 @@ impl HttpConnection {
     ) {
         let Self { responses, outstanding, scratch, pairing_lost, .. } = self;
         let mut decide = |head: &Head| -> Result<Decision, HeadError> {
-            let status = head.status().unwrap_or(0);
-            if (100..200).contains(&status) {
-                return Ok(if status == 101 { Decision::Stop } else { Decision::Interim });
+            match ResponseKind::of(head.status().unwrap_or(0)) {
+                ResponseKind::Interim => return Ok(Decision::Interim),
+                ResponseKind::SwitchingProtocols => return Ok(Decision::Stop),
+                ResponseKind::Final => {}
             }
+            // A final response answers the oldest request, even if its own framing is
+            // malformed: the next response answers the next request.
             let request = if *pairing_lost { None } else { outstanding.pop_front() };
-            let body = if request.is_some_and(|r| r.head_request) || status == 204 || status == 304
-            {
-                BodyKind::None
-            } else {
-                declared_body(head)?.unwrap_or(BodyKind::UntilClose)
-            };
+            let body = final_body(head, request.is_some_and(|r| r.head_request))?;
             Ok(Decision::Message { body, tag: request.map(|r| r.id) })
         };
         responses.push(event, &mut decide, &mut shared.stats, scratch);

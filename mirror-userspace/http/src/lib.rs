@@ -4,15 +4,17 @@
 //! connection, an [`HttpFramer`] per direction cuts the stream into messages (httparse parses
 //! the heads), and responses are paired with their requests in order.
 mod chunked;
-pub use chunked::{decode_chunked, ChunkedDecoder};
+pub use chunked::{decode_chunked, ChunkedDecoder, ChunkedError};
 mod exchange;
 mod framer;
 mod head;
+mod response;
 
 use bytes::Bytes;
 pub use exchange::HttpConnection;
 pub use framer::{is_message_start, Decision, Frame, HttpFramer, Role};
 pub use head::{declared_body, BodyKind, Head, HeadError};
+pub use response::{final_body, ClientResponse, ReadError, ResponseKind, ResponseReader};
 
 #[cfg(test)]
 mod tests;

@@ -106,6 +106,9 @@ pub struct ShadowOptions {
     pub mark: u32,
     /// Label each copy ("METHOD target Host: h") for the sink.
     pub label_copies: bool,
+    /// Hand each response to the sink, its body kept up to this many bytes (None: only
+    /// status and timing, the cheapest).
+    pub keep_body: Option<usize>,
     pub sink: Arc<dyn ResultSink>,
 }
 
@@ -140,6 +143,7 @@ impl ShadowClient {
             shadow: authority.clone(),
             timeout: limits.timeout,
             queued_bytes: options.queued_bytes.clone(),
+            keep_responses: options.keep_body.is_some(),
             sink: options.sink.clone(),
         };
         if limits.pipeline > 1 {
@@ -150,13 +154,16 @@ impl ShadowClient {
                 mark: options.mark,
                 own: options.own.clone(),
                 depth: limits.pipeline.min(limits.max_in_flight),
+                keep_body: options.keep_body.unwrap_or(0),
                 outcomes,
                 queue: tokio::sync::Mutex::new(rx),
             };
             tokio::spawn(pipelined::run(Arc::new(shared), connections));
         } else {
+            let keep_body = options.keep_body.unwrap_or(0);
+            let connector = pooled::MarkingConnector { mark: options.mark, own: options.own };
             let dispatcher =
-                pooled::Dispatcher::new(limits.max_in_flight, options.mark, options.own, outcomes);
+                pooled::Dispatcher::new(limits.max_in_flight, connector, keep_body, outcomes);
             tokio::spawn(dispatcher.run(rx));
         }
         let rate = limits.rate_limit.map(|rate| {

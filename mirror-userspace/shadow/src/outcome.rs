@@ -1,4 +1,5 @@
 //! The seam after replay: what happened to each copy, handed to a [`ResultSink`].
+use mirror_http::ClientResponse;
 use std::{
     fmt,
     sync::{
@@ -48,11 +49,14 @@ pub struct CopyInfo {
 }
 
 /// A shadow's answer to a copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
     /// From sending the copy to the end of the response.
     pub elapsed: Duration,
+    /// The response's head, and its body as sent up to [`crate::ShadowOptions::keep_body`]
+    /// bytes; only when the client keeps responses.
+    pub response: Option<ClientResponse>,
 }
 
 /// Receives the outcome of every copy offered to a shadow: answered, or dropped with a reason.
@@ -73,12 +77,24 @@ pub(crate) struct Outcomes {
     pub(crate) shadow: Arc<str>,
     pub(crate) timeout: Duration,
     pub(crate) queued_bytes: Arc<AtomicUsize>,
+    /// Hand responses to the sink (else only status and timing).
+    pub(crate) keep_responses: bool,
     pub(crate) sink: Arc<dyn ResultSink>,
 }
 
 impl Outcomes {
-    pub(crate) fn answered(&self, bytes: usize, copy: &CopyInfo, start: Instant, status: u16) {
-        let answer = Answer { status, elapsed: start.elapsed() };
+    pub(crate) fn answered(
+        &self,
+        bytes: usize,
+        copy: &CopyInfo,
+        start: Instant,
+        response: ClientResponse,
+    ) {
+        let answer = Answer {
+            status: response.status(),
+            elapsed: start.elapsed(),
+            response: self.keep_responses.then_some(response),
+        };
         self.sink.answered(&self.shadow, copy, &answer);
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }

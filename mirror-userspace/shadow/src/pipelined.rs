@@ -8,8 +8,8 @@
 //! by position.
 //!
 //! Each connection is one task: it takes copies while fewer than `depth` are unanswered,
-//! writes, and reads responses (head with httparse, body by Content-Length, chunked coding or
-//! the end of the connection), all in one `select!` so a shadow that is slow to read never
+//! writes, and reads responses (with mirror-http's [`ResponseReader`], the framing rules of the
+//! capture side), all in one `select!` so a shadow that is slow to read never
 //! stops us reading its responses. A copy that asks to close the connection (HTTP/1.0,
 //! `Connection: close`) is the last one written on it. When the oldest unanswered copy times
 //! out, or the connection fails, every unanswered copy on it is counted (timeout, error) and
@@ -28,11 +28,7 @@ use crate::{
     connect::{connect, OwnSockets, TrackedStream},
     CopyInfo, DropReason, Job, Outcomes,
 };
-use mirror_http::ChunkedDecoder;
-
-/// Longest response head we read before giving up on the connection.
-const MAX_HEAD: usize = 64 << 10;
-const MAX_HEADERS: usize = 128;
+use mirror_http::{ClientResponse, ReadError, ResponseReader};
 
 /// What every connection of one shadow shares.
 pub(crate) struct Pipelines {
@@ -40,6 +36,8 @@ pub(crate) struct Pipelines {
     pub(crate) mark: u32,
     pub(crate) own: OwnSockets,
     pub(crate) depth: usize,
+    /// Body bytes kept per response for the result sink (0: heads only).
+    pub(crate) keep_body: usize,
     pub(crate) outcomes: Outcomes,
     pub(crate) queue: Mutex<mpsc::Receiver<Job>>,
 }
@@ -95,20 +93,12 @@ async fn next_jobs(shared: &Pipelines, room: usize) -> Option<Vec<Job>> {
     Some(jobs)
 }
 
-/// How the body of the response being read ends.
-enum BodyLeft {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    UntilClose,
-}
-
 struct Connection<'a> {
     shared: &'a Pipelines,
     unanswered: VecDeque<Unanswered>,
     out: BytesMut,
     input: BytesMut,
-    /// The response being read: its status and what is left of its body.
-    reading: Option<(u16, BodyLeft)>,
+    reader: ResponseReader,
     /// A copy that closes the connection was written: take no more.
     closing: bool,
     /// Copies taken but not written because an earlier one closes the connection.
@@ -122,7 +112,7 @@ impl<'a> Connection<'a> {
             unanswered: VecDeque::new(),
             out: BytesMut::new(),
             input: BytesMut::with_capacity(16 << 10),
-            reading: None,
+            reader: ResponseReader::new(shared.keep_body),
             closing: false,
             leftover: Vec::new(),
         }
@@ -151,7 +141,7 @@ impl<'a> Connection<'a> {
                     Ok(0) => break self.at_end(),
                     Ok(_) => {
                         if let Err(e) = self.parse_responses() {
-                            break (DropReason::Error, e.to_owned());
+                            break (DropReason::Error, e.to_string());
                         }
                         if self.closing && self.unanswered.is_empty() {
                             return self.leftover;
@@ -193,93 +183,29 @@ impl<'a> Connection<'a> {
     }
 
     /// Consumes every complete response in `input`.
-    fn parse_responses(&mut self) -> Result<(), &'static str> {
+    fn parse_responses(&mut self) -> Result<(), ReadError> {
         loop {
-            if self.reading.is_none() && !self.parse_head()? {
-                return Ok(());
-            }
-            let Some((status, left)) = &mut self.reading else { return Ok(()) };
-            let done = match left {
-                BodyLeft::Length(n) => {
-                    let take = (*n).min(self.input.len() as u64);
-                    self.input.advance(take as usize);
-                    *n -= take;
-                    *n == 0
-                }
-                BodyLeft::Chunked(decoder) => {
-                    let used = decoder.advance(&self.input).map_err(|e| e.0)?;
-                    self.input.advance(used);
-                    decoder.is_done()
-                }
-                BodyLeft::UntilClose => {
-                    self.input.clear();
-                    false
-                }
-            };
-            if !done {
-                return Ok(());
-            }
-            let status = *status;
-            self.reading = None;
-            self.answered(status);
+            let Self { reader, input, unanswered, .. } = self;
+            let next = reader.next(input, || unanswered.front().map(|u| u.head_only))?;
+            let Some(response) = next else { break };
+            self.closing |= response.closes_connection();
+            self.answered(response);
         }
+        // A response that closes the connection ends the pipeline as soon as its head is in.
+        self.closing |= self.reader.reading().is_some_and(|h| h.has_token("connection", "close"));
+        Ok(())
     }
 
-    /// Parses a response head if one is complete; 1xx heads are skipped.
-    fn parse_head(&mut self) -> Result<bool, &'static str> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        let used = match response.parse(&self.input) {
-            Ok(httparse::Status::Complete(used)) => used,
-            Ok(httparse::Status::Partial) if self.input.len() > MAX_HEAD => {
-                return Err("response head too long")
-            }
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(_) => return Err("malformed response"),
-        };
-        let status = response.code.unwrap_or(0);
-        let head_only = self.unanswered.front().ok_or("response to nothing")?.head_only;
-        let left = if (100..200).contains(&status) {
-            if status == 101 {
-                return Err("shadow switched protocols");
-            }
-            None // interim: the real response follows
-        } else if head_only || status == 204 || status == 304 {
-            Some(BodyLeft::Length(0))
-        } else if let Some(coding) = find(response.headers, header::TRANSFER_ENCODING) {
-            if coding.to_ascii_lowercase().windows(7).any(|w| w == b"chunked") {
-                Some(BodyLeft::Chunked(ChunkedDecoder::default()))
-            } else {
-                Some(BodyLeft::UntilClose)
-            }
-        } else if let Some(length) = find(response.headers, header::CONTENT_LENGTH) {
-            let n = std::str::from_utf8(length).ok().and_then(|v| v.trim().parse().ok());
-            Some(BodyLeft::Length(n.ok_or("bad Content-Length")?))
-        } else {
-            Some(BodyLeft::UntilClose)
-        };
-        if find(response.headers, header::CONNECTION)
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"close"))
-        {
-            self.closing = true;
-        }
-        self.input.advance(used);
-        if let Some(left) = left {
-            self.reading = Some((status, left));
-        }
-        Ok(true)
-    }
-
-    fn answered(&mut self, status: u16) {
+    fn answered(&mut self, response: ClientResponse) {
         if let Some(u) = self.unanswered.pop_front() {
-            self.shared.outcomes.answered(u.job_bytes, &u.info, u.start, status);
+            self.shared.outcomes.answered(u.job_bytes, &u.info, u.start, response);
         }
     }
 
     /// The shadow closed the connection: that ends a body delimited by the close.
     fn at_end(&mut self) -> (DropReason, String) {
-        if let Some((status, BodyLeft::UntilClose)) = self.reading.take() {
-            self.answered(status);
+        if let Some(response) = self.reader.finish() {
+            self.answered(response);
         }
         (DropReason::Error, "connection closed by the shadow".to_owned())
     }
@@ -289,10 +215,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     if let Some(d) = deadline {
         tokio::time::sleep_until(d.into()).await;
     }
-}
-
-fn find<'h>(headers: &'h [httparse::Header<'_>], name: header::HeaderName) -> Option<&'h [u8]> {
-    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name.as_str())).map(|h| h.value)
 }
 
 /// Whether the shadow will close the connection after answering this copy.
@@ -379,10 +301,12 @@ mod tests {
             mark: 0,
             own: OwnSockets::default(),
             depth: 8,
+            keep_body: 0,
             outcomes: Outcomes {
                 shadow: "shadow:8000".into(),
                 timeout: Duration::from_secs(1),
                 queued_bytes: Arc::new(AtomicUsize::new(0)),
+                keep_responses: false,
                 sink,
             },
             queue: Mutex::new(rx),
@@ -414,6 +338,7 @@ mod tests {
             HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n\
             HTTP/1.1 204 No Content\r\n\r\n\
             HTTP/1.1 500 Oops\r\nConnection: close\r\n\r\nuntil the end";
+        // (The framings themselves are mirror-http's ResponseReader's, tested there.)
         for piece in wire.chunks(7) {
             c.input.extend_from_slice(piece);
             c.parse_responses().unwrap();
@@ -433,7 +358,8 @@ mod tests {
         let mut c = Connection::new(&p);
         waiting(&mut c, &[false]);
         c.input.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n");
-        assert_eq!(c.parse_responses(), Err("bad Content-Length"));
+        let framing = mirror_http::HeadError::Framing("invalid content-length");
+        assert_eq!(c.parse_responses(), Err(ReadError::Head(framing)));
         let mut c = Connection::new(&p);
         waiting(&mut c, &[false]);
         c.input.extend_from_slice(b"SMTP ready\r\n\r\n");
@@ -441,11 +367,11 @@ mod tests {
         let mut c = Connection::new(&p);
         waiting(&mut c, &[false]);
         c.input.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        c.input.extend_from_slice(&b"X: y\r\n".repeat(MAX_HEAD / 6));
+        c.input.extend_from_slice(&b"X: y\r\n".repeat((64 << 10) / 6));
         assert!(c.parse_responses().is_err());
         let mut c = Connection::new(&p);
         c.input.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
-        assert_eq!(c.parse_responses(), Err("response to nothing"));
+        assert_eq!(c.parse_responses(), Err(ReadError::Unrequested));
     }
 
     fn encoded(builder: http::request::Builder, body: &'static [u8]) -> Vec<u8> {
