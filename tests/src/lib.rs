@@ -41,8 +41,7 @@ pub fn require_root() {
 
 pub mod live {
     //! The live tap feeding reassembly and framing, as the agent does.
-    use mirror_capture::CaptureSource;
-    use mirror_flow::{ReassemblyConfig, ReassemblyStats};
+    use mirror_flow::{FlowDriver, ReassemblyConfig, ReassemblyStats};
     use mirror_http::{extractor, HttpConfig, HttpEvent, HttpStats};
     use mirror_tap::RingSource;
     use tokio::sync::oneshot;
@@ -64,25 +63,19 @@ pub mod live {
         pub fn start(mut source: RingSource) -> LiveExtractor {
             let (stop, mut stopped) = oneshot::channel();
             let task = tokio::spawn(async move {
-                let mut x = extractor(ReassemblyConfig::default(), HttpConfig::default());
-                let (mut batch, mut events) = (Vec::new(), Vec::new());
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => break,
-                        more = source.next_batch(&mut batch) => {
-                            if !more.expect("ring") { break; }
-                        }
-                    }
-                    for s in batch.drain(..) {
-                        x.push(&s, &mut events);
-                    }
-                }
+                let table = extractor(ReassemblyConfig::default(), HttpConfig::default());
+                let mut driver = FlowDriver::new(table);
+                let mut events = Vec::new();
+                let stop = async {
+                    let _ = (&mut stopped).await;
+                };
+                driver.run(&mut source, &mut events, stop, None).await.expect("ring");
                 // Everything the clients caused is in the ring by now.
+                let mut batch = Vec::new();
                 while source.drain_now(&mut batch) > 0 {
-                    for s in batch.drain(..) {
-                        x.push(&s, &mut events);
-                    }
+                    driver.feed(&mut batch, &mut events);
                 }
+                let x = driver.table();
                 Extracted { events, reassembly: *x.stats(), http: x.shared().stats }
             });
             LiveExtractor { stop, task }

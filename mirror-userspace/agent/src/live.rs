@@ -11,14 +11,16 @@ use std::{
 };
 
 use anyhow::Result;
-use mirror_capture::CaptureSource;
+use mirror_capture::Segment;
+use mirror_flow::{FlowSink, FlowTable};
+use mirror_http::{HttpConnection, HttpEvent};
 use mirror_shadow::ResultSink;
 use mirror_tap::{Directions, KernelCounters, RingSource, Tap, TapSettings};
 use tokio::net::TcpListener;
 
 use crate::{
     metrics::{self, Stage},
-    pipeline::{MirrorSettings, Mirroring, Summary, OWN_MARK},
+    pipeline::{Dispatch, MirrorSettings, Mirroring, Summary, OWN_MARK},
     watch::Publisher,
 };
 
@@ -71,28 +73,14 @@ impl LiveAgent {
     /// Mirrors until `shutdown` completes; then drains the ring, detaches and returns the
     /// summary.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Summary> {
-        let mut batch = Vec::new();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                more = self.source.next_batch(&mut batch) => {
-                    if !more? {
-                        break;
-                    }
-                    self.mirroring.segments(&mut batch);
-                }
-                _ = tick.tick() => {
-                    self.mirroring.tick(wall_clock_ns());
-                    let kernel = kernel_fields(&self.tap.counters()?);
-                    self.mirroring.metrics().sync(Stage::Kernel, &kernel);
-                }
-            }
-        }
+        let Mirroring { driver, dispatch, .. } = &mut self.mirroring;
+        let mut sink = LiveSink { dispatch, tap: &self.tap };
+        let every_second = Some(Duration::from_secs(1));
+        driver.run(&mut self.source, &mut sink, shutdown, every_second).await?;
         // Everything captured before the signal is mirrored: drain the ring to the end.
+        let mut batch = Vec::new();
         while self.source.drain_now(&mut batch) > 0 {
-            self.mirroring.segments(&mut batch);
+            driver.feed(&mut batch, &mut sink);
         }
         self.ready.store(false, Ordering::Relaxed);
         let kernel = self.tap.counters()?;
@@ -126,6 +114,30 @@ fn serve_metrics(listener: TcpListener, mirroring: &Mirroring, ready: &Arc<Atomi
     tokio::spawn(metrics::serve(listener, mirroring.metrics().clone(), ready.clone()));
 }
 
+/// The pipeline's sink, with the kernel counters synced into the metrics every tick.
+struct LiveSink<'a> {
+    dispatch: &'a mut Dispatch,
+    tap: &'a Tap,
+}
+
+impl FlowSink<HttpConnection> for LiveSink<'_> {
+    fn admit(&mut self, segment: Segment) -> Option<Segment> {
+        self.dispatch.admit(segment)
+    }
+
+    fn event(&mut self, event: HttpEvent) {
+        self.dispatch.event(event);
+    }
+
+    fn tick(&mut self, table: &FlowTable<HttpConnection>) {
+        self.dispatch.tick(table);
+        match self.tap.counters() {
+            Ok(k) => self.dispatch.stages.metrics.sync(Stage::Kernel, &kernel_fields(&k)),
+            Err(e) => tracing::debug!("reading the kernel counters: {e:#}"),
+        }
+    }
+}
+
 fn kernel_fields(k: &KernelCounters) -> [(&'static str, u64); 6] {
     [
         ("seen", k.seen),
@@ -135,11 +147,4 @@ fn kernel_fields(k: &KernelCounters) -> [(&'static str, u64); 6] {
         ("lost", k.lost),
         ("truncated", k.truncated),
     ]
-}
-
-/// Nanoseconds since the Unix epoch: the clock of segment timestamps.
-fn wall_clock_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }

@@ -15,8 +15,8 @@ use std::{
 
 use http::Uri;
 use mirror_capture::Segment;
-use mirror_flow::{ReassemblyConfig, ReassemblyStats};
-use mirror_http::{extractor, HttpConfig, HttpEvent, HttpExtractor, HttpRequest, HttpStats};
+use mirror_flow::{FlowDriver, FlowSink, FlowTable, ReassemblyConfig, ReassemblyStats};
+use mirror_http::{extractor, HttpConfig, HttpConnection, HttpEvent, HttpRequest, HttpStats};
 use mirror_shadow::{Limits, OwnSockets, ResultSink, ShadowClient, ShadowOptions};
 use mirror_tap::KernelCounters;
 
@@ -88,9 +88,10 @@ pub struct ShadowSummary {
 }
 
 /// Everything between a capture source and the shadow queues, shared by `mirror run` (live)
-/// and `mirror replay` (a capture file).
+/// and `mirror replay` (a capture file): the flow table's driver and what it feeds.
 pub struct Mirroring {
-    pipeline: Pipeline,
+    pub(crate) driver: FlowDriver<HttpConnection>,
+    pub(crate) dispatch: Dispatch,
     metrics: Arc<Metrics>,
     queued: Arc<AtomicUsize>,
     timeout: Duration,
@@ -126,16 +127,15 @@ impl Mirroring {
             .iter()
             .filter_map(|s| s.client.authority().rsplit(':').next()?.parse().ok())
             .collect();
-        let pipeline = Pipeline {
-            extractor: extractor(settings.reassembly, settings.http),
+        let dispatch = Dispatch {
             own,
             shadow_ports,
             stages: Stages { matcher, sampler, rewriter, metrics: metrics.clone(), watch: None },
             shadows,
-            events: Vec::new(),
             captured_requests: 0,
         };
-        Mirroring { pipeline, metrics, queued, timeout: settings.limits.timeout }
+        let driver = FlowDriver::new(extractor(settings.reassembly, settings.http));
+        Mirroring { driver, dispatch, metrics, queued, timeout: settings.limits.timeout }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -144,37 +144,34 @@ impl Mirroring {
 
     /// Publishes every mirrored request to watchers.
     pub fn publish_to(&mut self, publisher: Publisher) {
-        self.pipeline.stages.watch = Some(publisher);
+        self.dispatch.stages.watch = Some(publisher);
     }
 
     /// Feeds captured segments (the batch is emptied).
     pub fn segments(&mut self, batch: &mut Vec<Segment>) {
-        self.pipeline.segments(batch);
+        self.driver.feed(batch, &mut self.dispatch);
     }
 
     /// Periodic work: hole and idle timeouts (`now_ns`: the segments' clock), metrics.
     pub fn tick(&mut self, now_ns: u64) {
-        self.pipeline.tick(now_ns);
-        let x = &self.pipeline.extractor;
-        self.metrics.sync(Stage::Reassembly, &x.stats().fields());
-        self.metrics.sync(Stage::Http, &x.shared().stats.fields());
+        self.driver.expire(now_ns, &mut self.dispatch);
+        self.dispatch.tick(self.driver.table());
     }
 
     /// The end of the input: flushes what reassembly holds (a response delimited by the end
     /// of its stream, for instance).
     pub fn finish_input(&mut self) {
-        self.pipeline.extractor.finish(&mut self.pipeline.events);
-        self.pipeline.dispatch();
+        self.driver.finish(&mut self.dispatch);
     }
 
     /// Requests framed so far.
     pub fn captured_requests(&self) -> u64 {
-        self.pipeline.captured_requests
+        self.dispatch.captured_requests
     }
 
     /// Copies queued to shadows so far (all shadows).
     pub fn mirrored(&self) -> u64 {
-        self.pipeline.shadows.iter().map(|s| s.offered).sum()
+        self.dispatch.shadows.iter().map(|s| s.offered).sum()
     }
 
     /// Waits (up to one per-copy timeout) for the copies already queued to finish.
@@ -187,16 +184,16 @@ impl Mirroring {
 
     pub fn summary(&self, kernel: Option<KernelCounters>) -> Summary {
         let metrics = &self.metrics;
-        let x = &self.pipeline.extractor;
+        let x = self.driver.table();
         Summary {
             kernel,
             reassembly: *x.stats(),
             http: x.shared().stats,
-            captured_requests: self.pipeline.captured_requests,
+            captured_requests: self.dispatch.captured_requests,
             not_matched: metrics.not_matched.get(),
             uncopyable: metrics.uncopyable.get(),
             shadows: self
-                .pipeline
+                .dispatch
                 .shadows
                 .iter()
                 .map(|s| ShadowSummary {
@@ -211,52 +208,45 @@ impl Mirroring {
     }
 }
 
-/// Everything between the capture and the shadow queues.
-struct Pipeline {
-    extractor: HttpExtractor,
+/// What the flow table feeds: loop prevention on the way in, requests out to the stages
+/// after framing.
+pub(crate) struct Dispatch {
     own: OwnSockets,
     shadow_ports: HashSet<u16>,
-    stages: Stages,
+    pub(crate) stages: Stages,
     shadows: Vec<Shadow>,
-    events: Vec<HttpEvent>,
     captured_requests: u64,
 }
 
-impl Pipeline {
-    fn segments(&mut self, batch: &mut Vec<Segment>) {
-        for seg in batch.drain(..) {
-            // Loop prevention: our own connections to a shadow behind a tapped interface
-            // (the kernel already skips their marked packets in one direction).
-            if self.shadow_ports.contains(&seg.server().port()) && self.own.contains(&seg.client())
-            {
-                continue;
-            }
-            self.extractor.push(&seg, &mut self.events);
-        }
-        self.dispatch();
+impl FlowSink<HttpConnection> for Dispatch {
+    fn admit(&mut self, seg: Segment) -> Option<Segment> {
+        // Loop prevention: our own connections to a shadow behind a tapped interface (the
+        // kernel already skips their marked packets in one direction).
+        let own =
+            self.shadow_ports.contains(&seg.server().port()) && self.own.contains(&seg.client());
+        (!own).then_some(seg)
     }
 
-    fn tick(&mut self, now_ns: u64) {
-        self.extractor.expire(now_ns, &mut self.events);
-        self.dispatch();
+    fn event(&mut self, event: HttpEvent) {
+        // Responses: the primary's answers, for the comparison to come.
+        if let HttpEvent::Request(req) = event {
+            self.captured_requests += 1;
+            self.stages.mirror(self.captured_requests, &req, &mut self.shadows);
+        }
     }
 
-    fn dispatch(&mut self) {
-        for event in self.events.drain(..) {
-            if let HttpEvent::Request(req) = event {
-                self.captured_requests += 1;
-                self.stages.mirror(self.captured_requests, &req, &mut self.shadows);
-            }
-        }
+    fn tick(&mut self, table: &FlowTable<HttpConnection>) {
+        self.stages.metrics.sync(Stage::Reassembly, &table.stats().fields());
+        self.stages.metrics.sync(Stage::Http, &table.shared().stats.fields());
     }
 }
 
 /// The per-request stages after framing.
-struct Stages {
+pub(crate) struct Stages {
     matcher: RequestMatcher,
     sampler: Sampler,
     rewriter: Rewriter,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     watch: Option<Publisher>,
 }
 

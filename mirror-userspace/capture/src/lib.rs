@@ -12,3 +12,11 @@ mod source;
 pub use mirror_common::{tcp_flags, Direction, Hook};
 pub use segment::{ChunkMerger, Segment};
 pub use source::CaptureSource;
+
+/// Nanoseconds since the Unix epoch: the clock of segment timestamps (the tap converts the
+/// kernel's monotonic clock to it).
+pub fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

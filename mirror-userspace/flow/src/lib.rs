@@ -6,11 +6,13 @@
 //! per-connection [`StreamConsumer`] (the HTTP stage). It enforces the caps: number of
 //! connections, out-of-order bytes per direction, buffered bytes per connection and in total,
 //! and idle time. Every eviction and every lost byte is counted in [`ReassemblyStats`].
+mod driver;
 mod flow_table;
 mod stream;
 
 use std::net::SocketAddr;
 
+pub use driver::{Ended, FlowDriver, FlowSink};
 pub use flow_table::FlowTable;
 pub use stream::{SegmentIn, StreamEvent, StreamReassembler};
 

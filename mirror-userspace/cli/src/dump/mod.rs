@@ -11,10 +11,10 @@ use clap::Args;
 use mirror_capture::{
     frame::Classifier,
     pcap::{PcapSink, PcapSource},
-    CaptureSource, ChunkMerger, Hook, Segment,
+    ChunkMerger, Hook, Segment,
 };
-use mirror_flow::ReassemblyConfig;
-use mirror_http::{extractor, HttpConfig, HttpEvent, HttpExtractor};
+use mirror_flow::{Ended, FlowDriver, FlowSink, ReassemblyConfig};
+use mirror_http::{extractor, HttpConfig, HttpConnection, HttpEvent};
 use mirror_tap::{KernelCounters, Tap, TapSettings};
 
 use crate::format::{
@@ -122,13 +122,14 @@ pub(crate) async fn run(args: DumpArgs) -> Result<ExitCode> {
         out: &mut out,
         counts: &mut counts,
         merger: ChunkMerger::default(),
-        extractor: extractor(ReassemblyConfig::default(), HttpConfig::default()),
-        events: Vec::new(),
+        error: None,
     };
+    let mut driver = FlowDriver::new(extractor(ReassemblyConfig::default(), HttpConfig::default()));
     let kernel = match &args.read {
         Some(path) => {
             let mut source = PcapSource::open(path, classifier.clone())?;
-            pump(&mut source, &mut dumper, std::future::pending()).await?;
+            let stop = std::future::pending();
+            driver.run(&mut source, &mut dumper, stop, None).await.context("reading packets")?;
             None
         }
         None => {
@@ -155,17 +156,26 @@ pub(crate) async fn run(args: DumpArgs) -> Result<ExitCode> {
             let mut tap = Tap::attach(&settings)?;
             eprintln!("mirror dump: listening on {}", args.interfaces.join(", "));
             let mut source = tap.segments()?;
-            if pump(&mut source, &mut dumper, stop).await? {
+            let ended = driver.run(&mut source, &mut dumper, stop, None).await?;
+            if ended == Ended::Stopped {
                 // Interrupted: what was captured before the signal is still shown.
                 let mut batch = Vec::new();
-                while source.drain_now(&mut batch) > 0 && dumper.batch(&mut batch)? {}
+                while !dumper.is_done() && source.drain_now(&mut batch) > 0 {
+                    driver.feed(&mut batch, &mut dumper);
+                }
             }
             let kernel = tap.counters()?;
             tap.detach()?;
             Some(kernel)
         }
     };
-    dumper.finish()?;
+    if args.http {
+        // Messages still held (a response that ends with its connection).
+        driver.finish(&mut dumper);
+    }
+    if let Some(e) = dumper.error.take() {
+        return Err(e);
+    }
     out.finish()?;
     print_counts(&counts, kernel);
     Ok(ExitCode::SUCCESS)
@@ -250,7 +260,8 @@ impl Output {
     }
 }
 
-/// The stages of a dump: chunk merging, the filter, direction, and packet or HTTP output.
+/// The stages of a dump after capture: chunk merging, the filter, direction, and packet or
+/// HTTP output (HTTP lines come from the flow table the segments are admitted to).
 struct Dumper<'a> {
     args: &'a DumpArgs,
     filter: &'a Filter,
@@ -258,73 +269,52 @@ struct Dumper<'a> {
     out: &'a mut Output,
     counts: &'a mut Counts,
     merger: ChunkMerger,
-    extractor: HttpExtractor,
-    events: Vec<HttpEvent>,
+    /// The first output error (a closed pipe): the dump stops there.
+    error: Option<anyhow::Error>,
 }
 
 impl Dumper<'_> {
-    /// Handles a batch; false once the count is reached.
-    fn batch(&mut self, batch: &mut Vec<Segment>) -> Result<bool> {
-        let limit = self.args.count.unwrap_or(u64::MAX);
-        for seg in batch.drain(..) {
-            let Some(mut seg) = self.merger.push(seg) else { continue };
-            if !self.filter.matches(&seg) {
-                continue;
-            }
-            self.counts.matched += 1;
-            if let Some(d) = self.classifier.direction(seg.src.port(), seg.dst.port()) {
-                seg.direction = d;
-            }
-            if self.args.http {
-                self.extractor.push(&seg, &mut self.events);
-                for e in self.events.drain(..) {
-                    self.out.http(&e, self.args.json)?;
-                    self.counts.captured += 1;
-                    if self.counts.captured >= limit {
-                        return Ok(false);
-                    }
-                }
-            } else {
-                self.out.packet(&seg, self.args.json)?;
-                self.counts.captured += 1;
-                if self.counts.captured >= limit {
-                    return Ok(false);
-                }
-            }
+    fn shown(&mut self, written: Result<()>) {
+        match written {
+            Ok(()) => self.counts.captured += 1,
+            Err(e) => self.error = Some(e),
         }
-        self.out.flush()?;
-        Ok(true)
-    }
-
-    /// The end: messages still held (a response that ends with its connection).
-    fn finish(&mut self) -> Result<()> {
-        if self.args.http && self.counts.captured < self.args.count.unwrap_or(u64::MAX) {
-            self.extractor.finish(&mut self.events);
-            for e in self.events.drain(..) {
-                self.out.http(&e, self.args.json)?;
-            }
-        }
-        Ok(())
     }
 }
 
-/// Moves segments from the source through the dumper until the source ends, `stop`
-/// completes or the count is reached. Returns false if the count was reached.
-async fn pump(
-    source: &mut impl CaptureSource,
-    dumper: &mut Dumper<'_>,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<bool> {
-    let mut batch = Vec::new();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(true),
-            more = source.next_batch(&mut batch) => if !more.context("reading packets")? { return Ok(true) },
+impl FlowSink<HttpConnection> for Dumper<'_> {
+    fn admit(&mut self, seg: Segment) -> Option<Segment> {
+        let mut seg = self.merger.push(seg)?;
+        if !self.filter.matches(&seg) {
+            return None;
         }
-        if !dumper.batch(&mut batch)? {
-            return Ok(false);
+        self.counts.matched += 1;
+        if let Some(d) = self.classifier.direction(seg.src.port(), seg.dst.port()) {
+            seg.direction = d;
         }
+        if self.args.http {
+            return Some(seg);
+        }
+        let written = self.out.packet(&seg, self.args.json);
+        self.shown(written);
+        None
+    }
+
+    fn event(&mut self, event: HttpEvent) {
+        if !self.is_done() {
+            let written = self.out.http(&event, self.args.json);
+            self.shown(written);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.out.flush() {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.error.is_some() || self.counts.captured >= self.args.count.unwrap_or(u64::MAX)
     }
 }
 
