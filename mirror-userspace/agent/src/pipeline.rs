@@ -14,7 +14,7 @@ use std::{
 };
 
 use http::Uri;
-use mirror_capture::Segment;
+use mirror_capture::{CaptureSource, Segment};
 use mirror_flow::{FlowDriver, FlowSink, FlowTable, ReassemblyConfig, ReassemblyStats};
 use mirror_http::{extractor, HttpConfig, HttpConnection, HttpEvent, HttpRequest, HttpStats};
 use mirror_shadow::{Limits, OwnSockets, ResultSink, ShadowClient, ShadowOptions};
@@ -162,6 +162,15 @@ impl Mirroring {
     /// of its stream, for instance).
     pub fn finish_input(&mut self) {
         self.driver.finish(&mut self.dispatch);
+    }
+
+    /// Takes every segment of `source` through the pipeline (no timers: a file's or a test's
+    /// segments carry their own clock), then flushes what reassembly holds.
+    pub async fn run_to_end(&mut self, source: &mut impl CaptureSource) -> std::io::Result<()> {
+        let stop = std::future::pending();
+        self.driver.run(source, &mut self.dispatch, stop, None).await?;
+        self.finish_input();
+        Ok(())
     }
 
     /// Requests framed so far.
