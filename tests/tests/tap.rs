@@ -150,7 +150,7 @@ async fn capture_is_byte_exact(family: Family, mode: AttachMode) {
         segments.iter().any(|s| s.chunk_offset > 0),
         "the 1 MiB upload crossed as GSO super-packets"
     );
-    tap.detach().unwrap();
+    tap.detach();
 }
 
 fn wall_clock_ns() -> u64 {
@@ -442,7 +442,7 @@ async fn auto_mode_falls_back_to_clsact_when_tcx_fails() {
     keys.sort();
     assert!(!keys.is_empty());
     assert!(keys.chunks(2).all(|pair| pair.len() == 2 && pair[0] == pair[1]), "{keys:?}");
-    tap.detach().unwrap();
+    tap.detach();
     assert!(tcx_program_names(&iface).is_empty());
     let (qdiscs, filters) = tc_state(&iface);
     assert!(!qdiscs.contains("clsact") && filters.is_empty(), "{qdiscs}{filters}");

@@ -84,7 +84,7 @@ impl LiveAgent {
         }
         self.ready.store(false, Ordering::Relaxed);
         let kernel = self.tap.counters()?;
-        self.tap.detach()?;
+        self.tap.detach();
         self.mirroring.settle().await;
         if let Some(path) = self.watch_socket {
             let _ = std::fs::remove_file(path);

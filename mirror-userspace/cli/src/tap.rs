@@ -104,7 +104,7 @@ pub(crate) async fn run(args: TapArgs) -> Result<ExitCode> {
         }
     }
     let counters = tap.counters()?;
-    tap.detach()?;
+    tap.detach();
     eprintln!("mirror tap: {printed} segments printed; kernel: {counters}");
     if source.malformed() > 0 {
         bail!("{} malformed ring records", source.malformed());

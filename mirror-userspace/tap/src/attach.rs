@@ -1,9 +1,16 @@
 //! Attaching a classifier to one hook of one interface: TCX links where the kernel has
-//! them (6.6+), otherwise a clsact qdisc and a netlink filter.
+//! them (6.6+), otherwise a clsact qdisc and a netlink filter. An [`Attachment`] owns its
+//! link: dropping it detaches, and the last attachment of ours on an interface deletes the
+//! clsact qdisc if we added it (never one that was there before).
+use std::{
+    collections::HashMap,
+    sync::{Arc, Weak},
+};
+
 use anyhow::{Context, Result};
 use aya::{
     programs::{
-        tc::{self, NlOptions, TcAttachOptions},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType,
     },
     Ebpf,
@@ -19,31 +26,45 @@ pub enum AttachMode {
     Netlink,
 }
 
-/// One attached program and what must be undone beyond dropping its link.
-pub(super) struct Attachment {
-    pub iface: String,
-    pub hook: Hook,
-    pub mode: AttachMode,
-    /// We added the clsact qdisc, so we remove it again.
-    created_clsact: bool,
+/// One attached program; detached when dropped.
+pub(crate) struct Attachment {
+    pub(crate) iface: String,
+    pub(crate) hook: Hook,
+    pub(crate) mode: AttachMode,
+    link: Option<SchedClassifierLink>,
+    /// The clsact qdisc we added to this interface, shared by our attachments on it.
+    _clsact: Option<Arc<ClsactGuard>>,
 }
 
-impl Attachment {
-    /// Called after the programs (and with them the links) were dropped.
-    pub(crate) fn cleanup(self) -> Result<()> {
-        if self.created_clsact {
-            super::clsact::delete(&self.iface)
-                .with_context(|| format!("deleting the clsact qdisc on {}", self.iface))?;
-        }
-        Ok(())
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        // The link first: the qdisc (if ours and this was its last user) goes after it.
+        drop(self.link.take());
     }
 }
 
-pub(super) fn attach(
+/// Deletes a clsact qdisc we added once the last attachment using it is gone.
+pub(crate) struct ClsactGuard {
+    iface: String,
+}
+
+impl Drop for ClsactGuard {
+    fn drop(&mut self) {
+        if let Err(e) = super::clsact::delete(&self.iface) {
+            tracing::warn!("deleting the clsact qdisc on {}: {e:#}", self.iface);
+        }
+    }
+}
+
+/// The clsact qdiscs we added, by interface, while any attachment uses them.
+pub(crate) type OwnQdiscs = HashMap<String, Weak<ClsactGuard>>;
+
+pub(crate) fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
     hook: Hook,
     mode: AttachMode,
+    qdiscs: &mut OwnQdiscs,
 ) -> Result<Attachment> {
     let (name, attach_type) = match hook {
         Hook::Ingress => (PROG_INGRESS, TcAttachType::Ingress),
@@ -54,13 +75,10 @@ pub(super) fn attach(
     if mode != AttachMode::Netlink {
         let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
         match prog.attach_with_options(iface, attach_type, tcx) {
-            Ok(_) => {
-                return Ok(Attachment {
-                    iface: iface.into(),
-                    hook,
-                    mode: AttachMode::Tcx,
-                    created_clsact: false,
-                })
+            Ok(id) => {
+                let link = Some(prog.take_link(id)?);
+                let iface = iface.to_owned();
+                return Ok(Attachment { iface, hook, mode: AttachMode::Tcx, link, _clsact: None });
             }
             Err(e) if mode == AttachMode::Tcx => {
                 return Err(e).with_context(|| format!("TCX attach to {iface} {hook:?}"))
@@ -68,21 +86,29 @@ pub(super) fn attach(
             Err(e) => tracing::info!("TCX attach to {iface} failed ({e}), using clsact + netlink"),
         }
     }
-    let created_clsact = match tc::qdisc_add_clsact(iface) {
-        Ok(()) => true,
-        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
-        Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {iface}")),
-    };
-    let mut att =
-        Attachment { iface: iface.into(), hook, mode: AttachMode::Netlink, created_clsact };
+    let clsact = clsact_for(iface, qdiscs)?;
     let nl = TcAttachOptions::Netlink(NlOptions::default());
-    if let Err(e) = prog.attach_with_options(iface, attach_type, nl) {
-        // Undo the qdisc now: the caller never sees this attachment.
-        let cleanup = std::mem::replace(&mut att.created_clsact, false);
-        if cleanup {
-            let _ = super::clsact::delete(iface);
-        }
-        return Err(e).with_context(|| format!("netlink attach to {iface} {hook:?}"));
+    // On failure `clsact` drops here, deleting a qdisc we just added for nothing.
+    let id = prog
+        .attach_with_options(iface, attach_type, nl)
+        .with_context(|| format!("netlink attach to {iface} {hook:?}"))?;
+    let link = Some(prog.take_link(id)?);
+    Ok(Attachment { iface: iface.into(), hook, mode: AttachMode::Netlink, link, _clsact: clsact })
+}
+
+/// Our clsact qdisc on `iface`: the one our other attachments share, or a new one; `None`
+/// when someone else's is there (we use it and never delete it).
+fn clsact_for(iface: &str, qdiscs: &mut OwnQdiscs) -> Result<Option<Arc<ClsactGuard>>> {
+    if let Some(guard) = qdiscs.get(iface).and_then(Weak::upgrade) {
+        return Ok(Some(guard));
     }
-    Ok(att)
+    match tc::qdisc_add_clsact(iface) {
+        Ok(()) => {
+            let guard = Arc::new(ClsactGuard { iface: iface.to_owned() });
+            qdiscs.insert(iface.to_owned(), Arc::downgrade(&guard));
+            Ok(Some(guard))
+        }
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("adding a clsact qdisc to {iface}")),
+    }
 }

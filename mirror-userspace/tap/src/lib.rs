@@ -1,8 +1,9 @@
 //! The loader of the kernel tap: loads the embedded object, fills the selection maps,
 //! attaches to interfaces and hands out the captured segments and the kernel counters.
 //!
-//! Everything the loader creates is undone when the [`Tap`] is dropped: TCX links close with
-//! their fds, netlink filters are removed, and a clsact qdisc is deleted if we added it.
+//! Everything the loader creates is undone when the [`Tap`] is dropped (or an interface is
+//! detached): TCX links close with their fds, netlink filters are removed, and a clsact
+//! qdisc is deleted if we added it.
 mod attach;
 mod clsact;
 mod iface;
@@ -24,7 +25,7 @@ use mirror_common::{
 };
 
 pub use attach::AttachMode;
-use attach::Attachment;
+use attach::{Attachment, OwnQdiscs};
 pub use iface::ifindex as interface_index;
 pub use ring::RingSource;
 
@@ -159,17 +160,20 @@ impl fmt::Display for KernelCounters {
     }
 }
 
-/// A loaded and attached tap.
+/// A loaded and attached tap. Interfaces can be attached and detached while it runs; each
+/// (interface, hook) is one [`Attachment`](attach::Attachment) that detaches when dropped.
 pub struct Tap {
-    /// `Some` until dropped; dropping it detaches every link it owns.
-    ebpf: Option<Ebpf>,
+    ebpf: Ebpf,
     ring: Option<RingBuf<MapData>>,
+    hooks: Vec<Hook>,
+    attach_mode: AttachMode,
     attachments: Vec<Attachment>,
+    qdiscs: OwnQdiscs,
 }
 
 impl Tap {
-    /// Validates the settings, loads the program, fills its maps and attaches it.
-    /// On error everything attached so far is detached again.
+    /// Validates the settings, loads the program, fills its maps and attaches it to every
+    /// interface of the settings. On error everything attached so far is detached again.
     pub fn attach(settings: &TapSettings) -> Result<Tap> {
         settings.validate()?;
         if TAP_OBJECT.is_empty() {
@@ -191,16 +195,52 @@ impl Tap {
             prog.load().with_context(|| format!("loading program {name}"))?;
         }
         let ring = ebpf.take_map(MAP_SEGMENTS).context("ring map missing")?;
-        let ring = RingBuf::try_from(ring)?;
-        let mut tap = Tap { ebpf: Some(ebpf), ring: Some(ring), attachments: Vec::new() };
+        let mut tap = Tap {
+            ebpf,
+            ring: Some(RingBuf::try_from(ring)?),
+            hooks: settings.hooks.clone(),
+            attach_mode: settings.attach_mode,
+            attachments: Vec::new(),
+            qdiscs: OwnQdiscs::new(),
+        };
         for iface in &settings.interfaces {
-            for &hook in &settings.hooks {
-                let ebpf = tap.ebpf.as_mut().expect("present until drop");
-                let att = attach::attach(ebpf, iface, hook, settings.attach_mode)?;
-                tap.attachments.push(att);
-            }
+            tap.attach_interface(iface)?;
         }
         Ok(tap)
+    }
+
+    /// Attaches to the hooks of one more interface (all of them or none). Asked twice for one
+    /// interface it attaches twice (TCX refuses the same program twice on a hook; in auto mode
+    /// the second attachment is then made through clsact).
+    pub fn attach_interface(&mut self, iface: &str) -> Result<()> {
+        if iface::ifindex(iface).is_none() {
+            bail!("interfaces: no such interface {iface:?}");
+        }
+        let mut new = Vec::new();
+        for &hook in &self.hooks {
+            // On error `new` drops: the hooks attached so far are detached again.
+            new.push(attach::attach(
+                &mut self.ebpf,
+                iface,
+                hook,
+                self.attach_mode,
+                &mut self.qdiscs,
+            )?);
+        }
+        self.attachments.extend(new);
+        Ok(())
+    }
+
+    /// Whether `iface` is attached (on any hook).
+    pub fn is_attached(&self, iface: &str) -> bool {
+        self.attachments.iter().any(|a| a.iface == iface)
+    }
+
+    /// Detaches from every hook of `iface`; false if it was not attached.
+    pub fn detach_interface(&mut self, iface: &str) -> bool {
+        let before = self.attachments.len();
+        self.attachments.retain(|a| a.iface != iface);
+        self.attachments.len() != before
     }
 
     /// Where each program is attached and how.
@@ -216,8 +256,7 @@ impl Tap {
 
     /// Reads the kernel counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters> {
-        let ebpf = self.ebpf.as_ref().expect("present until drop");
-        let map = ebpf.map(MAP_COUNTERS).context("counter map missing")?;
+        let map = self.ebpf.map(MAP_COUNTERS).context("counter map missing")?;
         let array = PerCpuArray::<_, CpuState>::try_from(map)?;
         let per_cpu = array.get(&0, 0)?;
         let mut out = KernelCounters::default();
@@ -227,29 +266,18 @@ impl Tap {
         Ok(out)
     }
 
-    /// Detaches now, reporting errors (dropping the tap does the same, silently).
-    pub fn detach(mut self) -> Result<()> {
-        self.detach_all()
-    }
-
-    fn detach_all(&mut self) -> Result<()> {
-        // Links first (dropping the programs detaches them), then the qdiscs we created.
-        drop(self.ebpf.take());
-        let mut first_error = None;
-        for att in self.attachments.drain(..) {
-            if let Err(e) = att.cleanup() {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+    /// Detaches everything now (dropping the tap does the same). A qdisc that cannot be
+    /// deleted is logged: nothing more can be done about it here.
+    pub fn detach(self) {
+        drop(self);
     }
 }
 
 impl Drop for Tap {
     fn drop(&mut self) {
-        if let Err(e) = self.detach_all() {
-            tracing::warn!("detaching the tap: {e:#}");
-        }
+        // Every link, then (with the last attachment on each interface) the qdiscs we added;
+        // the programs and maps go with `ebpf` afterwards.
+        self.attachments.clear();
     }
 }
 

@@ -165,7 +165,7 @@ pub(crate) async fn run(args: DumpArgs) -> Result<ExitCode> {
                 }
             }
             let kernel = tap.counters()?;
-            tap.detach()?;
+            tap.detach();
             Some(kernel)
         }
     };
