@@ -7,20 +7,20 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
 };
 
 use anyhow::Result;
-use mirror_capture::Segment;
-use mirror_flow::{FlowSink, FlowTable};
-use mirror_http::{HttpConnection, HttpEvent};
 use mirror_shadow::ResultSink;
-use mirror_tap::{Directions, KernelCounters, RingSource, Tap, TapSettings};
-use tokio::net::TcpListener;
+use mirror_tap::{Directions, RingSource, Tap, TapSettings};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
 
 use crate::{
-    metrics::{self, Stage},
-    pipeline::{Dispatch, MirrorSettings, Mirroring, Summary, OWN_MARK},
+    control::{run_controlled, Command, Control},
+    metrics,
+    pipeline::{MirrorSettings, Mirroring, Summary, OWN_MARK},
     watch::Publisher,
 };
 
@@ -45,6 +45,8 @@ pub struct LiveAgent {
     source: RingSource,
     ready: Arc<AtomicBool>,
     watch_socket: Option<PathBuf>,
+    control: Control,
+    commands: mpsc::Receiver<(Command, oneshot::Sender<Result<()>>)>,
 }
 
 impl LiveAgent {
@@ -67,20 +69,24 @@ impl LiveAgent {
         if let Some(listener) = listener {
             serve_metrics(listener, &mirroring, &ready);
         }
-        Ok(LiveAgent { mirroring, tap, source, ready, watch_socket })
+        let (control, commands) = Control::channel();
+        Ok(LiveAgent { mirroring, tap, source, ready, watch_socket, control, commands })
     }
 
-    /// Mirrors until `shutdown` completes; then drains the ring, detaches and returns the
-    /// summary.
+    /// The control channel into this agent (valid while it runs).
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Mirrors until `shutdown` completes, applying control commands as they come; then
+    /// drains the ring, detaches and returns the summary.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Summary> {
-        let Mirroring { driver, dispatch, .. } = &mut self.mirroring;
-        let mut sink = LiveSink { dispatch, tap: &self.tap };
-        let every_second = Some(Duration::from_secs(1));
-        driver.run(&mut self.source, &mut sink, shutdown, every_second).await?;
+        let (mirroring, source, tap) = (&mut self.mirroring, &mut self.source, &mut self.tap);
+        run_controlled(mirroring, source, tap, &mut self.commands, shutdown).await?;
         // Everything captured before the signal is mirrored: drain the ring to the end.
         let mut batch = Vec::new();
         while self.source.drain_now(&mut batch) > 0 {
-            driver.feed(&mut batch, &mut sink);
+            self.mirroring.segments(&mut batch);
         }
         self.ready.store(false, Ordering::Relaxed);
         let kernel = self.tap.counters()?;
@@ -112,39 +118,4 @@ fn serve_watchers(mirroring: &mut Mirroring, path: &std::path::Path) -> bool {
 
 fn serve_metrics(listener: TcpListener, mirroring: &Mirroring, ready: &Arc<AtomicBool>) {
     tokio::spawn(metrics::serve(listener, mirroring.metrics().clone(), ready.clone()));
-}
-
-/// The pipeline's sink, with the kernel counters synced into the metrics every tick.
-struct LiveSink<'a> {
-    dispatch: &'a mut Dispatch,
-    tap: &'a Tap,
-}
-
-impl FlowSink<HttpConnection> for LiveSink<'_> {
-    fn admit(&mut self, segment: Segment) -> Option<Segment> {
-        self.dispatch.admit(segment)
-    }
-
-    fn event(&mut self, event: HttpEvent) {
-        self.dispatch.event(event);
-    }
-
-    fn tick(&mut self, table: &FlowTable<HttpConnection>) {
-        self.dispatch.tick(table);
-        match self.tap.counters() {
-            Ok(k) => self.dispatch.stages.metrics.sync(Stage::Kernel, &kernel_fields(&k)),
-            Err(e) => tracing::debug!("reading the kernel counters: {e:#}"),
-        }
-    }
-}
-
-fn kernel_fields(k: &KernelCounters) -> [(&'static str, u64); 6] {
-    [
-        ("seen", k.seen),
-        ("selected", k.selected),
-        ("records", k.records),
-        ("bytes", k.bytes),
-        ("lost", k.lost),
-        ("truncated", k.truncated),
-    ]
 }

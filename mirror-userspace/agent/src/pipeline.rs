@@ -92,54 +92,87 @@ pub struct ShadowSummary {
 pub struct Mirroring {
     pub(crate) driver: FlowDriver<HttpConnection>,
     pub(crate) dispatch: Dispatch,
+    shared: Shared,
+    timeout: Duration,
+}
+
+/// What outlives a change of settings: metrics, the byte budget, our own sockets, the sink.
+struct Shared {
     metrics: Arc<Metrics>,
     queued: Arc<AtomicUsize>,
-    timeout: Duration,
+    own: OwnSockets,
+    results: Option<Arc<dyn ResultSink>>,
+}
+
+impl Shared {
+    /// A client per shadow of `settings` (started within a tokio runtime).
+    fn shadows(&self, settings: &MirrorSettings) -> Vec<Shadow> {
+        let start = |target: &ShadowTarget| {
+            let metrics = Arc::new(self.metrics.shadow(&target.name));
+            let sink = ShadowResults { metrics: metrics.clone(), next: self.results.clone() };
+            let options = ShadowOptions {
+                queued_bytes: self.queued.clone(),
+                own: self.own.clone(),
+                mark: OWN_MARK,
+                label_copies: self.results.is_some(),
+                keep_body: None,
+                sink: Arc::new(sink),
+            };
+            let client = ShadowClient::start(&target.uri, &settings.limits, options);
+            Shadow { client, percent: target.percent, metrics, offered: 0 }
+        };
+        settings.shadows.iter().map(start).collect()
+    }
+
+    fn dispatch(&self, settings: MirrorSettings, watch: Option<Publisher>) -> Dispatch {
+        let shadows = self.shadows(&settings);
+        let shadow_ports = shadows
+            .iter()
+            .filter_map(|s| s.client.authority().rsplit(':').next()?.parse().ok())
+            .collect();
+        let stages = Stages {
+            matcher: RequestMatcher::new(settings.rules),
+            sampler: Sampler::new(settings.sample_by_header, settings.seed),
+            rewriter: Rewriter::new(settings.host, settings.edits),
+            metrics: self.metrics.clone(),
+            watch,
+        };
+        Dispatch { own: self.own.clone(), shadow_ports, stages, shadows, captured_requests: 0 }
+    }
 }
 
 impl Mirroring {
     /// Starts one dispatcher per shadow (within a tokio runtime). `results`, if given, is
     /// told every copy's outcome after the metrics.
     pub fn start(settings: MirrorSettings, results: Option<Arc<dyn ResultSink>>) -> Mirroring {
-        let matcher = RequestMatcher::new(settings.rules);
-        let rewriter = Rewriter::new(settings.host, settings.edits);
-        let sampler = Sampler::new(settings.sample_by_header, settings.seed);
-        let metrics = Arc::new(Metrics::default());
-        let own = OwnSockets::default();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let mut shadows = Vec::new();
-        for target in &settings.shadows {
-            let shadow_metrics = Arc::new(metrics.shadow(&target.name));
-            let sink = ShadowResults { metrics: shadow_metrics.clone(), next: results.clone() };
-            let options = ShadowOptions {
-                queued_bytes: queued.clone(),
-                own: own.clone(),
-                mark: OWN_MARK,
-                label_copies: results.is_some(),
-                keep_body: None,
-                sink: Arc::new(sink),
-            };
-            let client = ShadowClient::start(&target.uri, &settings.limits, options);
-            let percent = target.percent;
-            shadows.push(Shadow { client, percent, metrics: shadow_metrics, offered: 0 });
-        }
-        let shadow_ports = shadows
-            .iter()
-            .filter_map(|s| s.client.authority().rsplit(':').next()?.parse().ok())
-            .collect();
-        let dispatch = Dispatch {
-            own,
-            shadow_ports,
-            stages: Stages { matcher, sampler, rewriter, metrics: metrics.clone(), watch: None },
-            shadows,
-            captured_requests: 0,
+        let shared = Shared {
+            metrics: Arc::new(Metrics::default()),
+            queued: Arc::new(AtomicUsize::new(0)),
+            own: OwnSockets::default(),
+            results,
         };
-        let driver = FlowDriver::new(extractor(settings.reassembly, settings.http));
-        Mirroring { driver, dispatch, metrics, queued, timeout: settings.limits.timeout }
+        let table = extractor(settings.reassembly.clone(), settings.http.clone());
+        let timeout = settings.limits.timeout;
+        let dispatch = shared.dispatch(settings, None);
+        Mirroring { driver: FlowDriver::new(table), dispatch, shared, timeout }
+    }
+
+    /// Puts new settings in force without stopping: new match rules, sampling, rewrite and
+    /// shadows from the next request on (copies queued to the old shadows finish on their
+    /// own), new reassembly caps now and framing caps for new connections.
+    pub fn replace(&mut self, settings: MirrorSettings) {
+        let table = self.driver.table_mut();
+        table.set_config(settings.reassembly.clone());
+        table.shared_mut().config = settings.http.clone();
+        self.timeout = self.timeout.max(settings.limits.timeout);
+        let watch = self.dispatch.stages.watch.take();
+        let captured = self.dispatch.captured_requests;
+        self.dispatch = self.shared.dispatch(settings, watch);
+        self.dispatch.captured_requests = captured;
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        &self.shared.metrics
     }
 
     /// Publishes every mirrored request to watchers.
@@ -167,7 +200,7 @@ impl Mirroring {
     /// Takes every segment of `source` through the pipeline (no timers: a file's or a test's
     /// segments carry their own clock), then flushes what reassembly holds.
     pub async fn run_to_end(&mut self, source: &mut impl CaptureSource) -> std::io::Result<()> {
-        let stop = std::future::pending();
+        let stop = std::future::pending::<()>();
         self.driver.run(source, &mut self.dispatch, stop, None).await?;
         self.finish_input();
         Ok(())
@@ -186,13 +219,15 @@ impl Mirroring {
     /// Waits (up to one per-copy timeout) for the copies already queued to finish.
     pub async fn settle(&self) {
         let deadline = tokio::time::Instant::now() + self.timeout + Duration::from_millis(200);
-        while self.queued.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while self.shared.queued.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub fn summary(&self, kernel: Option<KernelCounters>) -> Summary {
-        let metrics = &self.metrics;
+        let metrics = &self.shared.metrics;
         let x = self.driver.table();
         Summary {
             kernel,

@@ -148,7 +148,7 @@ async fn replay_paces_a_capture_file_as_recorded_over_the_speed() {
         results: Some(outcomes.clone()),
     };
     let (summary, file) =
-        replay(settings(closed), &opts, |_| {}, std::future::pending()).await.unwrap();
+        replay(settings(closed), &opts, |_| {}, std::future::pending::<()>()).await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!((summary.captured_requests, file.skipped), (4, 0));
     let mut seen = outcomes.0.lock().unwrap().clone();

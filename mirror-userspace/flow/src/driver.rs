@@ -39,11 +39,11 @@ impl<C: StreamConsumer> FlowSink<C> for Vec<C::Event> {
 
 /// Why [`FlowDriver::run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ended {
+pub enum Ended<T> {
     /// The source is exhausted (a file ended).
     Source,
-    /// The stop future completed (a signal).
-    Stopped,
+    /// The stop future completed (a signal, a command) with this.
+    Stopped(T),
     /// The sink is done.
     Sink,
 }
@@ -62,6 +62,10 @@ impl<C: StreamConsumer> FlowDriver<C> {
 
     pub fn table(&self) -> &FlowTable<C> {
         &self.table
+    }
+
+    pub fn table_mut(&mut self) -> &mut FlowTable<C> {
+        &mut self.table
     }
 
     /// Takes a batch of segments (emptied) through the sink's admission and the table.
@@ -93,19 +97,19 @@ impl<C: StreamConsumer> FlowDriver<C> {
     /// Reads `source` until it ends, `stop` completes or the sink is done. With `tick`, every
     /// period expires timeouts by the wall clock (live sources only: a file's segments carry
     /// the clock of their capture) and calls [`FlowSink::tick`].
-    pub async fn run(
+    pub async fn run<T>(
         &mut self,
         source: &mut impl CaptureSource,
         sink: &mut impl FlowSink<C>,
-        stop: impl Future<Output = ()>,
+        stop: impl Future<Output = T>,
         tick: Option<Duration>,
-    ) -> io::Result<Ended> {
+    ) -> io::Result<Ended<T>> {
         let mut batch = std::mem::take(&mut self.batch);
         let mut timer = tokio::time::interval(tick.unwrap_or(Duration::from_secs(3600)));
         tokio::pin!(stop);
         let ended = loop {
             tokio::select! {
-                _ = &mut stop => break Ok(Ended::Stopped),
+                value = &mut stop => break Ok(Ended::Stopped(value)),
                 more = source.next_batch(&mut batch) => match more {
                     Ok(true) => self.feed(&mut batch, sink),
                     Ok(false) => break Ok(Ended::Source),

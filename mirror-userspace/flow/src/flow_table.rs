@@ -45,6 +45,15 @@ impl<C: StreamConsumer> FlowTable<C> {
         }
     }
 
+    /// New caps, in force from the next segment (connections over them are evicted then).
+    pub fn set_config(&mut self, config: ReassemblyConfig) {
+        self.config = config;
+    }
+
+    pub fn shared_mut(&mut self) -> &mut C::Shared {
+        &mut self.shared
+    }
+
     pub fn stats(&self) -> &ReassemblyStats {
         &self.stats
     }

@@ -32,7 +32,7 @@ async fn requests_and_responses_arrive_paired_with_identity_and_time() {
     segs.extend(conversation(40002, 2));
     let mut source = MemorySource::new(segs, 5);
     let mut events: Vec<HttpEvent> = Vec::new();
-    let ended = driver().run(&mut source, &mut events, std::future::pending(), None).await;
+    let ended = driver().run(&mut source, &mut events, std::future::pending::<()>(), None).await;
     assert_eq!(ended.unwrap(), Ended::Source);
     let mut conns = HashSet::new();
     let (mut requests, mut responses) = (Vec::new(), Vec::new());
@@ -83,7 +83,7 @@ async fn the_sink_admits_segments_and_ends_the_run() {
     segs.extend(conversation(40002, 4));
     let mut sink = OneClient { port: 40002, limit: 3, seen: Vec::new() };
     let mut source = MemorySource::new(segs, 1);
-    let ended = driver().run(&mut source, &mut sink, std::future::pending(), None).await;
+    let ended = driver().run(&mut source, &mut sink, std::future::pending::<()>(), None).await;
     assert_eq!(ended.unwrap(), Ended::Sink);
     assert_eq!(sink.seen.len(), 3);
     for e in &sink.seen {

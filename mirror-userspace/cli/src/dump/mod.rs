@@ -128,7 +128,7 @@ pub(crate) async fn run(args: DumpArgs) -> Result<ExitCode> {
     let kernel = match &args.read {
         Some(path) => {
             let mut source = PcapSource::open(path, classifier.clone())?;
-            let stop = std::future::pending();
+            let stop = std::future::pending::<()>();
             driver.run(&mut source, &mut dumper, stop, None).await.context("reading packets")?;
             None
         }
@@ -157,7 +157,7 @@ pub(crate) async fn run(args: DumpArgs) -> Result<ExitCode> {
             eprintln!("mirror dump: listening on {}", args.interfaces.join(", "));
             let mut source = tap.segments()?;
             let ended = driver.run(&mut source, &mut dumper, stop, None).await?;
-            if ended == Ended::Stopped {
+            if ended == Ended::Stopped(()) {
                 // Interrupted: what was captured before the signal is still shown.
                 let mut batch = Vec::new();
                 while !dumper.is_done() && source.drain_now(&mut batch) > 0 {
