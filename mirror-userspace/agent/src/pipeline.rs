@@ -297,25 +297,26 @@ pub(crate) struct Stages {
 impl Stages {
     /// Mirrors request number `id` (counted from 1) to the shadows that sample it.
     fn mirror(&mut self, id: u64, req: &HttpRequest, shadows: &mut [Shadow]) {
-        if !self.matcher.matches(&req.head) {
+        let (head, client) = (&req.head, req.conn.client.ip());
+        if !self.matcher.matches(head) {
             self.metrics.not_matched.inc();
             return;
         }
         let watched = self.watch.as_ref().is_some_and(Publisher::watched);
         let mut sent_to: Vec<&str> = Vec::new();
         for shadow in shadows.iter_mut() {
-            if !self.sampler.sample(shadow.percent, &req.head) {
+            if !self.sampler.sample(shadow.percent, head) {
                 shadow.metrics.not_sampled.inc();
                 continue;
             }
-            let copy =
-                match self.rewriter.copy(req, shadow.client.authority(), req.conn.client.ip()) {
-                    Ok(copy) => copy,
-                    Err(_) => {
-                        self.metrics.uncopyable.inc();
-                        continue;
-                    }
-                };
+            let copy = match self.rewriter.copy(head, &req.body, shadow.client.authority(), client)
+            {
+                Ok(copy) => copy,
+                Err(_) => {
+                    self.metrics.uncopyable.inc();
+                    continue;
+                }
+            };
             let bytes = req.head.bytes().len() + req.body.len();
             if shadow.client.offer(id, copy, bytes).is_ok() {
                 shadow.offered += 1;

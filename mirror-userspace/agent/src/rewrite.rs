@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::Full;
 
-use mirror_http::{decode_chunked, HttpRequest};
+use mirror_http::{decode_chunked, RequestView, Version};
 
 /// Envoy's shadow host: `host:port` -> `host-shadow:port`, `host` -> `host-shadow`,
 /// `[::1]:p` -> `[::1]-shadow:p`.
@@ -71,44 +71,44 @@ impl Rewriter {
         Self { host, edits }
     }
 
-    /// The copy of `req` for the shadow at `authority` (`host:port`, where it is sent).
+    /// The copy of a captured request (`req`, whose body as sent is `body`) for the shadow at
+    /// `authority` (`host:port`, where it is sent).
     pub fn copy(
         &self,
-        req: &HttpRequest,
+        req: &impl RequestView,
+        body: &Bytes,
         authority: &str,
         client: IpAddr,
     ) -> Result<Request<Full<Bytes>>, RewriteError> {
-        let head = &req.head;
-        let method = Method::from_bytes(head.method().unwrap_or("").as_bytes())
-            .map_err(|_| RewriteError::RequestLine)?;
-        let target = head.target().unwrap_or("/");
+        let method =
+            Method::from_bytes(req.method().as_bytes()).map_err(|_| RewriteError::RequestLine)?;
+        let target = req.target();
         let path = if target.starts_with('/') { target.to_owned() } else { absolute_path(target) };
         let uri: http::Uri =
             format!("http://{authority}{path}").parse().map_err(|_| RewriteError::RequestLine)?;
         let mut builder = Request::builder().method(method).uri(uri);
-        if head.version() == 0 {
+        if req.version() == Version::Http10 {
             builder = builder.version(http::Version::HTTP_10);
         }
         let mut chunked = false;
         let mut forwarded = false;
+        let mut failed = None;
         let headers = builder.headers_mut().ok_or(RewriteError::RequestLine)?;
-        for (name, value) in head.headers() {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| RewriteError::Header)?;
-            let edits = &self.edits;
-            if edits.remove.contains(&name) || edits.set.iter().any(|(n, _)| *n == name) {
-                continue;
+        req.for_each_header(&mut |name, value| {
+            if failed.is_none() {
+                let header = self.header(name, value, client, &mut forwarded);
+                match header {
+                    Ok(Some((name, value))) => {
+                        chunked |= name == http::header::TRANSFER_ENCODING;
+                        headers.append(name, value);
+                    }
+                    Ok(None) => {}
+                    Err(e) => failed = Some(e),
+                }
             }
-            let mut value = HeaderValue::from_bytes(value).map_err(|_| RewriteError::Header)?;
-            if name == http::header::HOST {
-                value = self.host_value(&value).ok_or(RewriteError::Header)?;
-            } else if name == http::header::TRANSFER_ENCODING {
-                chunked = true;
-            } else if name.as_str() == "x-forwarded-for" && !forwarded {
-                let appended = format!("{}, {client}", value.to_str().unwrap_or(""));
-                value = HeaderValue::from_str(&appended).map_err(|_| RewriteError::Header)?;
-                forwarded = true;
-            }
-            headers.append(name, value);
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
         for (name, value) in &self.edits.set {
             headers.insert(name.clone(), value.clone());
@@ -123,12 +123,34 @@ impl Rewriter {
         }
         // hyper re-frames the body: it needs the decoded bytes of a chunked body (and keeps
         // the Transfer-Encoding header, so the shadow sees chunked framing again).
-        let body = if chunked {
-            decode_chunked(&req.body).ok_or(RewriteError::Body)?
-        } else {
-            req.body.clone()
-        };
+        let body =
+            if chunked { decode_chunked(body).ok_or(RewriteError::Body)? } else { body.clone() };
         builder.body(Full::new(body)).map_err(|_| RewriteError::RequestLine)
+    }
+
+    /// One captured header field as the copy carries it: removed or replaced by the edits
+    /// (`None`), Host rewritten, the client appended to the first X-Forwarded-For.
+    fn header(
+        &self,
+        name: &str,
+        value: &[u8],
+        client: IpAddr,
+        forwarded: &mut bool,
+    ) -> Result<Option<(HeaderName, HeaderValue)>, RewriteError> {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| RewriteError::Header)?;
+        let edits = &self.edits;
+        if edits.remove.contains(&name) || edits.set.iter().any(|(n, _)| *n == name) {
+            return Ok(None);
+        }
+        let mut value = HeaderValue::from_bytes(value).map_err(|_| RewriteError::Header)?;
+        if name == http::header::HOST {
+            value = self.host_value(&value).ok_or(RewriteError::Header)?;
+        } else if name.as_str() == "x-forwarded-for" && !*forwarded {
+            let appended = format!("{}, {client}", value.to_str().unwrap_or(""));
+            value = HeaderValue::from_str(&appended).map_err(|_| RewriteError::Header)?;
+            *forwarded = true;
+        }
+        Ok(Some((name, value)))
     }
 
     fn host_value(&self, original: &HeaderValue) -> Option<HeaderValue> {
@@ -154,7 +176,7 @@ fn absolute_path(target: &str) -> String {
 mod tests {
     use super::*;
     use mirror_flow::ReassemblyConfig;
-    use mirror_http::{extractor, HttpConfig, HttpEvent};
+    use mirror_http::{extractor, HttpConfig, HttpEvent, HttpRequest};
     use mirror_testkit::Conversation;
 
     fn captured(raw: &[u8]) -> HttpRequest {
@@ -190,7 +212,8 @@ mod tests {
             remove: vec![HeaderName::from_static("authorization")],
         };
         let r = Rewriter::new(HostRewrite::ShadowSuffix, edits);
-        let copy = r.copy(&req, "10.9.9.9:8080", "10.0.0.1".parse().unwrap()).unwrap();
+        let copy =
+            r.copy(&req.head, &req.body, "10.9.9.9:8080", "10.0.0.1".parse().unwrap()).unwrap();
         assert_eq!(copy.method(), "POST");
         assert_eq!(copy.uri(), "http://10.9.9.9:8080/p?q=1");
         assert_eq!(
@@ -214,7 +237,7 @@ mod tests {
             b"GET /h HTTP/1.1\r\nA: 1\r\nHost: h:80\r\nB: 2\r\nA: 3\r\nC: 4\r\nB: 5\r\nA: 6\r\nD: 7\r\n\r\n",
         );
         let r = Rewriter::new(HostRewrite::Keep, HeaderEdits::default());
-        let copy = r.copy(&req, "s:1", "10.0.0.1".parse().unwrap()).unwrap();
+        let copy = r.copy(&req.head, &req.body, "s:1", "10.0.0.1".parse().unwrap()).unwrap();
         assert_eq!(
             names(&copy),
             [
@@ -258,13 +281,13 @@ mod tests {
     fn keep_and_literal_hosts_and_chunked_bodies() {
         let req = captured(b"PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
         let keep = Rewriter::new(HostRewrite::Keep, HeaderEdits::default());
-        let copy = keep.copy(&req, "s:1", "::1".parse().unwrap()).unwrap();
+        let copy = keep.copy(&req.head, &req.body, "s:1", "::1".parse().unwrap()).unwrap();
         assert_eq!(copy.headers()["host"], "h");
         assert_eq!(copy.headers()["x-forwarded-for"], "::1");
         assert_eq!(copy.headers()["transfer-encoding"], "chunked");
         let canary = HostRewrite::Literal(HeaderValue::from_static("canary"));
         let literal = Rewriter::new(canary, HeaderEdits::default());
-        let copy = literal.copy(&req, "s:1", "::1".parse().unwrap()).unwrap();
+        let copy = literal.copy(&req.head, &req.body, "s:1", "::1".parse().unwrap()).unwrap();
         assert_eq!(copy.headers()["host"], "canary");
         let body = copy.into_body();
         let data = futures_body(body);
@@ -275,6 +298,54 @@ mod tests {
         use http_body_util::BodyExt;
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(body.collect()).unwrap().to_bytes()
+    }
+
+    /// A request of another protocol, shaped like an HTTP/2 stream (`:authority` as host).
+    struct Stream(Vec<(&'static str, &'static [u8])>);
+
+    impl RequestView for Stream {
+        fn method(&self) -> &str {
+            "POST"
+        }
+        fn target(&self) -> &str {
+            "/grpc.Svc/Call"
+        }
+        fn version(&self) -> Version {
+            Version::Http2
+        }
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+        }
+        fn for_each_header(&self, f: &mut dyn FnMut(&str, &[u8])) {
+            self.0.iter().for_each(|(n, v)| f(n, v));
+        }
+    }
+
+    /// Matching, sampling and rewriting read the view, not HTTP/1 bytes.
+    #[test]
+    fn a_request_view_of_another_protocol_goes_through_the_same_stages() {
+        use crate::select::{MatchRule, RequestMatcher, Sampler, StringMatch};
+        let stream = Stream(vec![("host", b"svc:50051"), ("content-type", b"application/grpc")]);
+        let rule = MatchRule {
+            methods: vec!["POST".into()],
+            uri: Some(StringMatch::Prefix("/grpc.".into())),
+            headers: vec![(
+                "content-type".into(),
+                StringMatch::regex("application/grpc.*").unwrap(),
+            )],
+        };
+        assert!(RequestMatcher::new(vec![rule]).matches(&stream));
+        let mut sampler = Sampler::new(Some("host".into()), Some(1));
+        let first = sampler.sample(50.0, &stream);
+        assert!((0..20).all(|_| sampler.sample(50.0, &stream) == first), "consistent by header");
+        let r = Rewriter::new(HostRewrite::ShadowSuffix, HeaderEdits::default());
+        let body = Bytes::from_static(b"\0\0\0\0\x02hi");
+        let copy = r.copy(&stream, &body, "10.1.1.1:50051", "10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(copy.uri(), "http://10.1.1.1:50051/grpc.Svc/Call");
+        assert_eq!(
+            names(&copy),
+            ["host=svc-shadow:50051", "content-type=application/grpc", "x-forwarded-for=10.0.0.1"]
+        );
     }
 
     #[test]

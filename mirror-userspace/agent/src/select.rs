@@ -1,7 +1,7 @@
 //! Which requests are mirrored: match rules (Istio's `match`) and sampling.
 use regex::Regex;
 
-use mirror_http::Head;
+use mirror_http::RequestView;
 
 /// A string condition, as Istio's StringMatch.
 #[derive(Clone, Debug)]
@@ -42,11 +42,11 @@ pub struct MatchRule {
 }
 
 impl MatchRule {
-    fn holds(&self, head: &Head) -> bool {
-        let method = head.method().unwrap_or("");
+    fn holds(&self, req: &impl RequestView) -> bool {
+        let method = req.method();
         (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && self.uri.as_ref().is_none_or(|c| c.holds(head.target().unwrap_or("").as_bytes()))
-            && self.headers.iter().all(|(name, c)| head.header(name).is_some_and(|v| c.holds(v)))
+            && self.uri.as_ref().is_none_or(|c| c.holds(req.target().as_bytes()))
+            && self.headers.iter().all(|(name, c)| req.header(name).is_some_and(|v| c.holds(v)))
     }
 }
 
@@ -61,8 +61,8 @@ impl RequestMatcher {
         Self { rules }
     }
 
-    pub fn matches(&self, head: &Head) -> bool {
-        self.rules.is_empty() || self.rules.iter().any(|r| r.holds(head))
+    pub fn matches(&self, req: &impl RequestView) -> bool {
+        self.rules.is_empty() || self.rules.iter().any(|r| r.holds(req))
     }
 }
 
@@ -79,14 +79,14 @@ impl Sampler {
     }
 
     /// Whether this request is mirrored at `percent` (0..=100).
-    pub fn sample(&mut self, percent: f64, head: &Head) -> bool {
+    pub fn sample(&mut self, percent: f64, req: &impl RequestView) -> bool {
         if percent >= 100.0 {
             return true;
         }
         if percent <= 0.0 {
             return false;
         }
-        let key = self.by_header.as_deref().and_then(|name| head.header(name));
+        let key = self.by_header.as_deref().and_then(|name| req.header(name));
         let unit = match key {
             // The same value always lands at the same point of [0, 1).
             Some(value) => (key_hash(value) >> 11) as f64 / (1u64 << 53) as f64,
@@ -112,6 +112,7 @@ fn key_hash(data: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use mirror_http::Head;
 
     use super::*;
 

@@ -9,12 +9,14 @@ mod exchange;
 mod framer;
 mod head;
 mod response;
+mod view;
 
 use bytes::Bytes;
 pub use exchange::HttpConnection;
 pub use framer::{is_message_start, Decision, Frame, HttpFramer, Role};
 pub use head::{declared_body, BodyKind, Head, HeadError};
 pub use response::{final_body, ClientResponse, ReadError, ResponseKind, ResponseReader};
+pub use view::{RequestView, Version};
 
 #[cfg(test)]
 mod tests;
