@@ -34,6 +34,15 @@ pub const LARGE_CHUNK: usize = 16384;
 /// largest BIG TCP default) are truncated and counted.
 pub const MAX_CHUNKS: u32 = 32;
 
+// The kernel clamps copy lengths with `(len - 1) & (CHUNK - 1)` (see mirror-ebpf): only a
+// power of two makes that a bound the verifier accepts.
+const _: () = assert!(
+    SMALL_CHUNK.is_power_of_two()
+        && MEDIUM_CHUNK.is_power_of_two()
+        && LARGE_CHUNK.is_power_of_two()
+);
+const _: () = assert!(SMALL_CHUNK < MEDIUM_CHUNK && MEDIUM_CHUNK < LARGE_CHUNK);
+
 /// Default number of waiting bytes that wakes the reader (see `TapConfig::wake_bytes`).
 pub const DEFAULT_WAKE_BYTES: u32 = 64 << 10;
 
@@ -88,23 +97,66 @@ pub enum Hook {
     Egress = 1,
 }
 
-/// Indexes into the per-CPU counter array.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// Packets the program ran on.
-    Seen = 0,
-    /// TCP segments that matched the service selection.
-    Selected = 1,
-    /// Records submitted to the ring.
-    Records = 2,
-    /// Payload bytes copied into the ring.
-    Bytes = 3,
-    /// Records lost because the ring was full.
-    Lost = 4,
-    /// Segments whose payload could not be copied whole (over the chunk bound, or a failed
-    /// load); the copied prefix is still emitted.
-    Truncated = 5,
+/// Defines a family of named things from one list: the enum, `ALL` (every variant, in
+/// order), `COUNT` and `name()`. Every consumer (the kernel's counter array, the metrics, the
+/// summaries) iterates `ALL`, so a new variant cannot be forgotten anywhere.
+#[macro_export]
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )* }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        $vis enum $name { $( $(#[$vmeta])* $variant, )* }
+
+        impl $name {
+            pub const ALL: [$name; <[&str]>::len(&[$($text),*])] = [$($name::$variant),*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            pub const fn name(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+        }
+    };
+}
+
+/// Defines a set of `u64` counters from one list: the struct (public fields, `Default`) and
+/// `fields()`, the (name, value) pairs summaries and metrics iterate.
+#[macro_export]
+macro_rules! counter_set {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $( $(#[$fmeta:meta])* $field:ident, )* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        $vis struct $name { $( $(#[$fmeta])* pub $field: u64, )* }
+
+        impl $name {
+            /// (name, value) of every counter, in definition order.
+            pub fn fields(&self) -> [(&'static str, u64); <[&str]>::len(&[$(stringify!($field)),*])] {
+                [$((stringify!($field), self.$field)),*]
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// Indexes into the per-CPU counter array.
+    #[repr(u32)]
+    pub enum Counter {
+        /// Packets the program ran on.
+        Seen = "seen",
+        /// TCP segments that matched the service selection.
+        Selected = "selected",
+        /// Records submitted to the ring.
+        Records = "records",
+        /// Payload bytes copied into the ring.
+        Bytes = "bytes",
+        /// Records lost because the ring was full.
+        Lost = "lost",
+        /// Segments whose payload could not be copied whole (over the chunk bound, or a failed
+        /// load); the copied prefix is still emitted.
+        Truncated = "truncated",
+    }
 }
 
 /// One CPU's state in the tap: its counters, indexed by [`Counter`], and the record bytes
@@ -114,29 +166,6 @@ pub enum Counter {
 pub struct CpuState {
     pub counters: [u64; Counter::COUNT as usize],
     pub unwoken_bytes: u64,
-}
-
-impl Counter {
-    pub const COUNT: u32 = 6;
-    pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::Seen,
-        Counter::Selected,
-        Counter::Records,
-        Counter::Bytes,
-        Counter::Lost,
-        Counter::Truncated,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::Seen => "seen",
-            Counter::Selected => "selected",
-            Counter::Records => "records",
-            Counter::Bytes => "bytes",
-            Counter::Lost => "lost",
-            Counter::Truncated => "truncated",
-        }
-    }
 }
 
 /// TCP flag bits as in the TCP header's 13th byte.
@@ -214,5 +243,14 @@ mod tests {
         assert_eq!(HEADER_LEN, 80);
         assert_eq!(core::mem::align_of::<SegmentHeader>(), 8);
         assert_eq!(core::mem::size_of::<TapConfig>(), 16);
+    }
+
+    /// The kernel indexes its counter array with `counter as usize`.
+    #[test]
+    fn counters_index_their_array_in_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{}", c.name());
+        }
+        assert_eq!(Counter::ALL.len(), Counter::COUNT as usize);
     }
 }

@@ -126,7 +126,7 @@ fn main() {
         (large_ns - small_ns) * 1024.0 / (large_b - small_b)
     );
     let k = tap.counters().unwrap();
-    assert_eq!(k.lost, 0, "the ring never filled: {k}");
+    assert_eq!(k.get(mirror_tap::Counter::Lost), 0, "the ring never filled: {k}");
     tap.detach();
     bench::report("kernel_cost", &table);
 }

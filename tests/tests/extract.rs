@@ -72,7 +72,7 @@ async fn requests_come_out_exactly_as_sent(family: Family) {
 
     let extracted = live.finish().await;
     let counters = tap.counters().unwrap();
-    assert_eq!(counters.lost, 0, "{counters}");
+    assert_eq!(counters.get(mirror_tap::Counter::Lost), 0, "{counters}");
 
     // Per connection, the extracted requests, concatenated, are what the server read.
     let mut by_conn: HashMap<SocketAddr, Vec<u8>> = HashMap::new();

@@ -139,18 +139,8 @@ impl<T: Taps> FlowSink<HttpConnection> for ControlledSink<'_, T> {
     fn tick(&mut self, table: &FlowTable<HttpConnection>) {
         self.dispatch.tick(table);
         if let Some(k) = self.taps.counters() {
-            self.dispatch.stages.metrics.sync(Stage::Kernel, &kernel_fields(&k));
+            let fields: Vec<_> = k.fields().collect();
+            self.dispatch.stages.metrics.sync(Stage::Kernel, &fields);
         }
     }
-}
-
-fn kernel_fields(k: &KernelCounters) -> [(&'static str, u64); 6] {
-    [
-        ("seen", k.seen),
-        ("selected", k.selected),
-        ("records", k.records),
-        ("bytes", k.bytes),
-        ("lost", k.lost),
-        ("truncated", k.truncated),
-    ]
 }

@@ -6,6 +6,7 @@
 //! [`replay`] from a capture file (`mirror replay`). [`metrics`] serves Prometheus metrics,
 //! [`watch`] the stream `mirror dump --watch` reads. Settings arrive typed and valid
 //! ([`pipeline::MirrorSettings`]); nothing here prints.
+mod accept;
 pub mod control;
 pub mod live;
 pub mod metrics;

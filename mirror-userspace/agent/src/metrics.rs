@@ -26,6 +26,8 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
+use crate::accept::AcceptBackoff;
+
 use mirror_shadow::{Answer, CopyInfo, DropReason, ResultSink};
 
 pub type Labels = Vec<(&'static str, String)>;
@@ -168,7 +170,7 @@ impl Metrics {
 pub struct ShadowMetrics {
     by_class: [Counter; 5],
     pub not_sampled: Counter,
-    dropped: [Counter; 5],
+    dropped: [Counter; DropReason::COUNT as usize],
     latency: Histogram,
     pub queue_depth: Gauge,
 }
@@ -181,8 +183,7 @@ impl ShadowMetrics {
     }
 
     pub fn dropped(&self, reason: DropReason) {
-        let i = DropReason::ALL.iter().position(|r| *r == reason).expect("listed");
-        self.dropped[i].inc();
+        self.dropped[reason as usize].inc();
     }
 
     /// Copies answered, by class 1xx..5xx.
@@ -229,10 +230,16 @@ impl ResultSink for ShadowResults {
 
 /// Serves /metrics, /healthz and /readyz (ready once the tap is attached).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    let mut backoff = AcceptBackoff::new("metrics");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
         };
+        backoff.accepted();
         let (metrics, ready) = (metrics.clone(), ready.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {

@@ -2,9 +2,11 @@
 //! unix socket; `mirror dump --watch` reads them. Like `hubble observe`, no second program is
 //! attached. Watchers that fall behind lose lines (counted in the stream), never slow the
 //! agent.
-use std::{io, path::Path, sync::Arc};
+use std::{io, net::SocketAddr, path::Path, sync::Arc};
 
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+
+use crate::accept::AcceptBackoff;
 use tokio::{
     io::AsyncWriteExt,
     net::UnixListener,
@@ -12,6 +14,43 @@ use tokio::{
 };
 
 use mirror_http::HttpRequest;
+
+/// One line of the watch stream (JSON, tagged by `type`): the agent writes them, `mirror
+/// dump --watch` reads them back with the same types.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WatchEvent {
+    /// First line: the watcher is subscribed, nothing after it is missed unless announced.
+    Hello,
+    /// This watcher fell behind and lost `lines` lines.
+    Lost { lines: u64 },
+    /// A request was mirrored.
+    Mirrored(MirroredRequest),
+}
+
+/// A mirrored request and the shadows its copies were queued for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MirroredRequest {
+    /// Capture time of its first byte (ns since the epoch).
+    pub ts_ns: u64,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub method: String,
+    pub host: Option<String>,
+    pub target: String,
+    /// `HTTP/1.0`, `HTTP/1.1`.
+    pub version: String,
+    pub head_bytes: usize,
+    pub body_bytes: usize,
+    pub shadows: Vec<String>,
+}
+
+impl WatchEvent {
+    /// The line, without its newline.
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("plain data serialises")
+    }
+}
 
 /// The default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/mirror/mirror.sock";
@@ -39,18 +78,28 @@ impl Publisher {
         let publisher = Publisher { tx };
         let subscribe = publisher.tx.clone();
         tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
+            let mut backoff = AcceptBackoff::new("watch socket");
+            loop {
+                let mut stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        backoff.failed(&e).await;
+                        continue;
+                    }
+                };
+                backoff.accepted();
                 let mut rx = subscribe.subscribe();
                 tokio::spawn(async move {
                     // Subscribed: from here on nothing is missed. Tell the watcher.
-                    if stream.write_all(b"{\"type\":\"hello\"}\n").await.is_err() {
+                    let hello = WatchEvent::Hello.to_line() + "\n";
+                    if stream.write_all(hello.as_bytes()).await.is_err() {
                         return;
                     }
                     loop {
                         let line = match rx.recv().await {
                             Ok(line) => line,
-                            Err(RecvError::Lagged(n)) => {
-                                format!("{{\"type\":\"lost\",\"lines\":{n}}}").into()
+                            Err(RecvError::Lagged(lines)) => {
+                                WatchEvent::Lost { lines }.to_line().into()
                             }
                             Err(RecvError::Closed) => return,
                         };
@@ -78,13 +127,51 @@ impl Publisher {
             return;
         }
         let head = &req.head;
-        let host = head.header("host").map(|h| String::from_utf8_lossy(h).into_owned());
-        let line = json!({
-            "type": "mirrored", "ts_ns": req.first_ts_ns, "client": req.conn.client.to_string(),
-            "server": req.conn.server.to_string(), "method": head.method(), "host": host,
-            "target": head.target(), "version": format!("HTTP/1.{}", head.version()),
-            "head_bytes": head.bytes().len(), "body_bytes": req.body.len(), "shadows": shadows,
+        let event = WatchEvent::Mirrored(MirroredRequest {
+            ts_ns: req.first_ts_ns,
+            client: req.conn.client,
+            server: req.conn.server,
+            method: head.method().unwrap_or("").to_owned(),
+            host: head.header("host").map(|h| String::from_utf8_lossy(h).into_owned()),
+            target: head.target().unwrap_or("").to_owned(),
+            version: format!("HTTP/1.{}", head.version()),
+            head_bytes: head.bytes().len(),
+            body_bytes: req.body.len(),
+            shadows: shadows.iter().map(|s| s.to_string()).collect(),
         });
-        let _ = self.tx.send(line.to_string().into());
+        let _ = self.tx.send(event.to_line().into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines are what watchers of earlier versions read, and read back the same.
+    #[test]
+    fn lines_round_trip_in_the_documented_shape() {
+        assert_eq!(WatchEvent::Hello.to_line(), r#"{"type":"hello"}"#);
+        assert_eq!(WatchEvent::Lost { lines: 3 }.to_line(), r#"{"type":"lost","lines":3}"#);
+        let event = WatchEvent::Mirrored(MirroredRequest {
+            ts_ns: 5,
+            client: "10.0.0.1:4000".parse().unwrap(),
+            server: "[fd00::2]:80".parse().unwrap(),
+            method: "GET".into(),
+            host: Some("svc".into()),
+            target: "/x".into(),
+            version: "HTTP/1.1".into(),
+            head_bytes: 30,
+            body_bytes: 0,
+            shadows: vec!["s:80".into()],
+        });
+        let line = event.to_line();
+        assert!(
+            line.starts_with(
+                r#"{"type":"mirrored","ts_ns":5,"client":"10.0.0.1:4000","server":"[fd00::2]:80","#
+            ),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<WatchEvent>(&line).unwrap(), event);
+        assert!(serde_json::from_str::<WatchEvent>(r#"{"type":"mirrored"}"#).is_err());
     }
 }

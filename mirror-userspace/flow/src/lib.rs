@@ -83,50 +83,29 @@ impl Default for ReassemblyConfig {
     }
 }
 
-/// Counters of the reassembly stage; each names a reason bytes or state were dropped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReassemblyStats {
-    pub segments: u64,
-    pub connections_opened: u64,
-    pub connections_closed: u64,
-    /// Bytes seen again (retransmissions, overlaps).
-    pub duplicate_bytes: u64,
-    /// Overlapping segments whose bytes differed from what was held (first arrival kept).
-    pub conflicting_overlaps: u64,
-    /// Segments too far from the expected sequence number to belong to the stream.
-    pub out_of_window_segments: u64,
-    /// Bytes of connections joined mid-stream, skipped until a message start.
-    pub unsynced_bytes: u64,
-    /// Bytes never captured (holes given up on).
-    pub gap_bytes: u64,
-    /// Holes given up on because the out-of-order buffer was full.
-    pub overflow_gaps: u64,
-    /// Bytes after a direction ended.
-    pub after_end_bytes: u64,
-    pub evicted_idle: u64,
-    pub evicted_connection_cap: u64,
-    pub evicted_connection_memory: u64,
-    pub evicted_total_memory: u64,
-}
-
-impl ReassemblyStats {
-    /// (name, value) pairs, for summaries and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 14] {
-        [
-            ("segments", self.segments),
-            ("connections_opened", self.connections_opened),
-            ("connections_closed", self.connections_closed),
-            ("duplicate_bytes", self.duplicate_bytes),
-            ("conflicting_overlaps", self.conflicting_overlaps),
-            ("out_of_window_segments", self.out_of_window_segments),
-            ("unsynced_bytes", self.unsynced_bytes),
-            ("gap_bytes", self.gap_bytes),
-            ("overflow_gaps", self.overflow_gaps),
-            ("after_end_bytes", self.after_end_bytes),
-            ("evicted_idle", self.evicted_idle),
-            ("evicted_connection_cap", self.evicted_connection_cap),
-            ("evicted_connection_memory", self.evicted_connection_memory),
-            ("evicted_total_memory", self.evicted_total_memory),
-        ]
+mirror_common::counter_set! {
+    /// Counters of the reassembly stage; each names a reason bytes or state were dropped.
+    pub struct ReassemblyStats {
+        segments,
+        connections_opened,
+        connections_closed,
+        /// Bytes seen again (retransmissions, overlaps).
+        duplicate_bytes,
+        /// Overlapping segments whose bytes differed from what was held (first arrival kept).
+        conflicting_overlaps,
+        /// Segments too far from the expected sequence number to belong to the stream.
+        out_of_window_segments,
+        /// Bytes of connections joined mid-stream, skipped until a message start.
+        unsynced_bytes,
+        /// Bytes never captured (holes given up on).
+        gap_bytes,
+        /// Holes given up on because the out-of-order buffer was full.
+        overflow_gaps,
+        /// Bytes after a direction ended.
+        after_end_bytes,
+        evicted_idle,
+        evicted_connection_cap,
+        evicted_connection_memory,
+        evicted_total_memory,
     }
 }

@@ -43,29 +43,30 @@ pub struct HttpShared {
     pub stats: HttpStats,
 }
 
-/// Counters of the HTTP stage; each names a reason a message was not delivered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HttpStats {
-    pub requests: u64,
-    pub responses: u64,
-    /// Responses whose request is unknown (joined mid-stream, or requests were lost).
-    pub unpaired_responses: u64,
-    /// 1xx responses skipped (100 Continue, 103 Early Hints).
-    pub interim_responses: u64,
-    pub malformed_requests: u64,
-    pub malformed_responses: u64,
-    /// Bodies whose chunked framing was invalid.
-    pub malformed_bodies: u64,
-    pub oversized_requests: u64,
-    pub oversized_responses: u64,
-    /// Connections that left HTTP/1 (Upgrade, CONNECT) and were no longer extracted.
-    pub upgraded_connections: u64,
-    /// Messages damaged by bytes that were never captured.
-    pub lost_messages: u64,
-    /// Bytes skipped while looking for the next message start after a loss.
-    pub resync_skipped_bytes: u64,
-    /// Messages cut off by the end of their stream.
-    pub incomplete_at_end: u64,
+mirror_common::counter_set! {
+    /// Counters of the HTTP stage; each names a reason a message was not delivered.
+    pub struct HttpStats {
+        requests,
+        responses,
+        /// Responses whose request is unknown (joined mid-stream, or requests were lost).
+        unpaired_responses,
+        /// 1xx responses skipped (100 Continue, 103 Early Hints).
+        interim_responses,
+        malformed_requests,
+        malformed_responses,
+        /// Bodies whose chunked framing was invalid.
+        malformed_bodies,
+        oversized_requests,
+        oversized_responses,
+        /// Connections that left HTTP/1 (Upgrade, CONNECT) and were no longer extracted.
+        upgraded_connections,
+        /// Messages damaged by bytes that were never captured.
+        lost_messages,
+        /// Bytes skipped while looking for the next message start after a loss.
+        resync_skipped_bytes,
+        /// Messages cut off by the end of their stream.
+        incomplete_at_end,
+    }
 }
 
 impl HttpStats {
@@ -81,25 +82,6 @@ impl HttpStats {
             Role::Request => self.oversized_requests += 1,
             Role::Response => self.oversized_responses += 1,
         }
-    }
-
-    /// (name, value) pairs, for summaries and metrics.
-    pub fn fields(&self) -> [(&'static str, u64); 13] {
-        [
-            ("requests", self.requests),
-            ("responses", self.responses),
-            ("unpaired_responses", self.unpaired_responses),
-            ("interim_responses", self.interim_responses),
-            ("malformed_requests", self.malformed_requests),
-            ("malformed_responses", self.malformed_responses),
-            ("malformed_bodies", self.malformed_bodies),
-            ("oversized_requests", self.oversized_requests),
-            ("oversized_responses", self.oversized_responses),
-            ("upgraded_connections", self.upgraded_connections),
-            ("lost_messages", self.lost_messages),
-            ("resync_skipped_bytes", self.resync_skipped_bytes),
-            ("incomplete_at_end", self.incomplete_at_end),
-        ]
     }
 }
 

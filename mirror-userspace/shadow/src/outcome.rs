@@ -9,33 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Why a copy was not delivered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    QueueFull,
-    ByteBudget,
-    RateLimited,
-    Timeout,
-    Error,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 5] = [
-        DropReason::QueueFull,
-        DropReason::ByteBudget,
-        DropReason::RateLimited,
-        DropReason::Timeout,
-        DropReason::Error,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::QueueFull => "queue_full",
-            DropReason::ByteBudget => "byte_budget",
-            DropReason::RateLimited => "rate_limited",
-            DropReason::Timeout => "timeout",
-            DropReason::Error => "error",
-        }
+mirror_common::named_enum! {
+    /// Why a copy was not delivered.
+    pub enum DropReason {
+        QueueFull = "queue_full",
+        ByteBudget = "byte_budget",
+        RateLimited = "rate_limited",
+        Timeout = "timeout",
+        Error = "error",
     }
 }
 

@@ -19,14 +19,14 @@ use aya::{
 };
 use ipnet::IpNet;
 use mirror_common::{
-    Counter, CpuState, Hook, TapConfig, CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES,
-    MAP_CONFIG, MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_SEGMENTS, PROG_EGRESS,
-    PROG_INGRESS,
+    CpuState, Hook, TapConfig, CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, MAP_CONFIG,
+    MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_SEGMENTS, PROG_EGRESS, PROG_INGRESS,
 };
 
 pub use attach::AttachMode;
 use attach::{Attachment, OwnQdiscs};
 pub use iface::ifindex as interface_index;
+pub use mirror_common::Counter;
 pub use ring::RingSource;
 
 /// The kernel object built from `mirror-ebpf` by this crate's build script; empty when the
@@ -125,38 +125,28 @@ impl TapSettings {
     }
 }
 
-/// Sums of the per-CPU counters of the kernel program.
+/// Sums of the per-CPU counters of the kernel program, indexed by [`Counter`] (defined once,
+/// in mirror-common, for both sides).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelCounters {
-    pub seen: u64,
-    pub selected: u64,
-    pub records: u64,
-    pub bytes: u64,
-    pub lost: u64,
-    pub truncated: u64,
-}
+pub struct KernelCounters([u64; Counter::COUNT as usize]);
 
 impl KernelCounters {
-    fn set(&mut self, counter: Counter, value: u64) {
-        let slot = match counter {
-            Counter::Seen => &mut self.seen,
-            Counter::Selected => &mut self.selected,
-            Counter::Records => &mut self.records,
-            Counter::Bytes => &mut self.bytes,
-            Counter::Lost => &mut self.lost,
-            Counter::Truncated => &mut self.truncated,
-        };
-        *slot = value;
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    /// (name, value) of every counter, in [`Counter::ALL`] order.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL.iter().map(|&c| (c.name(), self.get(c)))
     }
 }
 
 impl fmt::Display for KernelCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "seen {} selected {} records {} bytes {} lost {} truncated {}",
-            self.seen, self.selected, self.records, self.bytes, self.lost, self.truncated
-        )
+        for (i, (name, value)) in self.fields().enumerate() {
+            write!(f, "{}{name} {value}", if i == 0 { "" } else { " " })?;
+        }
+        Ok(())
     }
 }
 
@@ -260,8 +250,10 @@ impl Tap {
         let array = PerCpuArray::<_, CpuState>::try_from(map)?;
         let per_cpu = array.get(&0, 0)?;
         let mut out = KernelCounters::default();
-        for counter in Counter::ALL {
-            out.set(counter, per_cpu.iter().map(|cpu| cpu.counters[counter as usize]).sum());
+        for cpu in per_cpu.iter() {
+            for (sum, value) in out.0.iter_mut().zip(cpu.counters) {
+                *sum += value;
+            }
         }
         Ok(out)
     }

@@ -6,8 +6,9 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use mirror_agent::watch::WatchEvent;
 use mirror_capture::{
     frame::Classifier,
     pcap::{PcapSink, PcapSource},
@@ -185,7 +186,7 @@ fn print_counts(counts: &Counts, kernel: Option<KernelCounters>) {
     eprintln!("{} packets captured", counts.captured);
     eprintln!("{} packets received by filter", counts.matched);
     if let Some(k) = kernel {
-        eprintln!("{} packets dropped by kernel", k.lost);
+        eprintln!("{} packets dropped by kernel", k.get(mirror_tap::Counter::Lost));
     }
 }
 
@@ -332,7 +333,9 @@ async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Resu
         }
     };
     let mut lines = tokio::io::BufReader::new(stream).lines();
-    if lines.next_line().await?.is_none_or(|hello| !hello.contains("hello")) {
+    let hello = lines.next_line().await?;
+    let hello = hello.and_then(|l| serde_json::from_str::<WatchEvent>(&l).ok());
+    if hello != Some(WatchEvent::Hello) {
         eprintln!("mirror dump: {} is not a mirror watch socket", path.display());
         return Ok(ExitCode::from(1));
     }
@@ -346,39 +349,35 @@ async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Resu
             _ = &mut stop => break,
             line = lines.next_line() => match line? { Some(l) => l, None => break },
         };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        if v["type"] == "lost" {
-            lost += v["lines"].as_u64().unwrap_or(0);
-            continue;
-        }
-        let (Some(client), Some(server)) = (v["client"].as_str(), v["server"].as_str()) else {
-            continue;
+        let request = match serde_json::from_str::<WatchEvent>(&line) {
+            Ok(WatchEvent::Mirrored(request)) => request,
+            Ok(WatchEvent::Lost { lines }) => {
+                lost += lines;
+                continue;
+            }
+            Ok(WatchEvent::Hello) => continue,
+            Err(e) => bail!("{}: not a watch line ({e}): {line}", path.display()),
         };
-        let (Ok(client), Ok(server)) = (client.parse(), server.parse()) else { continue };
-        if !filter.matches_addrs(client, server) {
+        if !filter.matches_addrs(request.client, request.server) {
             continue;
         }
         if args.json {
             writeln!(out, "{line}")?;
         } else {
-            let shadows: Vec<&str> =
-                v["shadows"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+            let r = &request;
             writeln!(
                 out,
                 "{}{} > {}: {} {} {} {} (head {}, body {}) mirrored to {}",
-                crate::format::time(
-                    TimeStyle::from_t_flags(args.time),
-                    v["ts_ns"].as_u64().unwrap_or(0)
-                ),
-                endpoint(client),
-                endpoint(server),
-                v["method"].as_str().unwrap_or(""),
-                v["host"].as_str().unwrap_or(""),
-                v["target"].as_str().unwrap_or(""),
-                v["version"].as_str().unwrap_or(""),
-                v["head_bytes"],
-                v["body_bytes"],
-                shadows.join(", ")
+                crate::format::time(TimeStyle::from_t_flags(args.time), r.ts_ns),
+                endpoint(r.client),
+                endpoint(r.server),
+                r.method,
+                r.host.as_deref().unwrap_or(""),
+                r.target,
+                r.version,
+                r.head_bytes,
+                r.body_bytes,
+                r.shadows.join(", ")
             )?;
         }
         out.flush()?;
