@@ -1,106 +1,74 @@
-//! Deleting a clsact qdisc over rtnetlink (aya can add one, but not remove it).
-use std::{
-    io,
-    mem::size_of,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+//! Deleting a clsact qdisc over rtnetlink (aya can add one, but not remove it), with the
+//! rust-netlink crates.
+use std::io;
+
+use anyhow::{Context, Result};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+use netlink_packet_route::{
+    tc::{TcAttribute, TcHandle, TcHeader, TcMessage},
+    AddressFamily, RouteNetlinkMessage,
 };
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use anyhow::{bail, Result};
-
-/// `TC_H_CLSACT`: the parent handle of the clsact qdisc.
-const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
-/// The clsact qdisc's own handle, `ffff:`.
-const CLSACT_HANDLE: u32 = 0xFFFF_0000;
-
-/// `struct tcmsg` from linux/rtnetlink.h.
-#[repr(C)]
-struct TcMsg {
-    family: u8,
-    pad1: u8,
-    pad2: u16,
-    ifindex: i32,
-    handle: u32,
-    parent: u32,
-    info: u32,
-}
-
-#[repr(C)]
-struct Request {
-    header: libc::nlmsghdr,
-    tc: TcMsg,
-}
+/// The clsact qdisc's own handle, `ffff:` (netlink-packet-route names only its parent,
+/// `TcHandle::CLSACT`).
+const CLSACT_HANDLE: TcHandle = TcHandle { major: 0xffff, minor: 0 };
+const SEQUENCE: u32 = 1;
 
 /// Deletes the clsact qdisc (and with it any filter still on it) from `iface`. A missing
-/// interface or qdisc is not an error: there is nothing left to clean up.
+/// interface or qdisc is not an error: there is nothing left to clean up. The request names
+/// the kind, so a plain `ingress` qdisc in its place is never deleted.
 pub(crate) fn delete(iface: &str) -> Result<()> {
     let Some(ifindex) = super::iface::ifindex(iface) else {
         return Ok(());
     };
-    let sock = Socket::open()?;
-    let req = Request {
-        header: libc::nlmsghdr {
-            nlmsg_len: size_of::<Request>() as u32,
-            nlmsg_type: libc::RTM_DELQDISC,
-            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-            nlmsg_seq: 1,
-            nlmsg_pid: 0,
-        },
-        tc: TcMsg {
-            family: libc::AF_UNSPEC as u8,
-            pad1: 0,
-            pad2: 0,
-            ifindex: ifindex as i32,
-            handle: CLSACT_HANDLE,
-            parent: TC_H_CLSACT,
-            info: 0,
-        },
+    let header = TcHeader {
+        family: AddressFamily::Unspec,
+        index: i32::try_from(ifindex).context("interface index")?,
+        handle: CLSACT_HANDLE,
+        parent: TcHandle::CLSACT,
+        info: 0,
     };
-    match sock.request(&req)? {
-        0 => Ok(()),
-        e if e == -libc::ENOENT || e == -libc::EINVAL || e == -libc::ENODEV => Ok(()),
-        e => bail!("RTM_DELQDISC: {}", io::Error::from_raw_os_error(-e)),
+    let message = TcMessage::from_parts(header, vec![TcAttribute::Kind("clsact".into())]);
+    match request(RouteNetlinkMessage::DelQueueDiscipline(message)).context("RTM_DELQDISC")? {
+        None => Ok(()),
+        Some(e) if [libc::ENOENT, libc::EINVAL, libc::ENODEV].contains(&e) => Ok(()),
+        Some(e) => Err(io::Error::from_raw_os_error(e)).context("RTM_DELQDISC"),
     }
 }
 
-struct Socket(OwnedFd);
-
-impl Socket {
-    fn open() -> io::Result<Socket> {
-        // SAFETY: plain socket(2) call.
-        let fd = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+/// Sends one request and waits for its acknowledgement: `None` if it succeeded, else the
+/// errno the kernel answered.
+fn request(message: RouteNetlinkMessage) -> io::Result<Option<i32>> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = SEQUENCE;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
+    packet.finalize(); // sets the length and type that serialize() relies on
+    let mut buf = vec![0u8; packet.header.length as usize];
+    packet.serialize(&mut buf);
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(&buf, 0)?;
+    let mut reply = vec![0u8; 8192];
+    loop {
+        let n = socket.recv(&mut &mut reply[..], 0)?.min(reply.len());
+        let mut at = 0;
+        while at < n {
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..n])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if message.header.sequence_number == SEQUENCE {
+                if let NetlinkPayload::Error(e) = message.payload {
+                    // No code is an acknowledgement; a code is a negative errno.
+                    return Ok(e.code.map(|code| -code.get()));
+                }
+            }
+            let len = message.header.length as usize;
+            if len == 0 {
+                break;
+            }
+            at += (len + 3) & !3; // NLMSG_ALIGN
         }
-        // SAFETY: socket(2) just returned this fd and nothing else owns it.
-        Ok(Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Sends one request and returns the errno of its ack (0 or a negative errno).
-    fn request(&self, req: &Request) -> io::Result<i32> {
-        // SAFETY: `req` is a repr(C) struct of the size we pass.
-        let sent = unsafe {
-            libc::send(self.0.as_raw_fd(), (req as *const Request).cast(), size_of::<Request>(), 0)
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = [0u8; 1024];
-        // SAFETY: the buffer is valid for its length.
-        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        let hdr_len = size_of::<libc::nlmsghdr>();
-        if n < hdr_len + 4 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "short netlink ack"));
-        }
-        let msg_type = u16::from_ne_bytes([buf[4], buf[5]]);
-        if msg_type != libc::NLMSG_ERROR as u16 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected netlink reply"));
-        }
-        Ok(i32::from_ne_bytes(buf[hdr_len..hdr_len + 4].try_into().expect("4 bytes")))
     }
 }
