@@ -43,6 +43,28 @@ const _: () = assert!(
 );
 const _: () = assert!(SMALL_CHUNK < MEDIUM_CHUNK && MEDIUM_CHUNK < LARGE_CHUNK);
 
+/// Header constants both packet decoders use: the kernel tap and userspace's frame decoder
+/// (pcap files) must parse alike.
+pub mod parse {
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+    /// VLAN tags (802.1Q, and 802.1ad's outer tag); one tag is skipped.
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    pub const ETH_P_8021AD: u16 = 0x88a8;
+    pub const IPPROTO_TCP: u8 = 6;
+    /// IPv6 extension headers skipped to find TCP (hop-by-hop, routing, destination options).
+    pub const IPV6_HOPOPTS: u8 = 0;
+    pub const IPV6_ROUTING: u8 = 43;
+    pub const IPV6_DSTOPTS: u8 = 60;
+    /// Most IPv6 extension headers walked (the verifier needs a bound; so does a decoder).
+    pub const MAX_IPV6_EXT: usize = 4;
+
+    /// Whether `next` is an extension header both decoders skip.
+    pub const fn is_skipped_ipv6_ext(next: u8) -> bool {
+        matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS)
+    }
+}
+
 /// Default number of waiting bytes that wakes the reader (see `TapConfig::wake_bytes`).
 pub const DEFAULT_WAKE_BYTES: u32 = 64 << 10;
 

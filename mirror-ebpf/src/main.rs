@@ -29,17 +29,9 @@ use network_types::{
 /// Verdict for every packet: no opinion, let the stack (or the next program) decide.
 const PASS: i32 = TC_ACT_UNSPEC;
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-
-/// IPv6 extension headers we skip to find TCP (hop-by-hop, routing, destination options).
-const IPV6_HOPOPTS: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_DSTOPTS: u8 = 60;
-/// Bound on the number of IPv6 extension headers we walk (the verifier needs a bound).
-const MAX_IPV6_EXT: usize = 4;
+use mirror_common::parse::{
+    is_skipped_ipv6_ext, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, MAX_IPV6_EXT,
+};
 
 #[map(name = "SEGMENTS")]
 static SEGMENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -153,6 +145,8 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
     if cfg.capture == 0 {
         return None;
     }
+    // SAFETY: `ctx.skb.skb` is the program's own __sk_buff context, valid for the whole run;
+    // reading `mark` is a context access the verifier checks and rewrites.
     if cfg.ignore_mark != 0 && unsafe { (*ctx.skb.skb).mark } == cfg.ignore_mark {
         return None; // the agent's own traffic to a shadow
     }
@@ -190,6 +184,7 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
 
     header.direction = select(cfg, &header)? as u8;
     // Only now: the clock read is a helper call that unselected packets need not pay for.
+    // SAFETY: bpf_ktime_get_ns takes no arguments and has no preconditions.
     header.ts_ns = unsafe { bpf_ktime_get_ns() };
 
     let payload_offset = l4 as u32 + tcp_len;
@@ -206,6 +201,7 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
 fn empty_header(ctx: &TcContext, hook: Hook) -> SegmentHeader {
     SegmentHeader {
         ts_ns: 0,
+        // SAFETY: a context access, as for `mark` in `parse_and_select`.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         seq: 0,
         ack: 0,
@@ -257,7 +253,7 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, header: &mut SegmentHeader) -> Option<
     let mut off = l3 + Ipv6Hdr::LEN;
     let mut payload = u16::from_be_bytes(ip.payload_len) as u32;
     for _ in 0..MAX_IPV6_EXT {
-        if next != IPV6_HOPOPTS && next != IPV6_ROUTING && next != IPV6_DSTOPTS {
+        if !is_skipped_ipv6_ext(next) {
             break;
         }
         let ext: [u8; 2] = read(ctx, off)?;
@@ -375,8 +371,12 @@ fn emit_chunk<const N: usize>(
         // verifier loses bounds LLVM proved on another register copy. So hide `n` from LLVM
         // (a volatile read: it cannot fold the mask away) and restate the bound
         // arithmetically; with N a power of two this is the identity on 1..=N.
+        // SAFETY: a volatile read of a local the function owns.
         let n_opaque = unsafe { core::ptr::read_volatile(&n) };
         let bounded = ((n_opaque.wrapping_sub(1)) & (N as u32 - 1)) + 1;
+        // SAFETY: `rec` points to a reserved ring record of size_of::<Record<N>>() bytes, so
+        // its `data` holds N bytes and `bounded` is in 1..=N; the helper checks the offset
+        // and length against the skb itself and fails (returns < 0) rather than over-read.
         let ret = unsafe {
             bpf_skb_load_bytes(
                 ctx.skb.skb as *const _,
@@ -391,6 +391,7 @@ fn emit_chunk<const N: usize>(
             counters.add(Counter::Truncated, 1);
         }
     }
+    // SAFETY: `rec` is the reserved record, valid and exclusively ours until `submit`.
     unsafe {
         let h = &mut (*rec).header;
         *h = sel.header;

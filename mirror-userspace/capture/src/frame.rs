@@ -5,6 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
+use mirror_common::parse::{
+    is_skipped_ipv6_ext, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, MAX_IPV6_EXT,
+};
 
 use crate::{Direction, Hook, Segment};
 
@@ -81,18 +84,18 @@ pub fn decode(
         LinkType::LinuxSll => (be16(frame, 14)?, 16),
         LinkType::LinuxSll2 => (be16(frame, 0)?, 20),
         LinkType::Raw => match frame.first()? >> 4 {
-            4 => (0x0800, 0),
-            6 => (0x86dd, 0),
+            4 => (ETH_P_IP, 0),
+            6 => (ETH_P_IPV6, 0),
             _ => return None,
         },
     };
-    if ether_type == 0x8100 || ether_type == 0x88a8 {
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         ether_type = be16(frame, l3 + 2)?;
         l3 += 4;
     }
     let (src, dst, l4, l4_len) = match ether_type {
-        0x0800 => ipv4(frame, l3)?,
-        0x86dd => ipv6(frame, l3)?,
+        ETH_P_IP => ipv4(frame, l3)?,
+        ETH_P_IPV6 => ipv6(frame, l3)?,
         _ => return None,
     };
     let sport = be16(frame, l4)?;
@@ -127,7 +130,7 @@ fn ipv4(f: &[u8], l3: usize) -> Option<(IpAddr, IpAddr, usize, usize)> {
     let ihl = (*f.get(l3)? & 0x0f) as usize * 4;
     let total = be16(f, l3 + 2)? as usize;
     let frag = be16(f, l3 + 6)? & 0x1fff;
-    if *f.get(l3 + 9)? != 6 || frag != 0 || ihl < 20 || total < ihl {
+    if *f.get(l3 + 9)? != IPPROTO_TCP || frag != 0 || ihl < 20 || total < ihl {
         return None;
     }
     let src: [u8; 4] = f.get(l3 + 12..l3 + 16)?.try_into().ok()?;
@@ -141,8 +144,8 @@ fn ipv6(f: &[u8], l3: usize) -> Option<(IpAddr, IpAddr, usize, usize)> {
     let src: [u8; 16] = f.get(l3 + 8..l3 + 24)?.try_into().ok()?;
     let dst: [u8; 16] = f.get(l3 + 24..l3 + 40)?.try_into().ok()?;
     let mut off = l3 + 40;
-    for _ in 0..4 {
-        if !matches!(next, 0 | 43 | 60) {
+    for _ in 0..MAX_IPV6_EXT {
+        if !is_skipped_ipv6_ext(next) {
             break;
         }
         let len = (*f.get(off + 1)? as usize + 1) * 8;
@@ -150,13 +153,13 @@ fn ipv6(f: &[u8], l3: usize) -> Option<(IpAddr, IpAddr, usize, usize)> {
         off += len;
         payload = payload.checked_sub(len)?;
     }
-    (next == 6).then_some((src.into(), dst.into(), off, payload))
+    (next == IPPROTO_TCP).then_some((src.into(), dst.into(), off, payload))
 }
 
 /// Appends the frame of `seg` (Ethernet, IP, TCP, payload) to `out`. Mixed address
 /// families cannot happen in a segment; the source decides the family.
 pub fn encode(seg: &Segment, out: &mut Vec<u8>) {
-    let ether_type: u16 = if seg.src.is_ipv4() { 0x0800 } else { 0x86dd };
+    let ether_type: u16 = if seg.src.is_ipv4() { ETH_P_IP } else { ETH_P_IPV6 };
     out.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01]);
     out.extend_from_slice(&ether_type.to_be_bytes());
     encode_ip(seg, out);

@@ -3,7 +3,9 @@
 use std::io;
 
 use anyhow::{Context, Result};
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
+};
 use netlink_packet_route::{
     tc::{TcAttribute, TcHandle, TcHeader, TcMessage},
     AddressFamily, RouteNetlinkMessage,
