@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 
 pub use driver::{Ended, FlowDriver, FlowSink};
 pub use flow_table::FlowTable;
-pub use stream::{SegmentIn, StreamEvent, StreamReassembler};
+pub use stream::StreamEvent;
+use stream::{SegmentIn, StreamReassembler};
 
 use mirror_capture::Direction;
 

@@ -24,7 +24,7 @@ pub enum StreamEvent {
 
 /// A segment (or a chunk of one) as the reassembler needs it.
 #[derive(Clone, Debug)]
-pub struct SegmentIn<'a> {
+pub(crate) struct SegmentIn<'a> {
     /// Sequence number of `payload[0]` (or of the SYN).
     pub seq: u32,
     pub payload: &'a Bytes,
@@ -49,7 +49,7 @@ struct Pending {
 
 /// Reassembles one direction.
 #[derive(Debug, Default)]
-pub struct StreamReassembler {
+pub(crate) struct StreamReassembler {
     /// Sequence number of stream offset 0; `None` until synchronised.
     base_seq: Option<u32>,
     /// Offset of the next byte to deliver.
@@ -64,27 +64,27 @@ pub struct StreamReassembler {
 
 impl StreamReassembler {
     /// Bytes held out of order.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.pending_bytes
     }
 
-    pub fn is_synced(&self) -> bool {
+    pub(crate) fn is_synced(&self) -> bool {
         self.base_seq.is_some()
     }
 
-    pub fn is_ended(&self) -> bool {
+    pub(crate) fn is_ended(&self) -> bool {
         self.ended
     }
 
     /// Starts the stream at `seq` (the byte after a SYN, or a message start found mid-stream).
-    pub fn sync(&mut self, seq: u32) {
+    pub(crate) fn sync(&mut self, seq: u32) {
         self.base_seq = Some(seq);
         self.next_off = 0;
     }
 
     /// Feeds one segment. `max_pending` caps the out-of-order bytes: past it, the oldest hole
     /// is declared lost and delivery skips over it.
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         seg: &SegmentIn<'_>,
         max_pending: usize,
@@ -136,7 +136,7 @@ impl StreamReassembler {
     }
 
     /// Declares every hole lost, delivers what is buffered and ends the stream.
-    pub fn close(&mut self, stats: &mut ReassemblyStats, out: &mut Vec<StreamEvent>) {
+    pub(crate) fn close(&mut self, stats: &mut ReassemblyStats, out: &mut Vec<StreamEvent>) {
         if self.ended {
             return;
         }
@@ -262,7 +262,7 @@ impl StreamReassembler {
 
     /// The peer acknowledged everything before `ack`: holes below it were received by the
     /// peer but missed by the capture, so they will never be filled. Skip them.
-    pub fn acknowledged(
+    pub(crate) fn acknowledged(
         &mut self,
         ack: u32,
         stats: &mut ReassemblyStats,
@@ -285,12 +285,12 @@ impl StreamReassembler {
     }
 
     /// Capture time of the oldest held segment, if any: how long a hole has been open.
-    pub fn oldest_pending_ts(&self) -> Option<u64> {
+    pub(crate) fn oldest_pending_ts(&self) -> Option<u64> {
         self.pending.values().map(|p| p.ts_ns).min()
     }
 
     /// Skips every hole (a hole open too long will not be filled).
-    pub fn skip_holes(&mut self, stats: &mut ReassemblyStats, out: &mut Vec<StreamEvent>) {
+    pub(crate) fn skip_holes(&mut self, stats: &mut ReassemblyStats, out: &mut Vec<StreamEvent>) {
         while !self.pending.is_empty() {
             self.skip_hole(stats, out);
         }

@@ -24,7 +24,7 @@ enum State {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct ChunkedDecoder {
+pub(crate) struct ChunkedDecoder {
     state: State,
     size: u64,
     digits: u8,
@@ -33,18 +33,18 @@ pub struct ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
     /// Consumes bytes of the body; returns how many belong to it (all of `data`, or fewer if
     /// the body ended inside it).
-    pub fn advance(&mut self, data: &[u8]) -> Result<usize, ChunkedError> {
+    pub(crate) fn advance(&mut self, data: &[u8]) -> Result<usize, ChunkedError> {
         self.advance_with(data, |_| {})
     }
 
     /// As [`advance`](Self::advance), handing each run of chunk data to `on_data`.
-    pub fn advance_with(
+    pub(crate) fn advance_with(
         &mut self,
         data: &[u8],
         mut on_data: impl FnMut(&[u8]),

@@ -19,14 +19,14 @@ use mirror_flow::StreamEvent;
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Request,
     Response,
 }
 
 /// A complete message with its original bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
+pub(crate) struct Frame {
     pub head: Head,
     /// The body as sent (chunked framing included).
     pub body: Bytes,
@@ -38,7 +38,7 @@ pub struct Frame {
 
 /// What the connection decides about a parsed head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// An ordinary message with this body; `tag` comes back with its [`Frame`].
     Message { body: BodyKind, tag: Option<u64> },
     /// An interim (1xx) response: skipped, the final response follows.
@@ -71,7 +71,7 @@ enum State {
 
 /// Frames one direction of a connection.
 #[derive(Debug)]
-pub struct HttpFramer {
+pub(crate) struct HttpFramer {
     role: Role,
     state: State,
     /// A head being accumulated across segments.
@@ -90,7 +90,7 @@ pub struct HttpFramer {
 
 impl HttpFramer {
     /// A framer for a stream that starts at a message boundary.
-    pub fn new(role: Role, max_message: u64) -> Self {
+    pub(crate) fn new(role: Role, max_message: u64) -> Self {
         Self {
             role,
             state: State::Head,
@@ -107,21 +107,21 @@ impl HttpFramer {
     }
 
     /// Bytes held for the current message, counted by allocation (capacity), not by use.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         let held = |b: &BytesMut| if b.is_empty() { 0 } else { b.capacity() };
         held(&self.head_buf) + held(&self.body)
     }
 
-    pub fn resyncs(&self) -> u64 {
+    pub(crate) fn resyncs(&self) -> u64 {
         self.resyncs
     }
 
-    pub fn is_opaque(&self) -> bool {
+    pub(crate) fn is_opaque(&self) -> bool {
         self.state == State::Opaque
     }
 
     /// Consumes one stream event. `decide` is asked about every parsed head.
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         event: StreamEvent,
         decide: &mut dyn FnMut(&Head) -> Result<Decision, HeadError>,
@@ -388,7 +388,7 @@ const METHODS: &[&[u8]] = &[
 
 /// Whether `data` starts like a message of this role: a request line with a known method,
 /// or a status line.
-pub fn is_message_start(role: Role, data: &[u8]) -> bool {
+pub(crate) fn is_message_start(role: Role, data: &[u8]) -> bool {
     match role {
         Role::Request => METHODS.iter().any(|m| data.starts_with(m)),
         Role::Response => data.starts_with(b"HTTP/1."),

@@ -193,7 +193,7 @@ fn error_name(e: httparse::Error) -> &'static str {
 
 /// How the body of a message is delimited (RFC 9112, section 6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyKind {
+pub(crate) enum BodyKind {
     None,
     Length(u64),
     Chunked,
@@ -203,7 +203,7 @@ pub enum BodyKind {
 
 /// The framing a head's own headers declare: Transfer-Encoding wins over Content-Length.
 /// `Ok(None)`: neither is present.
-pub fn declared_body(head: &Head) -> Result<Option<BodyKind>, HeadError> {
+pub(crate) fn declared_body(head: &Head) -> Result<Option<BodyKind>, HeadError> {
     if head.header("transfer-encoding").is_some() {
         let last = head
             .headers()

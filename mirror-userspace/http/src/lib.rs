@@ -4,7 +4,7 @@
 //! connection, an [`HttpFramer`] per direction cuts the stream into messages (httparse parses
 //! the heads), and responses are paired with their requests in order.
 mod chunked;
-pub use chunked::{decode_chunked, ChunkedDecoder, ChunkedError};
+pub use chunked::{decode_chunked, ChunkedError};
 mod exchange;
 mod framer;
 mod head;
@@ -13,9 +13,9 @@ mod view;
 
 use bytes::Bytes;
 pub use exchange::HttpConnection;
-pub use framer::{is_message_start, Decision, Frame, HttpFramer, Role};
-pub use head::{declared_body, BodyKind, Head, HeadError};
-pub use response::{final_body, ClientResponse, ReadError, ResponseKind, ResponseReader};
+use framer::{Frame, Role};
+pub use head::{Head, HeadError};
+pub use response::{ClientResponse, ReadError, ResponseReader};
 pub use view::{RequestView, Version};
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::{
 
 /// What a response status means for the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResponseKind {
+pub(crate) enum ResponseKind {
     /// 1xx but 101: an interim response; the final one follows.
     Interim,
     /// 101: the connection leaves HTTP/1.
@@ -21,7 +21,7 @@ pub enum ResponseKind {
 }
 
 impl ResponseKind {
-    pub fn of(status: u16) -> ResponseKind {
+    pub(crate) fn of(status: u16) -> ResponseKind {
         match status {
             101 => ResponseKind::SwitchingProtocols,
             100..=199 => ResponseKind::Interim,
@@ -33,7 +33,7 @@ impl ResponseKind {
 /// How the body of a final response is delimited (RFC 9112, section 6.3), given whether it
 /// answers a HEAD request: the one rule the capture side (pairing) and the shadow clients
 /// follow.
-pub fn final_body(head: &Head, head_request: bool) -> Result<BodyKind, HeadError> {
+pub(crate) fn final_body(head: &Head, head_request: bool) -> Result<BodyKind, HeadError> {
     Ok(match head.status() {
         Some(204 | 304) => BodyKind::None,
         _ if head_request => BodyKind::None,
