@@ -28,6 +28,9 @@ pub enum Command {
 
 type Request = (Command, oneshot::Sender<Result<()>>);
 
+/// The receiving side of the control channel, read by [`run_controlled`].
+pub struct Commands(mpsc::Receiver<Request>);
+
 /// The sending side of the control channel: cheap to clone, usable from any task.
 #[derive(Clone)]
 pub struct Control {
@@ -35,10 +38,10 @@ pub struct Control {
 }
 
 impl Control {
-    /// A channel; the receiver goes to [`run_controlled`].
-    pub fn channel() -> (Control, mpsc::Receiver<Request>) {
+    /// A channel; the receiving side goes to [`run_controlled`].
+    pub fn channel() -> (Control, Commands) {
         let (tx, rx) = mpsc::channel(16);
-        (Control { tx }, rx)
+        (Control { tx }, Commands(rx))
     }
 
     /// Sends `command` and waits until the agent applied it (or says why it could not).
@@ -85,7 +88,7 @@ pub async fn run_controlled(
     mirroring: &mut Mirroring,
     source: &mut impl CaptureSource,
     taps: &mut impl Taps,
-    commands: &mut mpsc::Receiver<Request>,
+    commands: &mut Commands,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
@@ -95,7 +98,7 @@ pub async fn run_controlled(
         let stop = async {
             tokio::select! {
                 _ = &mut shutdown => None,
-                Some(request) = commands.recv() => Some(request),
+                Some(request) = commands.0.recv() => Some(request),
             }
         };
         let every_second = Some(Duration::from_secs(1));

@@ -12,13 +12,10 @@ use std::{
 use anyhow::Result;
 use mirror_shadow::ResultSink;
 use mirror_tap::{Directions, RingSource, Tap, TapSettings};
-use tokio::{
-    net::TcpListener,
-    sync::{mpsc, oneshot},
-};
+use tokio::net::TcpListener;
 
 use crate::{
-    control::{run_controlled, Command, Control},
+    control::{run_controlled, Commands, Control},
     metrics,
     pipeline::{MirrorSettings, Mirroring, Summary, OWN_MARK},
     watch::Publisher,
@@ -46,7 +43,7 @@ pub struct LiveAgent {
     ready: Arc<AtomicBool>,
     watch_socket: Option<PathBuf>,
     control: Control,
-    commands: mpsc::Receiver<(Command, oneshot::Sender<Result<()>>)>,
+    commands: Commands,
 }
 
 impl LiveAgent {
