@@ -6,7 +6,6 @@ use std::{
     io,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use anyhow::Result;
@@ -15,12 +14,8 @@ use mirror_agent::{
     pipeline::{MirrorSettings, Mirroring, ShadowTarget},
 };
 use mirror_capture::{CaptureSource, Segment};
-use mirror_testkit::Conversation;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-    sync::{mpsc, watch},
-};
+use mirror_testkit::{Conversation, TestShadow, OK_EMPTY};
+use tokio::sync::{mpsc, watch};
 
 /// Batches handed over by the test, one at a time; ends when the sender is dropped. Counts
 /// the batches taken: the driver feeds a batch before it looks at the next command, so a
@@ -56,37 +51,6 @@ impl Taps for FakeTaps {
     }
 }
 
-/// A shadow that answers every request head with 200 and reports its target.
-async fn shadow() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head: Vec<u8> = buf.drain(..end + 4).collect();
-                        let target = String::from_utf8_lossy(&head);
-                        let _ = tx.send(target.split(' ').nth(1).unwrap_or("").to_owned());
-                        if conn
-                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
 fn settings(shadow: SocketAddr, percent: f64) -> MirrorSettings {
     let uri = format!("http://{shadow}").parse().unwrap();
     MirrorSettings {
@@ -110,13 +74,15 @@ fn gets(port: u16, paths: [&str; 2]) -> Vec<Segment> {
     segs
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap()
+/// The target of the next request the shadow receives.
+async fn next(shadow: &mut TestShadow) -> String {
+    shadow.next_head().await.split(' ').nth(1).unwrap_or("").to_owned()
 }
 
 #[tokio::test]
 async fn commands_apply_between_batches_while_segments_flow() {
-    let (addr, mut mirrored) = shadow().await;
+    let mut mirrored = TestShadow::start(Some(OK_EMPTY)).await;
+    let addr = mirrored.addr;
     let (control, mut commands) = Control::channel();
     let (segments, rx) = mpsc::unbounded_channel();
     let (taken_tx, mut taken) = watch::channel(0);
@@ -156,7 +122,7 @@ async fn commands_apply_between_batches_while_segments_flow() {
     let summary = mirroring.summary(None);
     assert_eq!(summary.captured_requests, 6, "requests are counted across replacements");
     assert_eq!(summary.shadows[0].offered, 2, "the last settings' shadow: /c1 and /c2");
-    assert!(mirrored.try_recv().is_err(), "/b1 and /b2 were not mirrored at 0 %");
+    assert!(mirrored.heads.try_recv().is_err(), "/b1 and /b2 were not mirrored at 0 %");
     // The agent has stopped: the control channel says so.
     drop(commands);
     assert!(control.send(Command::Detach("veth-b".into())).await.is_err());

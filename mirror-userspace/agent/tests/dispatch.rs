@@ -16,39 +16,8 @@ use mirror_agent::{
 };
 use mirror_capture::{pcap::PcapSink, Segment};
 use mirror_shadow::{Answer, CopyInfo, DropReason, ResultSink};
-use mirror_testkit::{Conversation, MemorySource};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-    sync::mpsc,
-};
-
-/// A shadow that answers every request (no bodies) with 200 and hands its head to the test.
-async fn shadow() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head: Vec<u8> = buf.drain(..end + 4).collect();
-                        let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
-                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-                        if conn.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
+use mirror_testkit::{Conversation, MemorySource, TestShadow, OK_EMPTY};
+use tokio::net::TcpListener;
 
 /// A copy's id, its status or why it was dropped, and when the sink heard of it.
 type Outcome = (u64, Result<u16, DropReason>, Instant);
@@ -103,15 +72,14 @@ fn traffic(gap_ns: u64) -> Vec<Segment> {
 
 #[tokio::test]
 async fn matched_requests_are_rewritten_and_replayed_with_their_numbers() {
-    let (addr, mut received) = shadow().await;
+    let mut shadow = TestShadow::start(Some(OK_EMPTY)).await;
     let outcomes = Arc::new(Outcomes::default());
-    let mut mirroring = Mirroring::start(settings(addr), Some(outcomes.clone()));
+    let mut mirroring = Mirroring::start(settings(shadow.addr), Some(outcomes.clone()));
     let mut source = MemorySource::new(traffic(1_000), 3);
     mirroring.run_to_end(&mut source).await.unwrap();
     let mut heads = Vec::new();
     for _ in 0..3 {
-        let head = tokio::time::timeout(Duration::from_secs(10), received.recv()).await;
-        heads.push(head.unwrap().unwrap().to_ascii_lowercase());
+        heads.push(shadow.next_head().await.to_ascii_lowercase());
     }
     for (head, target) in heads.iter().zip(["/r0", "/r1", "/r3"]) {
         assert!(head.starts_with(&format!("get {target} http/1.1\r\n")), "{head}");

@@ -14,11 +14,8 @@ use http_body_util::Full;
 use mirror_shadow::{
     Answer, CopyInfo, DropReason, Limits, OwnSockets, ResultSink, ShadowClient, ShadowOptions,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-    sync::{mpsc, watch},
-};
+use mirror_testkit::TestShadow;
+use tokio::sync::{mpsc, watch};
 
 /// What the sink was told, in order.
 #[derive(Debug, PartialEq)]
@@ -45,31 +42,10 @@ impl ResultSink for Recorder {
     }
 }
 
-/// Answers every request (heads without bodies) with 200 and `x-n` counting per connection;
-/// with `silent`, accepts and reads but never answers.
+/// A loopback shadow answering `hello` to every request, or never (`silent`).
 async fn server(silent: bool) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if !silent {
-                            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
-                            if conn.write_all(reply).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
+    let reply: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    TestShadow::start((!silent).then_some(reply)).await.addr
 }
 
 fn copy(addr: SocketAddr) -> Request<Full<Bytes>> {

@@ -4,6 +4,9 @@
 //! benchmarks of the stages after capture.
 use std::{collections::VecDeque, io, net::SocketAddr};
 
+mod shadow;
+pub use shadow::{TestShadow, OK_EMPTY};
+
 use bytes::Bytes;
 
 use mirror_capture::{tcp_flags, CaptureSource, Direction, Hook, Segment};
