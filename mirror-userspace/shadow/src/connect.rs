@@ -45,7 +45,14 @@ pub(crate) async fn connect(uri: &Uri, mark: u32, own: OwnSockets) -> io::Result
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "shadow host"))?;
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if mark != 0 {
-        socket2::SockRef::from(&socket).set_mark(mark)?;
+        // SO_MARK needs CAP_NET_ADMIN, which the live agent has (it attaches programs).
+        // Without it (an unprivileged replay, an in-process test) the copy goes unmarked:
+        // the kernel tap would then see it, and `OwnSockets` still keeps it out of the
+        // pipeline.
+        match socket2::SockRef::from(&socket).set_mark(mark) {
+            Err(e) if e.kind() != io::ErrorKind::PermissionDenied => return Err(e),
+            _ => {}
+        }
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
