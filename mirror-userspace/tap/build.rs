@@ -49,9 +49,16 @@ fn main() -> Result<()> {
     }
 }
 
-/// Embeds an empty object: the crate builds, and attaching says why it cannot.
+/// Embeds an empty object: the crate builds, and attaching says why it cannot. The
+/// directories the tools would be installed to are watched, so the first build after
+/// `cargo xtask setup` builds the program.
 fn skip(out_dir: &Path, why: &str) -> Result<()> {
     println!("cargo:warning=mirror-tap: no kernel program in this build ({why})");
+    let rustc = env::var("MIRROR_EBPF_RUSTC").unwrap_or(DEBIAN_RUSTC.into());
+    let tool_dirs = Path::new(&rustc).parent().into_iter().map(Path::to_path_buf);
+    for dir in tool_dirs.chain(cargo_bin_dirs()).filter(|d| d.is_dir()) {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
     std::fs::write(out_dir.join(OBJECT), []).context("writing the empty object")?;
     Ok(())
 }
@@ -105,13 +112,14 @@ fn build(rustc: &Path, linker: &Path, out_dir: &Path) -> Result<()> {
 }
 
 fn find_bpf_linker() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> =
+    let path: Vec<PathBuf> =
         env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
-    if let Some(home) = env::var_os("CARGO_HOME") {
-        dirs.push(PathBuf::from(home).join("bin"));
-    }
-    if let Some(home) = env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter().map(|d| d.join("bpf-linker")).find(|p| p.is_file())
+    path.into_iter().chain(cargo_bin_dirs()).map(|d| d.join("bpf-linker")).find(|p| p.is_file())
+}
+
+/// Where `cargo install` puts bpf-linker.
+fn cargo_bin_dirs() -> impl Iterator<Item = PathBuf> {
+    let cargo_home = env::var_os("CARGO_HOME").map(|h| PathBuf::from(h).join("bin"));
+    let home = env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    cargo_home.into_iter().chain(home)
 }

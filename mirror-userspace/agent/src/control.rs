@@ -44,7 +44,9 @@ impl Control {
         (Control { tx }, Commands(rx))
     }
 
-    /// Sends `command` and waits until the agent applied it (or says why it could not).
+    /// Sends `command` and waits until the agent applied it (or says why it could not). It
+    /// applies between two batches: segments captured just before it but not yet read from
+    /// the ring may already go through the new settings.
     pub async fn send(&self, command: Command) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((command, reply)).await.map_err(|_| anyhow!("the agent has stopped"))?;

@@ -147,7 +147,7 @@ impl Publisher {
 mod tests {
     use super::*;
 
-    /// The lines are what watchers of earlier versions read, and read back the same.
+    /// The lines have the fields watchers of earlier versions read, and read back the same.
     #[test]
     fn lines_round_trip_in_the_documented_shape() {
         assert_eq!(WatchEvent::Hello.to_line(), r#"{"type":"hello"}"#);

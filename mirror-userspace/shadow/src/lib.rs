@@ -125,9 +125,16 @@ pub struct ShadowClient {
 }
 
 impl ShadowClient {
-    /// Starts the dispatcher (within a tokio runtime). `limits` must be valid: every count
-    /// at least 1, `pipeline` at most [`MAX_PIPELINE`].
+    /// Starts the dispatcher (within a tokio runtime). Counts below 1 are taken as 1 and
+    /// `pipeline` at most [`MAX_PIPELINE`] (the binary's configuration refuses such values
+    /// with the field named; a library caller gets a working client, never a panic).
     pub fn start(uri: &Uri, limits: &Limits, options: ShadowOptions) -> Self {
+        let limits = &Limits {
+            max_in_flight: limits.max_in_flight.max(1),
+            queue_length: limits.queue_length.max(1),
+            pipeline: limits.pipeline.clamp(1, MAX_PIPELINE),
+            ..limits.clone()
+        };
         let authority: Arc<str> = uri
             .authority()
             .map_or_else(String::new, |a| {

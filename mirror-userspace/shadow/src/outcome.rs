@@ -64,18 +64,17 @@ pub(crate) struct Outcomes {
 }
 
 impl Outcomes {
+    /// `response` is dropped unless the client keeps responses.
     pub(crate) fn answered(
         &self,
         bytes: usize,
         copy: &CopyInfo,
         start: Instant,
-        response: ClientResponse,
+        status: u16,
+        response: Option<ClientResponse>,
     ) {
-        let answer = Answer {
-            status: response.status(),
-            elapsed: start.elapsed(),
-            response: self.keep_responses.then_some(response),
-        };
+        let response = response.filter(|_| self.keep_responses);
+        let answer = Answer { status, elapsed: start.elapsed(), response };
         self.sink.answered(&self.shadow, copy, &answer);
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }

@@ -198,7 +198,8 @@ impl<'a> Connection<'a> {
 
     fn answered(&mut self, response: ClientResponse) {
         if let Some(u) = self.unanswered.pop_front() {
-            self.shared.outcomes.answered(u.job_bytes, &u.info, u.start, response);
+            let status = response.status();
+            self.shared.outcomes.answered(u.job_bytes, &u.info, u.start, status, Some(response));
         }
     }
 

@@ -68,7 +68,9 @@ impl Dispatcher {
                 let sent = tokio::time::timeout(outcomes.timeout, sent);
                 let (bytes, copy) = (job.bytes, &job.info);
                 match sent.await {
-                    Ok(Ok(response)) => outcomes.answered(bytes, copy, start, response),
+                    Ok(Ok((status, response))) => {
+                        outcomes.answered(bytes, copy, start, status, response)
+                    }
                     Ok(Err(e)) => outcomes.failed(bytes, copy, DropReason::Error, &e),
                     Err(_) => outcomes.failed(bytes, copy, DropReason::Timeout, &"timed out"),
                 }
@@ -84,14 +86,15 @@ async fn send(
     client: &Client<MarkingConnector, Full<Bytes>>,
     request: Request<Full<Bytes>>,
     keep_body: Option<usize>,
-) -> Result<ClientResponse, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(u16, Option<ClientResponse>), Box<dyn std::error::Error + Send + Sync>> {
     let response = client.request(request).await?;
     let (parts, mut body) = response.into_parts();
+    let status = parts.status.as_u16();
     let Some(cap) = keep_body else {
         while let Some(frame) = body.frame().await {
             frame?;
         }
-        return Ok(status_only(parts.status.as_u16()));
+        return Ok((status, None));
     };
     let chunked = parts.headers.contains_key(http::header::TRANSFER_ENCODING);
     let (mut kept, mut dropped) = (BytesMut::new(), 0u64);
@@ -114,8 +117,8 @@ async fn send(
     if chunked {
         keep(b"0\r\n\r\n");
     }
-    let head = head_of(&parts).unwrap_or_else(|| status_only(parts.status.as_u16()).head);
-    Ok(ClientResponse { head, body: kept.freeze(), body_dropped: dropped })
+    let head = head_of(&parts).unwrap_or_else(|| status_only(status));
+    Ok((status, Some(ClientResponse { head, body: kept.freeze(), body_dropped: dropped })))
 }
 
 /// The head hyper parsed, written out again and read by the project's own parser.
@@ -134,13 +137,12 @@ fn head_of(parts: &Parts) -> Option<Head> {
     Some(parts.with_bytes(out.freeze().slice(..len)))
 }
 
-/// A response known by its status alone.
-fn status_only(status: u16) -> ClientResponse {
+/// The head of a response known by its status alone (hyper's headers did not parse again).
+fn status_only(status: u16) -> Head {
     let line = format!("HTTP/1.1 {status} \r\n\r\n");
     let (len, parts) =
         Head::parse_response(line.as_bytes()).ok().flatten().expect("a status line parses");
-    let head = parts.with_bytes(Bytes::from(line).slice(..len));
-    ClientResponse { head, body: Bytes::new(), body_dropped: 0 }
+    parts.with_bytes(Bytes::from(line).slice(..len))
 }
 
 /// Connects to shadows with SO_MARK set and records the local addresses in use.

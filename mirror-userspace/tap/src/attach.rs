@@ -46,18 +46,19 @@ impl Drop for Attachment {
 /// Deletes a clsact qdisc we added once the last attachment using it is gone.
 pub(crate) struct ClsactGuard {
     iface: String,
+    ifindex: u32,
 }
 
 impl Drop for ClsactGuard {
     fn drop(&mut self) {
-        if let Err(e) = super::clsact::delete(&self.iface) {
+        if let Err(e) = super::clsact::delete(self.ifindex) {
             tracing::warn!("deleting the clsact qdisc on {}: {e:#}", self.iface);
         }
     }
 }
 
-/// The clsact qdiscs we added, by interface, while any attachment uses them.
-pub(crate) type OwnQdiscs = HashMap<String, Weak<ClsactGuard>>;
+/// The clsact qdiscs we added, by interface index, while any attachment uses them.
+pub(crate) type OwnQdiscs = HashMap<u32, Weak<ClsactGuard>>;
 
 pub(crate) fn attach(
     ebpf: &mut Ebpf,
@@ -99,13 +100,15 @@ pub(crate) fn attach(
 /// Our clsact qdisc on `iface`: the one our other attachments share, or a new one; `None`
 /// when someone else's is there (we use it and never delete it).
 fn clsact_for(iface: &str, qdiscs: &mut OwnQdiscs) -> Result<Option<Arc<ClsactGuard>>> {
-    if let Some(guard) = qdiscs.get(iface).and_then(Weak::upgrade) {
+    qdiscs.retain(|_, guard| guard.strong_count() > 0);
+    let ifindex = super::iface::ifindex(iface).with_context(|| format!("no interface {iface}"))?;
+    if let Some(guard) = qdiscs.get(&ifindex).and_then(Weak::upgrade) {
         return Ok(Some(guard));
     }
     match tc::qdisc_add_clsact(iface) {
         Ok(()) => {
-            let guard = Arc::new(ClsactGuard { iface: iface.to_owned() });
-            qdiscs.insert(iface.to_owned(), Arc::downgrade(&guard));
+            let guard = Arc::new(ClsactGuard { iface: iface.to_owned(), ifindex });
+            qdiscs.insert(ifindex, Arc::downgrade(&guard));
             Ok(Some(guard))
         }
         Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(None),

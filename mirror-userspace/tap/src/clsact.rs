@@ -17,13 +17,11 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 const CLSACT_HANDLE: TcHandle = TcHandle { major: 0xffff, minor: 0 };
 const SEQUENCE: u32 = 1;
 
-/// Deletes the clsact qdisc (and with it any filter still on it) from `iface`. A missing
-/// interface or qdisc is not an error: there is nothing left to clean up. The request names
-/// the kind, so a plain `ingress` qdisc in its place is never deleted.
-pub(crate) fn delete(iface: &str) -> Result<()> {
-    let Some(ifindex) = super::iface::ifindex(iface) else {
-        return Ok(());
-    };
+/// Deletes the clsact qdisc (and with it any filter still on it) from interface `ifindex`.
+/// A missing interface or qdisc is not an error: there is nothing left to clean up. By index,
+/// not name: an interface deleted and created again under the same name is someone else's.
+/// The request names the kind, so a plain `ingress` qdisc in its place is never deleted.
+pub(crate) fn delete(ifindex: u32) -> Result<()> {
     let header = TcHeader {
         family: AddressFamily::Unspec,
         index: i32::try_from(ifindex).context("interface index")?,

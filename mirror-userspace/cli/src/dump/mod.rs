@@ -6,7 +6,7 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use mirror_agent::watch::WatchEvent;
 use mirror_capture::{
@@ -355,8 +355,8 @@ async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Resu
                 lost += lines;
                 continue;
             }
-            Ok(WatchEvent::Hello) => continue,
-            Err(e) => bail!("{}: not a watch line ({e}): {line}", path.display()),
+            // Lines this version does not know (a newer agent's) are skipped.
+            Ok(WatchEvent::Hello) | Err(_) => continue,
         };
         if !filter.matches_addrs(request.client, request.server) {
             continue;
