@@ -45,12 +45,12 @@ pub struct Metrics {
     /// Requests that matched no rule, and requests that could not be copied: handles kept
     /// so the per-request path does not build label sets.
     pub not_matched: Counter,
-    pub uncopyable: Counter,
     shadow_not_sampled: Family<Labels, Counter>,
     shadow_requests: Family<Labels, Counter>,
     shadow_dropped: Family<Labels, Counter>,
     shadow_latency: Family<Labels, Histogram, fn() -> Histogram>,
     shadow_queue: Family<Labels, Gauge>,
+    shadow_pipeline: Family<Labels, Gauge>,
     /// Last values of the counters copied from elsewhere (kernel, reassembly, framing).
     last: Mutex<HashMap<(&'static str, &'static str), u64>>,
 }
@@ -67,7 +67,6 @@ impl Default for Metrics {
         let skipped: Family<Labels, Counter> = Family::default();
         registry.register("requests_skipped", "Requests not mirrored, by reason", skipped.clone());
         let not_matched = skipped.get_or_create(&label("reason", "not_matched")).clone();
-        let uncopyable = skipped.get_or_create(&label("reason", "uncopyable")).clone();
         let shadow_not_sampled = Family::default();
         registry.register(
             "shadow_not_sampled",
@@ -95,18 +94,24 @@ impl Default for Metrics {
         );
         let shadow_queue = Family::default();
         registry.register("shadow_queue_depth", "Copies waiting for a slot", shadow_queue.clone());
+        let shadow_pipeline = Family::default();
+        registry.register(
+            "shadow_pipeline_depth",
+            "Copies pipelined per shadow connection at most (1 once the shadow failed behind a pipelined copy)",
+            shadow_pipeline.clone(),
+        );
         Self {
             registry,
             kernel,
             reassembly,
             http,
             not_matched,
-            uncopyable,
             shadow_not_sampled,
             shadow_requests,
             shadow_dropped,
             shadow_latency,
             shadow_queue,
+            shadow_pipeline,
             last: Mutex::default(),
         }
     }
@@ -155,6 +160,8 @@ impl Metrics {
             not_sampled: self.shadow_not_sampled.get_or_create(&label("shadow", shadow)).clone(),
             latency: self.shadow_latency.get_or_create(&label("shadow", shadow)).clone(),
             queue_depth: self.shadow_queue.get_or_create(&label("shadow", shadow)).clone(),
+            pipeline_depth: self.shadow_pipeline.get_or_create(&label("shadow", shadow)).clone(),
+            pipelining_off: Mutex::default(),
         }
     }
 
@@ -173,6 +180,9 @@ pub struct ShadowMetrics {
     dropped: [Counter; DropReason::COUNT as usize],
     latency: Histogram,
     pub queue_depth: Gauge,
+    pub pipeline_depth: Gauge,
+    /// Why pipelining was turned off, if it was.
+    pipelining_off: Mutex<Option<String>>,
 }
 
 impl ShadowMetrics {
@@ -189,6 +199,10 @@ impl ShadowMetrics {
     /// Copies answered, by class 1xx..5xx.
     pub fn answered_by_class(&self) -> [u64; 5] {
         self.by_class.each_ref().map(Counter::get)
+    }
+
+    pub fn pipelining_off(&self) -> Option<String> {
+        self.pipelining_off.lock().expect("not poisoned").clone()
     }
 
     pub fn dropped_by_reason(&self) -> Vec<(&'static str, u64)> {
@@ -225,6 +239,14 @@ impl ResultSink for ShadowResults {
 
     fn queue_depth(&self, _shadow: &str, delta: i64) {
         self.metrics.queue_depth.inc_by(delta);
+    }
+
+    fn pipelining_off(&self, shadow: &str, why: &dyn std::fmt::Display) {
+        self.metrics.pipeline_depth.set(1);
+        *self.metrics.pipelining_off.lock().expect("not poisoned") = Some(why.to_string());
+        if let Some(next) = &self.next {
+            next.pipelining_off(shadow, why);
+        }
     }
 }
 

@@ -74,7 +74,6 @@ pub struct Summary {
     pub http: HttpStats,
     pub captured_requests: u64,
     pub not_matched: u64,
-    pub uncopyable: u64,
     pub shadows: Vec<ShadowSummary>,
 }
 
@@ -85,6 +84,8 @@ pub struct ShadowSummary {
     pub not_sampled: u64,
     pub answered: [u64; 5],
     pub dropped: Vec<(&'static str, u64)>,
+    /// Why pipelining to the shadow was turned off, if it was.
+    pub pipelining_off: Option<String>,
 }
 
 /// Everything between a capture source and the shadow queues, shared by `mirror run` (live)
@@ -109,6 +110,9 @@ impl Shared {
     fn shadows(&self, settings: &MirrorSettings) -> Vec<Shadow> {
         let start = |target: &ShadowTarget| {
             let metrics = Arc::new(self.metrics.shadow(&target.name));
+            metrics
+                .pipeline_depth
+                .set(settings.limits.pipeline.min(settings.limits.max_in_flight) as i64);
             let sink = ShadowResults { metrics: metrics.clone(), next: self.results.clone() };
             let options = ShadowOptions {
                 queued_bytes: self.queued.clone(),
@@ -235,7 +239,6 @@ impl Mirroring {
             http: x.shared().stats,
             captured_requests: self.dispatch.captured_requests,
             not_matched: metrics.not_matched.get(),
-            uncopyable: metrics.uncopyable.get(),
             shadows: self
                 .dispatch
                 .shadows
@@ -246,6 +249,7 @@ impl Mirroring {
                     not_sampled: s.metrics.not_sampled.get(),
                     answered: s.metrics.answered_by_class(),
                     dropped: s.metrics.dropped_by_reason(),
+                    pipelining_off: s.metrics.pipelining_off(),
                 })
                 .collect(),
         }
@@ -295,7 +299,8 @@ pub(crate) struct Stages {
 }
 
 impl Stages {
-    /// Mirrors request number `id` (counted from 1) to the shadows that sample it.
+    /// Mirrors request number `id` (counted from 1) to the shadows that sample it. The copy
+    /// is written once, for the first shadow that samples it, and shared by the others.
     fn mirror(&mut self, id: u64, req: &HttpRequest, shadows: &mut [Shadow]) {
         let (head, client) = (&req.head, req.conn.client.ip());
         if !self.matcher.matches(head) {
@@ -304,21 +309,14 @@ impl Stages {
         }
         let watched = self.watch.as_ref().is_some_and(Publisher::watched);
         let mut sent_to: Vec<&str> = Vec::new();
+        let mut copy = None;
         for shadow in shadows.iter_mut() {
             if !self.sampler.sample(shadow.percent, head) {
                 shadow.metrics.not_sampled.inc();
                 continue;
             }
-            let copy = match self.rewriter.copy(head, &req.body, shadow.client.authority(), client)
-            {
-                Ok(copy) => copy,
-                Err(_) => {
-                    self.metrics.uncopyable.inc();
-                    continue;
-                }
-            };
-            let bytes = req.head.bytes().len() + req.body.len();
-            if shadow.client.offer(id, copy, bytes).is_ok() {
+            let copy = copy.get_or_insert_with(|| self.rewriter.copy(head, &req.body, client));
+            if shadow.client.offer(id, copy.clone()).is_ok() {
                 shadow.offered += 1;
                 if watched {
                     sent_to.push(shadow.client.authority());
@@ -338,8 +336,8 @@ impl fmt::Display for Summary {
         }
         writeln!(
             f,
-            "requests: {} captured, {} not matched, {} not copyable",
-            self.captured_requests, self.not_matched, self.uncopyable
+            "requests: {} captured, {} not matched",
+            self.captured_requests, self.not_matched
         )?;
         for s in &self.shadows {
             let [c1, c2, c3, c4, c5] = s.answered;
@@ -352,6 +350,9 @@ impl fmt::Display for Summary {
                 write!(f, " {reason} {n}")?;
             }
             writeln!(f)?;
+            if let Some(why) = &s.pipelining_off {
+                writeln!(f, "shadow {}: pipelining off ({why})", s.authority)?;
+            }
         }
         let nonzero = |fields: &[(&'static str, u64)]| {
             fields

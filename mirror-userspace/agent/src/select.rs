@@ -154,4 +154,43 @@ mod tests {
         // Binomial(200, 0.3): mean 60, sd 6.5.
         assert!((35..=85).contains(&n), "{n} of 200 users sampled at 30 %");
     }
+
+    /// A request of another protocol, shaped like an HTTP/2 stream (`:authority` as host).
+    struct Stream(Vec<(&'static str, &'static [u8])>);
+
+    impl RequestView for Stream {
+        fn method(&self) -> &str {
+            "POST"
+        }
+        fn target(&self) -> &str {
+            "/grpc.Svc/Call"
+        }
+        fn version(&self) -> mirror_http::Version {
+            mirror_http::Version::Http2
+        }
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+        }
+        fn for_each_header(&self, f: &mut dyn FnMut(&str, &[u8])) {
+            self.0.iter().for_each(|(n, v)| f(n, v));
+        }
+    }
+
+    /// Matching and sampling read the view, not HTTP/1 bytes.
+    #[test]
+    fn a_request_view_of_another_protocol_is_matched_and_sampled() {
+        let stream = Stream(vec![("host", b"svc:50051"), ("content-type", b"application/grpc")]);
+        let rule = MatchRule {
+            methods: vec!["POST".into()],
+            uri: Some(StringMatch::Prefix("/grpc.".into())),
+            headers: vec![(
+                "content-type".into(),
+                StringMatch::regex("application/grpc.*").unwrap(),
+            )],
+        };
+        assert!(RequestMatcher::new(vec![rule]).matches(&stream));
+        let mut sampler = Sampler::new(Some("host".into()), Some(1));
+        let first = sampler.sample(50.0, &stream);
+        assert!((0..20).all(|_| sampler.sample(50.0, &stream) == first), "consistent by header");
+    }
 }

@@ -236,10 +236,8 @@ pub(crate) struct Limits {
     /// Optional rate limit per shadow, in requests per second.
     #[serde(default)]
     pub rate_limit: Option<f64>,
-    /// Copies pipelined on one shadow connection (HTTP/1.1 pipelining): 1 sends one request
-    /// at a time per connection (hyper's client); more writes several copies per syscall,
-    /// which is most of what a copy costs the agent (BENCHMARKS.md). The shadow must accept
-    /// pipelined requests, as HTTP/1.1 servers are required to.
+    /// Copies pipelined on one shadow connection at most (HTTP/1.1 pipelining; 1: none). A
+    /// shadow that fails behind a pipelined copy gets one at a time from then on.
     #[serde(default = "Limits::default_pipeline")]
     pub pipeline: usize,
 }
@@ -258,7 +256,7 @@ impl Limits {
         5000
     }
     fn default_pipeline() -> usize {
-        1
+        16
     }
 }
 

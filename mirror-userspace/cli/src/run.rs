@@ -84,7 +84,8 @@ pub(crate) struct MirrorArgs {
     /// Requests per second per shadow.
     #[arg(long)]
     rate_limit: Option<f64>,
-    /// Copies pipelined per shadow connection (HTTP/1.1 pipelining; 1: none).
+    /// Copies pipelined per shadow connection at most (HTTP/1.1 pipelining; default 16;
+    /// 1: none). A shadow that fails behind a pipelined copy gets one at a time.
     #[arg(long)]
     pipeline: Option<usize>,
     /// Serve Prometheus metrics, /healthz and /readyz on this address.

@@ -152,12 +152,61 @@ impl Head {
         self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
+    /// The start line as sent, with its line end.
+    pub fn start_line(&self) -> &[u8] {
+        let end = self.headers.first().map_or(self.fields_end(), |(n, _)| n.start as usize);
+        &self.bytes[..end]
+    }
+
+    /// Where the empty line that ends the head begins.
+    fn fields_end(&self) -> usize {
+        let len = self.bytes.len();
+        len - if self.bytes.ends_with(b"\r\n") { 2 } else { 1 }.min(len)
+    }
+
+    /// Header field lines as sent, in order: each line's bytes around its value, so a copy
+    /// can replace a value and keep everything else (name case, whitespace, line end).
+    pub fn field_lines(&self) -> impl Iterator<Item = FieldLine<'_>> {
+        let next_starts = self.headers.iter().skip(1).map(|(n, _)| n.start as usize);
+        let ends = next_starts.chain(std::iter::once(self.fields_end()));
+        self.headers.iter().zip(ends).map(move |(&(name, value), end)| {
+            let line = &self.bytes[name.start as usize..end];
+            // An empty value has no position (see `Span::of`): it sits before the line's
+            // trailing whitespace and line end.
+            let (at, value_end) = if value.end > value.start {
+                (
+                    value.start as usize - name.start as usize,
+                    value.end as usize - name.start as usize,
+                )
+            } else {
+                let at = line.trim_ascii_end().len();
+                (at, at)
+            };
+            FieldLine {
+                name: self.text(name),
+                value: &line[at..value_end],
+                before_value: &line[..at],
+                after_value: &line[value_end..],
+            }
+        })
+    }
+
     /// Whether any value of `name` holds `token` in its comma-separated list.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
         self.headers().filter(|(n, _)| n.eq_ignore_ascii_case(name)).any(|(_, v)| {
             v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
         })
     }
+}
+
+/// One header field line of a [`Head`]: `before_value`, `value` and `after_value` are the
+/// line's exact bytes (`Name: ` / the value / trailing whitespace and the line end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldLine<'a> {
+    pub name: &'a str,
+    pub value: &'a [u8],
+    pub before_value: &'a [u8],
+    pub after_value: &'a [u8],
 }
 
 /// A parsed head before its bytes are split off the buffer.
@@ -258,6 +307,40 @@ mod tests {
         assert_eq!(h.header("HOST"), Some(&b"x:80"[..]));
         assert_eq!(h.header("x-y"), Some(&b"z"[..]));
         assert_eq!(h.bytes().len(), "POST /a?b=1 HTTP/1.0\r\nHost: x:80\r\nX-Y:  z \r\n\r\n".len());
+    }
+
+    #[test]
+    fn field_lines_cover_the_head_exactly() {
+        let text = "GET /x HTTP/1.1\r\nHost:a:1\r\nX-Empty:\r\nX-Ws:  v w  \r\nlf: bare\n\r\n";
+        let h = request(text);
+        assert_eq!(h.start_line(), b"GET /x HTTP/1.1\r\n");
+        let lines: Vec<FieldLine<'_>> = h.field_lines().collect();
+        let field = |name, before_value, value, after_value| FieldLine {
+            name,
+            value,
+            before_value,
+            after_value,
+        };
+        assert_eq!(
+            lines,
+            [
+                field("Host", &b"Host:"[..], &b"a:1"[..], &b"\r\n"[..]),
+                field("X-Empty", b"X-Empty:", b"", b"\r\n"),
+                field("X-Ws", b"X-Ws:  ", b"v w", b"  \r\n"),
+                field("lf", b"lf: ", b"bare", b"\n"),
+            ]
+        );
+        let mut rebuilt = h.start_line().to_vec();
+        for l in &lines {
+            rebuilt.extend_from_slice(l.before_value);
+            rebuilt.extend_from_slice(l.value);
+            rebuilt.extend_from_slice(l.after_value);
+        }
+        rebuilt.extend_from_slice(b"\r\n");
+        assert_eq!(rebuilt, text.as_bytes());
+        let bare = request("GET / HTTP/1.0\n\n");
+        assert_eq!(bare.start_line(), b"GET / HTTP/1.0\n");
+        assert_eq!(bare.field_lines().count(), 0);
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod view;
 use bytes::Bytes;
 pub use exchange::HttpConnection;
 use framer::{Frame, Role};
-pub use head::{Head, HeadError};
+pub use head::{FieldLine, Head, HeadError};
 pub use response::{ClientResponse, ReadError, ResponseReader};
 pub use view::{RequestView, Version};
 

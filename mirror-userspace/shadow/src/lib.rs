@@ -1,13 +1,13 @@
 //! Fire-and-forget replay to one shadow service.
 //!
 //! [`ShadowClient::offer`] never waits: a copy goes into a bounded queue or is dropped and
-//! counted (queue full, byte budget exhausted, rate limit). A dispatcher task takes copies
-//! from the queue when one of `max_in_flight` slots is free and sends them with a hyper
-//! client (a keep-alive pool per shadow, [`pooled`]), or, with `limits.pipeline` > 1,
-//! pipelined connections write several copies at once ([`pipelined`]). Responses are read
-//! to the end, so connections are reused, and every outcome goes to the [`ResultSink`].
-//! Nothing the shadow does can reach the capture path: the worst it can do is fill the
-//! queue, which only drops copies.
+//! counted (queue full, byte budget exhausted, rate limit). A copy is a [`ShadowRequest`]: the
+//! HTTP/1.x bytes to write, made by the agent's rewrite from the captured bytes. A few
+//! persistent connections per shadow take copies from the queue and write every copy waiting,
+//! pipelined, in one write ([`pipelined`]); responses are read with mirror-http's framing and
+//! every outcome goes to the [`ResultSink`]. A shadow that does not take pipelining falls back
+//! to one copy in flight per connection. Nothing the shadow does can reach the capture path:
+//! the worst it can do is fill the queue, which only drops copies.
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -17,14 +17,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Uri};
-use http_body_util::Full;
+use http::Uri;
 use tokio::sync::mpsc;
 
 mod connect;
 mod outcome;
 mod pipelined;
-mod pooled;
 
 pub use connect::OwnSockets;
 use outcome::Outcomes;
@@ -46,10 +44,10 @@ pub struct Limits {
     pub timeout: Duration,
     /// Optional rate limit per shadow, in requests per second.
     pub rate_limit: Option<f64>,
-    /// Copies pipelined on one shadow connection (HTTP/1.1 pipelining): 1 sends one request
-    /// at a time per connection (hyper's client); more writes several copies per syscall,
-    /// which is most of what a copy costs the agent (BENCHMARKS.md). The shadow must accept
-    /// pipelined requests, as HTTP/1.1 servers are required to.
+    /// Copies pipelined on one shadow connection (HTTP/1.1 pipelining), at most: several
+    /// copies per write, where the syscall is most of what a copy costs the agent
+    /// (BENCHMARKS.md). A shadow that closes, errs or times out behind a pipelined copy gets
+    /// one copy in flight per connection from then on; 1 starts there.
     pub pipeline: usize,
 }
 
@@ -61,16 +59,50 @@ impl Default for Limits {
             max_queued_bytes: 64 << 20,
             timeout: Duration::from_millis(5000),
             rate_limit: None,
-            pipeline: 1,
+            pipeline: 16,
         }
     }
 }
 
-/// A copy waiting for a slot.
+/// A copy as it is written to a shadow: HTTP/1.x bytes, head then body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowRequest {
+    pub head: Bytes,
+    /// The body as captured (a chunked body with its framing).
+    pub body: Bytes,
+    /// A HEAD request: the response has no body whatever its headers say.
+    pub head_only: bool,
+    /// The shadow ends the connection after answering (`Connection: close`, HTTP/1.0
+    /// without keep-alive, an upgrade): nothing is pipelined behind it.
+    pub last_on_connection: bool,
+    /// May be sent again when a reused connection closes before answering it (RFC 9110
+    /// §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
+    pub idempotent: bool,
+}
+
+impl ShadowRequest {
+    /// Bytes on the wire, what the byte budget counts.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A copy waiting to be written.
 struct Job {
-    request: Request<Full<Bytes>>,
-    bytes: usize,
+    request: ShadowRequest,
     info: CopyInfo,
+    /// Times written on a connection that closed before answering it.
+    attempts: u8,
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        self.request.len()
+    }
 }
 
 /// A token bucket holding at most one second of requests.
@@ -153,26 +185,16 @@ impl ShadowClient {
             keep_responses: options.keep_body.is_some(),
             sink: options.sink.clone(),
         };
-        if limits.pipeline > 1 {
-            // Connections enough for `max_in_flight` copies unanswered in all.
-            let connections = limits.max_in_flight.div_ceil(limits.pipeline);
-            let shared = pipelined::Pipelines {
-                uri: uri.clone(),
-                mark: options.mark,
-                own: options.own.clone(),
-                depth: limits.pipeline.min(limits.max_in_flight),
-                keep_body: options.keep_body.unwrap_or(0),
-                outcomes,
-                queue: tokio::sync::Mutex::new(rx),
-            };
-            tokio::spawn(pipelined::run(Arc::new(shared), connections));
-        } else {
-            let keep_body = options.keep_body.unwrap_or(0);
-            let connector = pooled::MarkingConnector { mark: options.mark, own: options.own };
-            let dispatcher =
-                pooled::Dispatcher::new(limits.max_in_flight, connector, keep_body, outcomes);
-            tokio::spawn(dispatcher.run(rx));
-        }
+        let connections = pipelined::Pipelines::new(
+            uri.clone(),
+            limits,
+            options.mark,
+            options.own.clone(),
+            options.keep_body.unwrap_or(0),
+            outcomes,
+            rx,
+        );
+        tokio::spawn(pipelined::run(Arc::new(connections)));
         let rate = limits.rate_limit.map(|rate| {
             Mutex::new(RateLimit { rate, tokens: rate.max(1.0), last: Instant::now() })
         });
@@ -192,54 +214,47 @@ impl ShadowClient {
     }
 
     /// Queues a copy, or drops it (told to the sink) if a limit is reached. Never waits.
-    pub fn offer(
-        &self,
-        id: u64,
-        request: Request<Full<Bytes>>,
-        bytes: usize,
-    ) -> Result<(), DropReason> {
+    pub fn offer(&self, id: u64, request: ShadowRequest) -> Result<(), DropReason> {
         let label = self.label_copies.then(|| label(&request));
-        let info = CopyInfo { id, label };
-        let result = self.try_offer(request, bytes, &info);
-        if let Err(reason) = result {
+        let job = Job { request, info: CopyInfo { id, label }, attempts: 0 };
+        self.try_offer(job).map_err(|(reason, info)| {
             self.sink.dropped(&self.authority, &info, reason, &reason.name());
-        }
-        result
+            reason
+        })
     }
 
-    fn try_offer(
-        &self,
-        request: Request<Full<Bytes>>,
-        bytes: usize,
-        info: &CopyInfo,
-    ) -> Result<(), DropReason> {
+    fn try_offer(&self, job: Job) -> Result<(), (DropReason, CopyInfo)> {
         if let Some(rate) = &self.rate {
             if !rate.lock().expect("not poisoned").allow() {
-                return Err(DropReason::RateLimited);
+                return Err((DropReason::RateLimited, job.info));
             }
         }
+        let bytes = job.bytes();
         let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         if before + bytes > self.max_queued_bytes {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(DropReason::ByteBudget);
+            return Err((DropReason::ByteBudget, job.info));
         }
-        match self.queue.try_send(Job { request, bytes, info: info.clone() }) {
+        match self.queue.try_send(job) {
             Ok(()) => {
                 self.sink.queue_depth(&self.authority, 1);
                 Ok(())
             }
-            Err(_) => {
+            Err(e) => {
                 self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                Err(DropReason::QueueFull)
+                Err((DropReason::QueueFull, e.into_inner().info))
             }
         }
     }
 }
 
 /// "METHOD target Host: h" of a copy.
-fn label(request: &Request<Full<Bytes>>) -> Box<str> {
-    let host = request.headers().get(http::header::HOST);
-    let host = host.and_then(|h| h.to_str().ok()).unwrap_or("-");
-    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    format!("{} {target} Host: {host}", request.method()).into()
+fn label(request: &ShadowRequest) -> Box<str> {
+    let Ok(Some((_, parts))) = mirror_http::Head::parse_request(&request.head) else {
+        return "-".into();
+    };
+    let head = parts.with_bytes(request.head.clone());
+    let host = head.header("host").map_or("-".into(), String::from_utf8_lossy);
+    let (method, target) = (head.method().unwrap_or("-"), head.target().unwrap_or("-"));
+    format!("{method} {target} Host: {host}").into()
 }

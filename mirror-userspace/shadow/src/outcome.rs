@@ -50,6 +50,10 @@ pub trait ResultSink: Send + Sync + 'static {
 
     /// Copies waiting in the shadow's queue changed by `delta`.
     fn queue_depth(&self, _shadow: &str, _delta: i64) {}
+
+    /// The shadow did not take pipelined copies (`why`): one copy in flight per connection
+    /// from now on.
+    fn pipelining_off(&self, _shadow: &str, _why: &dyn fmt::Display) {}
 }
 
 /// What happens once a copy is answered or abandoned: the sink is told, the byte budget

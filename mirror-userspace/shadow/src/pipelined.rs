@@ -1,91 +1,168 @@
-//! HTTP/1.1 pipelining to a shadow (`limits.pipeline` > 1): several copies per write.
+//! Copies to one shadow over a few persistent HTTP/1.1 connections, pipelined.
 //!
-//! Why not hyper here: its client sends one request per connection at a time, so every copy
-//! costs one `write` and one TCP segment through the whole stack (on a node, through the veth
-//! into the shadow's socket as well), about a third of the agent's CPU per copy
-//! (BENCHMARKS.md). A pipelined connection takes every copy waiting in the queue, up to its
-//! depth, and writes them at once; responses come back in order and are matched to copies
-//! by position.
+//! Why not hyper: its client sends one request per connection at a time and rebuilds each
+//! request from parsed parts, so every copy costs one `write` and one TCP segment through the
+//! whole stack (on a node, through the veth into the shadow's socket as well), about a third
+//! of the agent's CPU per copy (BENCHMARKS.md), and the copy is not the captured bytes. Here a
+//! connection takes every copy waiting in the queue, up to its depth, and writes their bytes
+//! at once; responses come back in order and are matched to copies by position, framed by
+//! mirror-http's [`ResponseReader`] (the capture side's rules).
 //!
 //! Each connection is one task: it takes copies while fewer than `depth` are unanswered,
-//! writes, and reads responses (with mirror-http's [`ResponseReader`], the framing rules of the
-//! capture side), all in one `select!` so a shadow that is slow to read never
-//! stops us reading its responses. A copy that asks to close the connection (HTTP/1.0,
-//! `Connection: close`) is the last one written on it. When the oldest unanswered copy times
-//! out, or the connection fails, every unanswered copy on it is counted (timeout, error) and
-//! the connection is replaced.
-use std::{collections::VecDeque, sync::Arc, time::Instant};
+//! writes, and reads responses, all in one `select!` so a shadow that is slow to read never
+//! stops us reading its responses. A copy that closes the connection (HTTP/1.0,
+//! `Connection: close`, an upgrade) is the last one written on it. When the oldest unanswered
+//! copy times out, or the connection fails, every unanswered copy on it is counted (timeout,
+//! error) and the connection is replaced. Idempotent copies a connection closed on unanswered
+//! are sent again, up to [`MAX_ATTEMPTS`] times in all (RFC 9112 §9.3.1), when the connection
+//! was reused or pipelined (a shadow closing an idle connection as a copy goes out, or one
+//! closing after its first response); a single copy on a fresh connection that fails is the
+//! shadow failing that copy, and is counted.
+//!
+//! Fallback: HTTP/1.1 servers must accept pipelined requests, but some close after the first
+//! response, answer out of order or choke. A connection that closes, resets or reads what is
+//! no response while copies are pipelined on it (its oldest unanswered copy was written behind
+//! another, or more than one is unanswered), or that stops answering after answering some,
+//! turns pipelining off for the shadow: depth 1, and as many connections as `max_in_flight`. A response carries nothing that names its
+//! request, so a shadow answering out of order is only seen when the framing breaks (a HEAD
+//! answered where a GET was expected, or the reverse, leaves bytes that are no response).
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{header, Method, Uri, Version};
-use http_body_util::BodyExt;
+use bytes::{Buf, BytesMut};
+use http::Uri;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::{mpsc, Mutex},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::{mpsc, Mutex, Notify},
+    task::JoinSet,
 };
 
 use crate::{
-    connect::{connect, OwnSockets, TrackedStream},
-    CopyInfo, DropReason, Job, Outcomes,
+    connect::{connect, OwnSockets},
+    DropReason, Job, Limits, Outcomes,
 };
 use mirror_http::{ClientResponse, ReadError, ResponseReader};
 
+/// Times a copy is written at most, when connections close before answering it.
+const MAX_ATTEMPTS: u8 = 3;
+
 /// What every connection of one shadow shares.
 pub(crate) struct Pipelines {
-    pub(crate) uri: Uri,
-    pub(crate) mark: u32,
-    pub(crate) own: OwnSockets,
-    pub(crate) depth: usize,
+    uri: Uri,
+    mark: u32,
+    own: OwnSockets,
+    /// Copies unanswered per connection at most: `limits.pipeline`, 1 after a fallback.
+    depth: AtomicUsize,
+    max_in_flight: usize,
     /// Body bytes kept per response for the result sink (0: heads only).
-    pub(crate) keep_body: usize,
-    pub(crate) outcomes: Outcomes,
-    pub(crate) queue: Mutex<mpsc::Receiver<Job>>,
+    keep_body: usize,
+    outcomes: Outcomes,
+    queue: Mutex<mpsc::Receiver<Job>>,
+    /// Told when pipelining is turned off: the same copies in flight need more connections.
+    fell_back: Notify,
 }
 
-/// Runs `connections` pipelined connections until the queue closes.
-pub(crate) async fn run(shared: Arc<Pipelines>, connections: usize) {
-    let tasks: Vec<_> =
-        (0..connections).map(|_| tokio::spawn(connection_loop(shared.clone()))).collect();
-    for t in tasks {
-        let _ = t.await;
+impl Pipelines {
+    pub(crate) fn new(
+        uri: Uri,
+        limits: &Limits,
+        mark: u32,
+        own: OwnSockets,
+        keep_body: usize,
+        outcomes: Outcomes,
+        queue: mpsc::Receiver<Job>,
+    ) -> Self {
+        Pipelines {
+            uri,
+            mark,
+            own,
+            depth: AtomicUsize::new(limits.pipeline.min(limits.max_in_flight)),
+            max_in_flight: limits.max_in_flight,
+            keep_body,
+            outcomes,
+            queue: Mutex::new(queue),
+            fell_back: Notify::new(),
+        }
+    }
+
+    fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Connections enough for `max_in_flight` copies unanswered in all.
+    fn connections(&self) -> usize {
+        self.max_in_flight.div_ceil(self.depth())
+    }
+
+    fn fall_back(&self, why: &dyn fmt::Display) {
+        if self.depth.swap(1, Ordering::Relaxed) > 1 {
+            self.outcomes.sink.pipelining_off(&self.outcomes.shadow, why);
+            self.fell_back.notify_one();
+        }
     }
 }
 
-/// One copy written and not yet answered.
-struct Unanswered {
-    job_bytes: usize,
-    info: CopyInfo,
-    start: Instant,
-    /// The response has no body whatever its headers say (HEAD).
-    head_only: bool,
+/// Runs the shadow's connections until the queue closes.
+pub(crate) async fn run(shared: Arc<Pipelines>) {
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.len() < shared.connections() {
+            tasks.spawn(connection_loop(shared.clone()));
+        }
+        tokio::select! {
+            () = shared.fell_back.notified() => {}
+            // A connection task ends only once the queue is closed: let the others finish.
+            _ = tasks.join_next() => {
+                while tasks.join_next().await.is_some() {}
+                return;
+            }
+        }
+    }
 }
 
 async fn connection_loop(shared: Arc<Pipelines>) {
-    // Connect only once there is something to send: no idle connections to a quiet shadow.
-    while let Some(mut jobs) = next_jobs(&shared, shared.depth).await {
-        // Copies queued behind one that closed the connection go out on the next one.
-        while !jobs.is_empty() {
-            jobs = match connect(&shared.uri, shared.mark, shared.own.clone()).await {
-                Ok(stream) => Connection::new(&shared).serve(stream, jobs).await,
-                Err(e) => {
-                    for job in jobs.drain(..) {
-                        shared.outcomes.failed(job.bytes, &job.info, DropReason::Error, &e);
-                    }
-                    jobs
-                }
-            };
+    let mut pending = VecDeque::new();
+    loop {
+        // Connect only once there is something to send: no idle connections to a quiet
+        // shadow. Copies left over from a closed connection go out on the next one.
+        if pending.is_empty() {
+            match next_jobs(&shared, shared.depth()).await {
+                Some(jobs) => pending = jobs,
+                None => return,
+            }
         }
+        pending = match connect(&shared.uri, shared.mark, shared.own.clone()).await {
+            Ok(tracked) => {
+                let (rd, wr) = tracked.stream.into_split();
+                let left = Connection::new(&shared, pending).serve(rd, wr).await;
+                drop(tracked.guard);
+                left
+            }
+            Err(e) => {
+                for job in pending.drain(..) {
+                    shared.outcomes.failed(job.bytes(), &job.info, DropReason::Error, &e);
+                }
+                pending
+            }
+        };
     }
 }
 
 /// Waits for a copy, then takes every copy already waiting too, up to `room` in all (one
 /// write for all of them). None once the queue is closed and empty.
-async fn next_jobs(shared: &Pipelines, room: usize) -> Option<Vec<Job>> {
+async fn next_jobs(shared: &Pipelines, room: usize) -> Option<VecDeque<Job>> {
     let mut queue = shared.queue.lock().await;
-    let mut jobs = vec![queue.recv().await?];
+    let mut jobs = VecDeque::from([queue.recv().await?]);
     while jobs.len() < room {
         match queue.try_recv() {
-            Ok(job) => jobs.push(job),
+            Ok(job) => jobs.push_back(job),
             Err(_) => break,
         }
     }
@@ -93,101 +170,121 @@ async fn next_jobs(shared: &Pipelines, room: usize) -> Option<Vec<Job>> {
     Some(jobs)
 }
 
+/// One copy written and not yet answered.
+struct Unanswered {
+    job: Job,
+    start: Instant,
+    /// Written while another copy was unanswered on the connection.
+    pipelined: bool,
+}
+
+/// How a connection ended before answering every copy written on it.
+enum Failure {
+    /// The shadow closed or reset the connection: copies may be sent again.
+    Closed(String),
+    /// What the shadow sent is no response to the copy.
+    Framing(ReadError),
+    Timeout,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Closed(e) => f.write_str(e),
+            Failure::Framing(e) => write!(f, "{e}"),
+            Failure::Timeout => f.write_str("timed out"),
+        }
+    }
+}
+
 struct Connection<'a> {
     shared: &'a Pipelines,
+    /// Copies taken from the queue, not written yet.
+    pending: VecDeque<Job>,
     unanswered: VecDeque<Unanswered>,
+    /// Responses read on this connection.
+    answered: u64,
     out: BytesMut,
     input: BytesMut,
     reader: ResponseReader,
-    /// A copy that closes the connection was written: take no more.
+    /// A copy that closes the connection was written, or the queue closed: take no more.
     closing: bool,
-    /// Copies taken but not written because an earlier one closes the connection.
-    leftover: Vec<Job>,
 }
 
 impl<'a> Connection<'a> {
-    fn new(shared: &'a Pipelines) -> Self {
+    fn new(shared: &'a Pipelines, pending: VecDeque<Job>) -> Self {
         Connection {
             shared,
+            pending,
             unanswered: VecDeque::new(),
+            answered: 0,
             out: BytesMut::new(),
             input: BytesMut::with_capacity(16 << 10),
             reader: ResponseReader::new(shared.keep_body),
             closing: false,
-            leftover: Vec::new(),
         }
     }
 
-    /// Sends `first` and what follows until the connection ends; returns copies taken but
-    /// not sent.
-    async fn serve(mut self, stream: TrackedStream, first: Vec<Job>) -> Vec<Job> {
-        let TrackedStream { stream, guard: _guard } = stream;
-        let (mut rd, mut wr) = stream.into_split();
-        self.take(first).await;
+    /// Writes copies and reads responses until the connection ends; returns the copies to
+    /// send on the next one (taken and not written, or to be sent again).
+    async fn serve(
+        mut self,
+        mut rd: impl AsyncRead + Unpin,
+        mut wr: impl AsyncWrite + Unpin,
+    ) -> VecDeque<Job> {
         let failure = loop {
-            let room = if self.closing { 0 } else { self.shared.depth - self.unanswered.len() };
+            self.write_pending();
+            if self.closing && self.unanswered.is_empty() && self.out.is_empty() {
+                return self.pending;
+            }
+            let room = self.shared.depth().saturating_sub(self.unanswered.len());
+            let take = !self.closing && self.pending.is_empty() && room > 0;
             let deadline = self.unanswered.front().map(|u| u.start + self.shared.outcomes.timeout);
             tokio::select! {
-                jobs = next_jobs(self.shared, room), if room > 0 => match jobs {
-                    Some(jobs) => self.take(jobs).await,
-                    None if self.unanswered.is_empty() => return self.leftover,
+                jobs = next_jobs(self.shared, room), if take => match jobs {
+                    Some(jobs) => self.pending = jobs,
                     None => self.closing = true,
                 },
                 written = wr.write(&self.out), if !self.out.is_empty() => match written {
                     Ok(n) => self.out.advance(n),
-                    Err(e) => break (DropReason::Error, e.to_string()),
+                    Err(e) => break Failure::Closed(e.to_string()),
                 },
                 read = rd.read_buf(&mut self.input) => match read {
                     Ok(0) => break self.at_end(),
                     Ok(_) => {
                         if let Err(e) = self.parse_responses() {
-                            break (DropReason::Error, e.to_string());
-                        }
-                        if self.closing && self.unanswered.is_empty() {
-                            return self.leftover;
+                            break Failure::Framing(e);
                         }
                     }
-                    Err(e) => break (DropReason::Error, e.to_string()),
+                    Err(e) => break Failure::Closed(e.to_string()),
                 },
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    break (DropReason::Timeout, "timed out".to_owned());
-                }
+                () = sleep_until(deadline), if deadline.is_some() => break Failure::Timeout,
             }
         };
-        for u in self.unanswered.drain(..) {
-            self.shared.outcomes.failed(u.job_bytes, &u.info, failure.0, &failure.1);
-        }
-        self.leftover
+        self.fail(failure)
     }
 
-    /// Appends `jobs` to the output, in order; a copy that closes the connection is the last.
-    async fn take(&mut self, jobs: Vec<Job>) {
-        let mut jobs = jobs.into_iter();
-        for job in jobs.by_ref() {
-            let (parts, body) = job.request.into_parts();
-            // A `Full` body is one ready frame.
-            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            encode(&parts, &body, &mut self.out);
-            self.unanswered.push_back(Unanswered {
-                job_bytes: job.bytes,
-                info: job.info,
-                start: Instant::now(),
-                head_only: parts.method == Method::HEAD,
-            });
-            if closes_connection(&parts) {
-                self.closing = true;
-                break;
-            }
+    /// Moves pending copies to the output while the pipeline has room; a copy that closes
+    /// the connection is the last.
+    fn write_pending(&mut self) {
+        while !self.closing && self.unanswered.len() < self.shared.depth() {
+            let Some(job) = self.pending.pop_front() else { break };
+            let request = &job.request;
+            self.out.reserve(request.len());
+            self.out.extend_from_slice(&request.head);
+            self.out.extend_from_slice(&request.body);
+            self.closing = request.last_on_connection;
+            let pipelined = !self.unanswered.is_empty();
+            self.unanswered.push_back(Unanswered { job, start: Instant::now(), pipelined });
         }
-        self.leftover.extend(jobs);
     }
 
     /// Consumes every complete response in `input`.
     fn parse_responses(&mut self) -> Result<(), ReadError> {
         loop {
             let Self { reader, input, unanswered, .. } = self;
-            let next = reader.next(input, || unanswered.front().map(|u| u.head_only))?;
-            let Some(response) = next else { break };
+            let head_only = || unanswered.front().map(|u| u.job.request.head_only);
+            let Some(response) = reader.next(input, head_only)? else { break };
             self.closing |= response.closes_connection();
             self.answered(response);
         }
@@ -198,17 +295,53 @@ impl<'a> Connection<'a> {
 
     fn answered(&mut self, response: ClientResponse) {
         if let Some(u) = self.unanswered.pop_front() {
+            self.answered += 1;
             let status = response.status();
-            self.shared.outcomes.answered(u.job_bytes, &u.info, u.start, status, Some(response));
+            let (bytes, info) = (u.job.bytes(), &u.job.info);
+            self.shared.outcomes.answered(bytes, info, u.start, status, Some(response));
         }
     }
 
     /// The shadow closed the connection: that ends a body delimited by the close.
-    fn at_end(&mut self) -> (DropReason, String) {
+    fn at_end(&mut self) -> Failure {
         if let Some(response) = self.reader.finish() {
             self.answered(response);
         }
-        (DropReason::Error, "connection closed by the shadow".to_owned())
+        Failure::Closed("connection closed by the shadow".to_owned())
+    }
+
+    /// Counts every unanswered copy, or keeps it to be sent again; turns pipelining off when
+    /// the shadow failed behind a pipelined copy.
+    fn fail(mut self, failure: Failure) -> VecDeque<Job> {
+        let pipelined =
+            self.unanswered.len() > 1 || self.unanswered.front().is_some_and(|u| u.pipelined);
+        let fell = match failure {
+            // A shadow that answered, then stopped: it may ignore pipelined requests (a slow
+            // shadow times out on the first copy of a connection, which was not pipelined).
+            Failure::Timeout => {
+                self.answered > 0 && self.unanswered.front().is_some_and(|u| u.pipelined)
+            }
+            Failure::Closed(_) | Failure::Framing(_) => pipelined,
+        };
+        if fell {
+            self.shared.fall_back(&failure);
+        }
+        let reason = match failure {
+            Failure::Timeout => DropReason::Timeout,
+            Failure::Closed(_) | Failure::Framing(_) => DropReason::Error,
+        };
+        let again = matches!(failure, Failure::Closed(_)) && (self.answered > 0 || pipelined);
+        let mut retry = VecDeque::new();
+        for Unanswered { mut job, .. } in self.unanswered.drain(..) {
+            job.attempts += 1;
+            if again && job.request.idempotent && job.attempts < MAX_ATTEMPTS {
+                retry.push_back(job);
+            } else {
+                self.shared.outcomes.failed(job.bytes(), &job.info, reason, &failure);
+            }
+        }
+        retry.extend(self.pending);
+        retry
     }
 }
 
@@ -218,70 +351,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Whether the shadow will close the connection after answering this copy.
-fn closes_connection(parts: &http::request::Parts) -> bool {
-    let connection = parts.headers.get_all(header::CONNECTION);
-    let says = |token: &str| {
-        connection.iter().any(|v| {
-            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    says("close") || (parts.version == Version::HTTP_10 && !says("keep-alive"))
-}
-
-/// Writes the copy as HTTP/1.x: the request line, the headers in order (adding Host from the
-/// URI if the copy has none, and Content-Length if a body has no framing), then the body,
-/// re-chunked if the copy says chunked (the rewrite decoded it).
-fn encode(parts: &http::request::Parts, body: &Bytes, out: &mut BytesMut) {
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let version = if parts.version == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
-    out.reserve(256 + body.len());
-    out.put_slice(parts.method.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(target.as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(version.as_bytes());
-    out.put_slice(b"\r\n");
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(authority) = parts.uri.authority() {
-            put_header(out, "host", authority.as_str().as_bytes());
-        }
-    }
-    for (name, value) in &parts.headers {
-        put_header(out, name.as_str(), value.as_bytes());
-    }
-    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    if !chunked && !body.is_empty() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        put_header(out, "content-length", body.len().to_string().as_bytes());
-    }
-    out.put_slice(b"\r\n");
-    if chunked {
-        if !body.is_empty() {
-            out.put_slice(format!("{:x}\r\n", body.len()).as_bytes());
-            out.put_slice(body);
-            out.put_slice(b"\r\n");
-        }
-        out.put_slice(b"0\r\n\r\n");
-    } else {
-        out.put_slice(body);
-    }
-}
-
-fn put_header(out: &mut BytesMut, name: &str, value: &[u8]) {
-    out.put_slice(name.as_bytes());
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
-}
-
 #[cfg(test)]
 mod tests {
     use std::{sync::atomic::AtomicUsize, time::Duration};
 
-    use http::Request;
+    use bytes::Bytes;
 
     use super::*;
-    use crate::{Answer, ResultSink};
+    use crate::{Answer, CopyInfo, ResultSink, ShadowRequest};
 
     /// Records the statuses of answered copies.
     #[derive(Default)]
@@ -297,32 +374,29 @@ mod tests {
 
     fn pipelines(sink: Arc<Statuses>) -> Pipelines {
         let (_, rx) = mpsc::channel(1);
-        Pipelines {
-            uri: "http://shadow:8000".parse().unwrap(),
-            mark: 0,
-            own: OwnSockets::default(),
-            depth: 8,
-            keep_body: 0,
-            outcomes: Outcomes {
-                shadow: "shadow:8000".into(),
-                timeout: Duration::from_secs(1),
-                queued_bytes: Arc::new(AtomicUsize::new(0)),
-                keep_responses: false,
-                sink,
-            },
-            queue: Mutex::new(rx),
-        }
+        let outcomes = Outcomes {
+            shadow: "shadow:8000".into(),
+            timeout: Duration::from_secs(1),
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+            keep_responses: false,
+            sink,
+        };
+        let limits = Limits { pipeline: 8, ..Limits::default() };
+        let uri = "http://shadow:8000".parse().unwrap();
+        Pipelines::new(uri, &limits, 0, OwnSockets::default(), 0, outcomes, rx)
     }
 
     fn waiting(c: &mut Connection<'_>, head_only: &[bool]) {
         for &head_only in head_only {
-            let start = Instant::now();
-            c.unanswered.push_back(Unanswered {
-                job_bytes: 0,
-                info: CopyInfo::default(),
-                start,
+            let request = ShadowRequest {
+                head: Bytes::new(),
+                body: Bytes::new(),
                 head_only,
-            });
+                last_on_connection: false,
+                idempotent: true,
+            };
+            let job = Job { request, info: CopyInfo::default(), attempts: 0 };
+            c.unanswered.push_back(Unanswered { job, start: Instant::now(), pipelined: false });
         }
     }
 
@@ -331,7 +405,7 @@ mod tests {
     fn reads_pipelined_responses_of_every_framing() {
         let sink = Arc::new(Statuses::default());
         let p = pipelines(sink.clone());
-        let mut c = Connection::new(&p);
+        let mut c = Connection::new(&p, VecDeque::new());
         waiting(&mut c, &[false, false, true, false, false]);
         let wire: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n\
             HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc\
@@ -356,58 +430,22 @@ mod tests {
     #[test]
     fn rejects_malformed_and_endless_heads() {
         let p = pipelines(Arc::default());
-        let mut c = Connection::new(&p);
+        let mut c = Connection::new(&p, VecDeque::new());
         waiting(&mut c, &[false]);
         c.input.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n");
         let framing = mirror_http::HeadError::Framing("invalid content-length");
         assert_eq!(c.parse_responses(), Err(ReadError::Head(framing)));
-        let mut c = Connection::new(&p);
+        let mut c = Connection::new(&p, VecDeque::new());
         waiting(&mut c, &[false]);
         c.input.extend_from_slice(b"SMTP ready\r\n\r\n");
         assert!(c.parse_responses().is_err());
-        let mut c = Connection::new(&p);
+        let mut c = Connection::new(&p, VecDeque::new());
         waiting(&mut c, &[false]);
         c.input.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         c.input.extend_from_slice(&b"X: y\r\n".repeat((64 << 10) / 6));
         assert!(c.parse_responses().is_err());
-        let mut c = Connection::new(&p);
+        let mut c = Connection::new(&p, VecDeque::new());
         c.input.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(c.parse_responses(), Err(ReadError::Unrequested));
-    }
-
-    fn encoded(builder: http::request::Builder, body: &'static [u8]) -> Vec<u8> {
-        let (parts, ()) = builder.body(()).unwrap().into_parts();
-        let mut out = BytesMut::new();
-        encode(&parts, &Bytes::from_static(body), &mut out);
-        out.to_vec()
-    }
-
-    #[test]
-    fn encodes_headers_in_order_and_rechunks() {
-        let req = Request::builder()
-            .method("POST")
-            .uri("http://shadow:8000/up?x=1")
-            .header("host", "svc-shadow:8000")
-            .header("transfer-encoding", "chunked")
-            .header("x-a", "1");
-        assert_eq!(
-            encoded(req, b"hello"),
-            b"POST /up?x=1 HTTP/1.1\r\nhost: svc-shadow:8000\r\ntransfer-encoding: chunked\r\n\
-              x-a: 1\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-                .to_vec()
-        );
-    }
-
-    #[test]
-    fn adds_host_and_length_when_missing() {
-        let req =
-            Request::builder().method("PUT").uri("http://shadow:8000/p").version(Version::HTTP_10);
-        let (parts, ()) =
-            Request::builder().version(Version::HTTP_10).body(()).unwrap().into_parts();
-        assert!(closes_connection(&parts));
-        assert_eq!(
-            encoded(req, b"abc"),
-            b"PUT /p HTTP/1.0\r\nhost: shadow:8000\r\ncontent-length: 3\r\n\r\nabc".to_vec()
-        );
     }
 }
