@@ -10,6 +10,7 @@ pub mod frames;
 pub mod netns;
 pub mod server;
 pub mod streams;
+pub mod tls;
 pub mod topology;
 
 /// The `mirror` binary built by `cargo xtask test` (or `cargo build -p mirror-cli`).

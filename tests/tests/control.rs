@@ -19,7 +19,8 @@ use mirror_tests::{
 const PORT: u16 = 8000;
 
 fn settings(shadow: &str, percent: f64) -> MirrorSettings {
-    let target = ShadowTarget { uri: shadow.parse().unwrap(), name: shadow.into(), percent };
+    let target =
+        ShadowTarget { uri: shadow.parse().unwrap(), name: shadow.into(), percent, tls: None };
     MirrorSettings { shadows: vec![target], ..MirrorSettings::default() }
 }
 

@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use crate::check;
 
 /// Debian packages: the kernel-side compiler (rustc-web and its bpfel `core`), LLVM 22 for
-/// bpf-linker, and the tools the integration tests and the demo drive.
+/// bpf-linker, and the tools the integration tests and the demo drive (nginx: the TLS
+/// shadow).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -19,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "python3",
     "tcpdump",
     "tshark",
+    "nginx-light",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -147,10 +149,10 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     )
 }
 
-/// Tools only the benchmarks drive (never needed by the tests): nginx and wrk from Debian,
-/// and oha (crates.io) for load at a fixed request rate over keep-alive connections (h2load's
+/// Tools only the benchmarks drive (never needed by the tests): wrk from Debian, and oha
+/// (crates.io) for load at a fixed request rate over keep-alive connections (h2load's
 /// `--rate` fixes the rate of new connections instead).
-const BENCH_PACKAGES: &[&str] = &["nginx-light", "wrk"];
+const BENCH_PACKAGES: &[&str] = &["wrk"];
 const OHA_VERSION: &str = "1.16.0";
 
 /// Installs the benchmark tools when missing (root on Debian).

@@ -17,7 +17,7 @@ use http::Uri;
 use mirror_capture::{CaptureSource, Segment};
 use mirror_flow::{FlowDriver, FlowSink, FlowTable, ReassemblyConfig, ReassemblyStats};
 use mirror_http::{extractor, HttpConfig, HttpConnection, HttpEvent, HttpRequest, HttpStats};
-use mirror_shadow::{Limits, OwnSockets, ResultSink, ShadowClient, ShadowOptions};
+use mirror_shadow::{ClientConfig, Limits, OwnSockets, ResultSink, ShadowClient, ShadowOptions};
 use mirror_tap::KernelCounters;
 
 use crate::{
@@ -33,12 +33,14 @@ pub const OWN_MARK: u32 = 0x006d_6972;
 /// A shadow service: where its copies go and which share of the requests it gets.
 #[derive(Clone, Debug)]
 pub struct ShadowTarget {
-    /// `http://host[:port]`.
+    /// `http[s]://host[:port]`.
     pub uri: Uri,
     /// As configured: the shadow's label in the metrics.
     pub name: String,
     /// 0..=100.
     pub percent: f64,
+    /// TLS for an `https://` shadow (None: the system's roots).
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// Where and how requests are mirrored: the settings of every stage after capture, typed and
@@ -118,6 +120,7 @@ impl Shared {
                 queued_bytes: self.queued.clone(),
                 own: self.own.clone(),
                 mark: OWN_MARK,
+                tls: target.tls.clone(),
                 label_copies: self.results.is_some(),
                 keep_body: None,
                 sink: Arc::new(sink),

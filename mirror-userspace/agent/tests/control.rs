@@ -54,7 +54,7 @@ impl Taps for FakeTaps {
 fn settings(shadow: SocketAddr, percent: f64) -> MirrorSettings {
     let uri = format!("http://{shadow}").parse().unwrap();
     MirrorSettings {
-        shadows: vec![ShadowTarget { uri, name: "shadow".into(), percent }],
+        shadows: vec![ShadowTarget { uri, name: "shadow".into(), percent, tls: None }],
         ..MirrorSettings::default()
     }
 }

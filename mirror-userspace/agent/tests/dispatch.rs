@@ -41,6 +41,7 @@ fn settings(shadow: SocketAddr) -> MirrorSettings {
             uri: format!("http://{shadow}").parse().unwrap(),
             name: "shadow".into(),
             percent: 100.0,
+            tls: None,
         }],
         rules: vec![MatchRule { methods: vec!["GET".into()], ..MatchRule::default() }],
         edits: HeaderEdits {

@@ -4,7 +4,13 @@
 //! settings, and [`MirrorConfig::mirror_settings`] and [`MirrorConfig::tap_settings`]
 //! convert to them, checking every field once, before anything is attached; every error
 //! names the offending field.
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use http::{HeaderName, HeaderValue};
@@ -15,7 +21,7 @@ use mirror_agent::{
 };
 use mirror_flow::ReassemblyConfig;
 use mirror_http::HttpConfig;
-use mirror_shadow::MAX_PIPELINE;
+use mirror_shadow::{ClientConfig, TlsOptions, MAX_PIPELINE};
 use mirror_tap::TapSettings;
 use serde::Deserialize;
 
@@ -35,6 +41,9 @@ pub(crate) struct MirrorConfig {
     /// Shadow services, each with its own sampling percentage.
     #[serde(default)]
     pub mirrors: Vec<Mirror>,
+    /// TLS to `https://` shadows.
+    #[serde(default)]
+    pub shadow_tls: ShadowTls,
     /// Default percentage for mirrors that do not set one (Istio: `mirrorPercentage`).
     #[serde(default)]
     pub mirror_percentage: Option<Percentage>,
@@ -72,6 +81,46 @@ pub(crate) struct Mirror {
     pub url: String,
     #[serde(default)]
     pub mirror_percentage: Option<Percentage>,
+}
+
+/// TLS to `https://` shadows: certificates are verified against the system's roots unless
+/// a CA file is given, or verification is explicitly turned off.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ShadowTls {
+    /// PEM file of the CA certificates to trust instead of the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (a test shadow with a throwaway certificate).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// PEM file of a client certificate chain, for shadows that require one (mTLS).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ShadowTls {
+    /// The rustls configuration, every file read now; errors name the field.
+    fn convert(&self) -> Result<Arc<ClientConfig>> {
+        if self.insecure_skip_verify && self.ca_file.is_some() {
+            bail!("shadowTls.insecureSkipVerify: excludes shadowTls.caFile");
+        }
+        let client_cert = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            (Some(_), None) => bail!("shadowTls.clientKey: required with clientCert"),
+            (None, Some(_)) => bail!("shadowTls.clientCert: required with clientKey"),
+        };
+        let options = TlsOptions {
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure_skip_verify,
+            client_cert,
+        };
+        options.client_config().map_err(|e| anyhow::anyhow!("shadowTls.{e}"))
+    }
 }
 
 /// Istio's `{ value: 12.5 }`.
@@ -320,12 +369,22 @@ impl MirrorConfig {
             check_percentage("mirrorPercentage", p.value)?;
         }
         let mut shadows = Vec::new();
+        // Built once, and only for https shadows (the system's roots are read then).
+        let mut tls = None;
         for (i, m) in self.mirrors.iter().enumerate() {
             let uri = parse_shadow_url(&m.url).with_context(|| format!("mirrors[{i}].url"))?;
             if let Some(p) = m.mirror_percentage {
                 check_percentage(&format!("mirrors[{i}].mirrorPercentage"), p.value)?;
             }
-            shadows.push(ShadowTarget { uri, name: m.url.clone(), percent: self.percentage(i) });
+            let tls = match uri.scheme_str() {
+                Some("https") => Some(match &tls {
+                    Some(config) => Arc::clone(config),
+                    None => tls.insert(self.shadow_tls.convert()?).clone(),
+                }),
+                _ => None,
+            };
+            let percent = self.percentage(i);
+            shadows.push(ShadowTarget { uri, name: m.url.clone(), percent, tls });
         }
         let rules = self.match_rules.iter().enumerate().map(|(i, r)| r.convert(i));
         let rules = rules.collect::<Result<_>>()?;
@@ -446,11 +505,11 @@ fn header_name(field: &str, name: &str) -> Result<HeaderName> {
         .with_context(|| format!("{field}: {name:?} is not a header name"))
 }
 
-/// Parses a shadow URL: `http://host[:port]` with an optional path prefix that is ignored.
+/// Parses a shadow URL: `http[s]://host[:port]` with an optional path prefix that is ignored.
 fn parse_shadow_url(url: &str) -> Result<http::Uri> {
     let uri: http::Uri = url.parse().with_context(|| format!("{url:?} is not a URL"))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("{url:?}: only http:// shadows are supported");
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        bail!("{url:?}: only http:// and https:// shadows are supported");
     }
     if uri.host().is_none_or(str::is_empty) {
         bail!("{url:?}: no host");
@@ -519,6 +578,32 @@ metrics: 127.0.0.1:9100
         let defaults = MirrorConfig::from_yaml("ports: [1]\n").unwrap().reassembly;
         assert_eq!(defaults.reassembly(), ReassemblyConfig::default());
         assert_eq!(defaults.max_message_bytes, HttpConfig::default().max_message_bytes);
+    }
+
+    #[test]
+    fn tls_options_are_checked_before_anything_runs() {
+        let https = "mirrors: [{ url: \"https://shadow:8443\" }]\n";
+        let error = |tls: &str| {
+            let c = MirrorConfig::from_yaml(&format!("{https}shadowTls: {tls}\n")).unwrap();
+            format!("{:#}", c.mirror_settings().unwrap_err())
+        };
+        let e = error("{ caFile: /nonexistent/ca.pem }");
+        assert!(e.contains("shadowTls.caFile") && e.contains("/nonexistent/ca.pem"), "{e}");
+        let e = error("{ clientCert: /x.pem }");
+        assert!(e.contains("shadowTls.clientKey"), "{e}");
+        let e = error("{ caFile: /x.pem, insecureSkipVerify: true }");
+        assert!(e.contains("shadowTls.insecureSkipVerify"), "{e}");
+        let empty = std::env::temp_dir().join(format!("mirror-empty-{}.pem", std::process::id()));
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = error(&format!("{{ caFile: {} }}", empty.display()));
+        std::fs::remove_file(&empty).unwrap();
+        assert!(e.contains("shadowTls.caFile") && e.contains("no certificate"), "{e}");
+        // Plain shadows never read TLS settings; an unverified https shadow needs no file.
+        let plain = "mirrors: [{ url: \"http://s:1\" }]\nshadowTls: { caFile: /nonexistent }\n";
+        MirrorConfig::from_yaml(plain).unwrap().mirror_settings().unwrap();
+        let insecure = format!("{https}shadowTls: {{ insecureSkipVerify: true }}\n");
+        let s = MirrorConfig::from_yaml(&insecure).unwrap().mirror_settings().unwrap();
+        assert!(s.shadows[0].tls.is_some());
     }
 
     #[test]

@@ -37,10 +37,22 @@ pub(crate) struct RunArgs {
 /// Where and how requests are mirrored: shared by `mirror run` and `mirror replay`.
 #[derive(Args, Debug)]
 pub(crate) struct MirrorArgs {
-    /// Shadow service, optionally with its own percentage: http://host:port[@PERCENT]
+    /// Shadow service, optionally with its own percentage: http[s]://host:port[@PERCENT]
     /// (repeatable).
     #[arg(long = "shadow")]
     shadows: Vec<String>,
+    /// https shadows: trust the CA certificates of this PEM file instead of the system's.
+    #[arg(long, value_name = "PEM")]
+    shadow_ca: Option<PathBuf>,
+    /// https shadows: accept any certificate, unverified (a throwaway test certificate).
+    #[arg(long)]
+    shadow_insecure: bool,
+    /// https shadows: present this client certificate chain (mTLS; with --shadow-key).
+    #[arg(long, value_name = "PEM")]
+    shadow_cert: Option<PathBuf>,
+    /// https shadows: the client certificate's private key.
+    #[arg(long, value_name = "PEM")]
+    shadow_key: Option<PathBuf>,
     /// Percentage of requests mirrored (0-100, fractions allowed) where a shadow sets none.
     #[arg(long)]
     percent: Option<f64>,
@@ -123,6 +135,11 @@ impl MirrorArgs {
         for s in &self.shadows {
             c.mirrors.push(parse_shadow_flag(s)?);
         }
+        let tls = &mut c.shadow_tls;
+        tls.ca_file = self.shadow_ca.clone().or(tls.ca_file.take());
+        tls.insecure_skip_verify |= self.shadow_insecure;
+        tls.client_cert = self.shadow_cert.clone().or(tls.client_cert.take());
+        tls.client_key = self.shadow_key.clone().or(tls.client_key.take());
         if let Some(p) = self.percent {
             c.mirror_percentage = Some(Percentage { value: p });
         }

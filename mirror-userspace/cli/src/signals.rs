@@ -39,7 +39,13 @@ impl ResultSink for RequestLog {
         // Copies refused at the queue never left; only those that were sent are logged.
         match reason {
             DropReason::Timeout => Self::line(shadow, copy, format_args!("timed out")),
-            DropReason::Error => Self::line(shadow, copy, format_args!("error: {error}")),
+            DropReason::Error
+            | DropReason::TlsUntrusted
+            | DropReason::TlsExpired
+            | DropReason::TlsNameMismatch
+            | DropReason::TlsError => {
+                Self::line(shadow, copy, format_args!("{}: {error}", reason.name()))
+            }
             DropReason::QueueFull | DropReason::ByteBudget | DropReason::RateLimited => {}
         }
     }

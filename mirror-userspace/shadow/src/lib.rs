@@ -23,10 +23,13 @@ use tokio::sync::mpsc;
 mod connect;
 mod outcome;
 mod pipelined;
+mod tls;
 
 pub use connect::OwnSockets;
 use outcome::Outcomes;
 pub use outcome::{Answer, CopyInfo, DropReason, ResultSink};
+pub use rustls::ClientConfig;
+pub use tls::{TlsOptions, TlsSetupError};
 
 /// Deepest HTTP/1.1 pipeline per shadow connection.
 pub const MAX_PIPELINE: usize = 64;
@@ -136,6 +139,8 @@ pub struct ShadowOptions {
     pub own: OwnSockets,
     /// SO_MARK of every connection (0: none), which the kernel tap ignores.
     pub mark: u32,
+    /// TLS for an `https://` shadow ([`TlsOptions::client_config`]; None: the system's roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Label each copy ("METHOD target Host: h") for the sink.
     pub label_copies: bool,
     /// Hand each response to the sink, its body kept up to this many bytes (None: only
@@ -172,6 +177,8 @@ impl ShadowClient {
             .map_or_else(String::new, |a| {
                 if a.port().is_some() {
                     a.to_string()
+                } else if uri.scheme_str() == Some("https") {
+                    format!("{}:443", a.host())
                 } else {
                     format!("{}:80", a.host())
                 }
@@ -185,15 +192,9 @@ impl ShadowClient {
             keep_responses: options.keep_body.is_some(),
             sink: options.sink.clone(),
         };
-        let connections = pipelined::Pipelines::new(
-            uri.clone(),
-            limits,
-            options.mark,
-            options.own.clone(),
-            options.keep_body.unwrap_or(0),
-            outcomes,
-            rx,
-        );
+        let endpoint = connect::Endpoint::new(uri, options.mark, options.own.clone(), options.tls);
+        let keep_body = options.keep_body.unwrap_or(0);
+        let connections = pipelined::Pipelines::new(endpoint, limits, keep_body, outcomes, rx);
         tokio::spawn(pipelined::run(Arc::new(connections)));
         let rate = limits.rate_limit.map(|rate| {
             Mutex::new(RateLimit { rate, tokens: rate.max(1.0), last: Instant::now() })

@@ -17,6 +17,14 @@ mirror_common::named_enum! {
         RateLimited = "rate_limited",
         Timeout = "timeout",
         Error = "error",
+        /// TLS: the shadow's certificate is not signed by a trusted CA.
+        TlsUntrusted = "tls_untrusted",
+        /// TLS: the shadow's certificate is expired or not valid yet.
+        TlsExpired = "tls_expired",
+        /// TLS: the shadow's certificate does not name the shadow's host.
+        TlsNameMismatch = "tls_name_mismatch",
+        /// TLS: any other handshake failure or alert (a client certificate refused...).
+        TlsError = "tls_error",
     }
 }
 

@@ -28,7 +28,7 @@
 //! answered where a GET was expected, or the reverse, leaves bytes that are no response).
 use std::{
     collections::VecDeque,
-    fmt,
+    fmt, io,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -37,7 +37,6 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
-use http::Uri;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::{mpsc, Mutex, Notify},
@@ -45,8 +44,8 @@ use tokio::{
 };
 
 use crate::{
-    connect::{connect, OwnSockets},
-    DropReason, Job, Limits, Outcomes,
+    connect::{Connected, Endpoint, ShadowStream},
+    tls, DropReason, Job, Limits, Outcomes,
 };
 use mirror_http::{ClientResponse, ReadError, ResponseReader};
 
@@ -55,9 +54,8 @@ const MAX_ATTEMPTS: u8 = 3;
 
 /// What every connection of one shadow shares.
 pub(crate) struct Pipelines {
-    uri: Uri,
-    mark: u32,
-    own: OwnSockets,
+    /// Where connections go (an error when TLS could not be set up: every copy fails).
+    endpoint: io::Result<Endpoint>,
     /// Copies unanswered per connection at most: `limits.pipeline`, 1 after a fallback.
     depth: AtomicUsize,
     max_in_flight: usize,
@@ -71,18 +69,14 @@ pub(crate) struct Pipelines {
 
 impl Pipelines {
     pub(crate) fn new(
-        uri: Uri,
+        endpoint: io::Result<Endpoint>,
         limits: &Limits,
-        mark: u32,
-        own: OwnSockets,
         keep_body: usize,
         outcomes: Outcomes,
         queue: mpsc::Receiver<Job>,
     ) -> Self {
         Pipelines {
-            uri,
-            mark,
-            own,
+            endpoint,
             depth: AtomicUsize::new(limits.pipeline.min(limits.max_in_flight)),
             max_in_flight: limits.max_in_flight,
             keep_body,
@@ -138,16 +132,30 @@ async fn connection_loop(shared: Arc<Pipelines>) {
                 None => return,
             }
         }
-        pending = match connect(&shared.uri, shared.mark, shared.own.clone()).await {
-            Ok(tracked) => {
-                let (rd, wr) = tracked.stream.into_split();
-                let left = Connection::new(&shared, pending).serve(rd, wr).await;
-                drop(tracked.guard);
+        let connected = match &shared.endpoint {
+            Ok(endpoint) => endpoint.connect().await,
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        };
+        pending = match connected {
+            Ok(Connected { stream, guard }) => {
+                let connection = Connection::new(&shared, pending);
+                let left = match stream {
+                    ShadowStream::Plain(s) => {
+                        let (rd, wr) = s.into_split();
+                        connection.serve(rd, wr).await
+                    }
+                    ShadowStream::Tls(s) => {
+                        let (rd, wr) = tokio::io::split(*s);
+                        connection.serve(rd, wr).await
+                    }
+                };
+                drop(guard);
                 left
             }
             Err(e) => {
+                let reason = tls::failure_reason(&e).unwrap_or(DropReason::Error);
                 for job in pending.drain(..) {
-                    shared.outcomes.failed(job.bytes(), &job.info, DropReason::Error, &e);
+                    shared.outcomes.failed(job.bytes(), &job.info, reason, &e);
                 }
                 pending
             }
@@ -182,15 +190,26 @@ struct Unanswered {
 enum Failure {
     /// The shadow closed or reset the connection: copies may be sent again.
     Closed(String),
+    /// A TLS alert or record error.
+    Tls(DropReason, String),
     /// What the shadow sent is no response to the copy.
     Framing(ReadError),
     Timeout,
 }
 
+impl Failure {
+    fn of(error: &io::Error) -> Failure {
+        match tls::failure_reason(error) {
+            Some(reason) => Failure::Tls(reason, error.to_string()),
+            None => Failure::Closed(error.to_string()),
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Closed(e) => f.write_str(e),
+            Failure::Closed(e) | Failure::Tls(_, e) => f.write_str(e),
             Failure::Framing(e) => write!(f, "{e}"),
             Failure::Timeout => f.write_str("timed out"),
         }
@@ -209,6 +228,8 @@ struct Connection<'a> {
     reader: ResponseReader,
     /// A copy that closes the connection was written, or the queue closed: take no more.
     closing: bool,
+    /// Written since the last flush.
+    unflushed: bool,
 }
 
 impl<'a> Connection<'a> {
@@ -222,6 +243,7 @@ impl<'a> Connection<'a> {
             input: BytesMut::with_capacity(16 << 10),
             reader: ResponseReader::new(shared.keep_body),
             closing: false,
+            unflushed: false,
         }
     }
 
@@ -245,9 +267,14 @@ impl<'a> Connection<'a> {
                     Some(jobs) => self.pending = jobs,
                     None => self.closing = true,
                 },
-                written = wr.write(&self.out), if !self.out.is_empty() => match written {
-                    Ok(n) => self.out.advance(n),
-                    Err(e) => break Failure::Closed(e.to_string()),
+                // TLS keeps records it could not write yet until flushed (TCP: a no-op).
+                written = write_or_flush(&mut wr, &self.out), if !self.out.is_empty() || self.unflushed => match written {
+                    Ok(Some(n)) => {
+                        self.out.advance(n);
+                        self.unflushed = true;
+                    }
+                    Ok(None) => self.unflushed = false,
+                    Err(e) => break Failure::of(&e),
                 },
                 read = rd.read_buf(&mut self.input) => match read {
                     Ok(0) => break self.at_end(),
@@ -256,7 +283,7 @@ impl<'a> Connection<'a> {
                             break Failure::Framing(e);
                         }
                     }
-                    Err(e) => break Failure::Closed(e.to_string()),
+                    Err(e) => break Failure::of(&e),
                 },
                 () = sleep_until(deadline), if deadline.is_some() => break Failure::Timeout,
             }
@@ -322,12 +349,14 @@ impl<'a> Connection<'a> {
                 self.answered > 0 && self.unanswered.front().is_some_and(|u| u.pipelined)
             }
             Failure::Closed(_) | Failure::Framing(_) => pipelined,
+            Failure::Tls(..) => false,
         };
         if fell {
             self.shared.fall_back(&failure);
         }
         let reason = match failure {
             Failure::Timeout => DropReason::Timeout,
+            Failure::Tls(reason, _) => reason,
             Failure::Closed(_) | Failure::Framing(_) => DropReason::Error,
         };
         let again = matches!(failure, Failure::Closed(_)) && (self.answered > 0 || pipelined);
@@ -342,6 +371,18 @@ impl<'a> Connection<'a> {
         }
         retry.extend(self.pending);
         retry
+    }
+}
+
+/// Writes from `out`, or flushes when it is empty: Some(bytes written), None once flushed.
+async fn write_or_flush(
+    wr: &mut (impl AsyncWrite + Unpin),
+    out: &[u8],
+) -> io::Result<Option<usize>> {
+    if out.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write(out).await.map(Some)
     }
 }
 
@@ -383,7 +424,8 @@ mod tests {
         };
         let limits = Limits { pipeline: 8, ..Limits::default() };
         let uri = "http://shadow:8000".parse().unwrap();
-        Pipelines::new(uri, &limits, 0, OwnSockets::default(), 0, outcomes, rx)
+        let endpoint = Endpoint::new(&uri, 0, Default::default(), None);
+        Pipelines::new(endpoint, &limits, 0, outcomes, rx)
     }
 
     fn waiting(c: &mut Connection<'_>, head_only: &[bool]) {

@@ -90,6 +90,7 @@ fn start(addr: SocketAddr, limits: Limits, keep_body: Option<usize>) -> Started 
         queued_bytes: Arc::new(AtomicUsize::new(0)),
         own: OwnSockets::default(),
         mark: 0,
+        tls: None,
         label_copies: false,
         keep_body,
         sink: Arc::new(Recorder(tx, depth_tx, fallback_tx)),
