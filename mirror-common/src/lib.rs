@@ -6,8 +6,23 @@
 //! kernel object it just compiled).
 #![no_std]
 
-/// Ring buffer carrying [`Record`]s from the kernel to userspace.
-pub const MAP_SEGMENTS: &str = "SEGMENTS";
+/// Ring buffers carrying [`Record`]s from the kernel to userspace, one per agent worker: the
+/// kernel picks a connection's ring by a hash of its addresses and ports, the same for both
+/// directions ([`TapConfig::rings`] of them are used).
+pub const MAP_RINGS: [&str; MAX_RINGS] = [
+    "SEGMENTS_0",
+    "SEGMENTS_1",
+    "SEGMENTS_2",
+    "SEGMENTS_3",
+    "SEGMENTS_4",
+    "SEGMENTS_5",
+    "SEGMENTS_6",
+    "SEGMENTS_7",
+];
+/// Most rings (and agent workers). The kernel masks a ring index with `MAX_RINGS - 1` to
+/// give the verifier a bound: a power of two.
+pub const MAX_RINGS: usize = 8;
+const _: () = assert!(MAX_RINGS.is_power_of_two());
 /// Single-entry array holding the [`TapConfig`].
 pub const MAP_CONFIG: &str = "TAP_CONFIG";
 /// Array of 65536 `u8`, indexed by TCP port: non-zero means "service port, capture it".
@@ -90,6 +105,8 @@ pub struct TapConfig {
     /// Wake the reader each time a CPU has submitted this many record bytes since it last
     /// woke it (0: on every record); the reader polls on a timer as well.
     pub wake_bytes: u32,
+    /// Rings in use, 1..=[`MAX_RINGS`] (0 is taken as 1).
+    pub rings: u32,
 }
 
 /// Which way a segment travels relative to the service.
@@ -182,12 +199,12 @@ named_enum! {
 }
 
 /// One CPU's state in the tap: its counters, indexed by [`Counter`], and the record bytes
-/// it submitted since it last woke the reader.
+/// it submitted to each ring since it last woke that ring's reader.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuState {
     pub counters: [u64; Counter::COUNT as usize],
-    pub unwoken_bytes: u64,
+    pub unwoken_bytes: [u64; MAX_RINGS],
 }
 
 /// TCP flag bits as in the TCP header's 13th byte.
@@ -264,7 +281,7 @@ mod tests {
     fn header_layout_is_stable() {
         assert_eq!(HEADER_LEN, 80);
         assert_eq!(core::mem::align_of::<SegmentHeader>(), 8);
-        assert_eq!(core::mem::size_of::<TapConfig>(), 16);
+        assert_eq!(core::mem::size_of::<TapConfig>(), 20);
     }
 
     /// The kernel indexes its counter array with `counter as usize`.

@@ -1,5 +1,6 @@
-//! The tap: a tc classifier that copies the TCP segments of selected services into a BPF
-//! ring buffer.
+//! The tap: a tc classifier that copies the TCP segments of selected services into BPF ring
+//! buffers, one per agent worker, a connection's segments (both directions) always into the
+//! same one.
 //!
 //! Invariant above all others: the program never changes the fate of a packet. Every path
 //! returns `TC_ACT_UNSPEC`, which is `TCX_NEXT` under TCX and "no verdict, continue" under
@@ -17,8 +18,8 @@ use aya_ebpf::{
 };
 use mirror_common::{
     tcp_flags, Counter, CpuState, Direction, Hook, Record, SegmentHeader, TapConfig,
-    CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, LARGE_CHUNK, MAX_CHUNKS, MEDIUM_CHUNK,
-    SMALL_CHUNK,
+    CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, LARGE_CHUNK, MAX_CHUNKS, MAX_RINGS,
+    MEDIUM_CHUNK, SMALL_CHUNK,
 };
 use network_types::{
     eth::EthHdr,
@@ -33,8 +34,62 @@ use mirror_common::parse::{
     is_skipped_ipv6_ext, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, MAX_IPV6_EXT,
 };
 
-#[map(name = "SEGMENTS")]
-static SEGMENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+// One ring per worker (mirror_common::MAP_RINGS). aya-ebpf has no array of maps, so the
+// rings are eight maps and `ring` picks one; userspace shrinks the unused ones to a page.
+#[map(name = "SEGMENTS_0")]
+static SEGMENTS_0: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "SEGMENTS_1")]
+static SEGMENTS_1: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "SEGMENTS_2")]
+static SEGMENTS_2: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "SEGMENTS_3")]
+static SEGMENTS_3: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "SEGMENTS_4")]
+static SEGMENTS_4: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "SEGMENTS_5")]
+static SEGMENTS_5: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "SEGMENTS_6")]
+static SEGMENTS_6: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "SEGMENTS_7")]
+static SEGMENTS_7: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Ring `R`, known at compile time. The ring is chosen once per packet, by instantiating
+/// the whole copy path per ring (see `tap`): a map pointer chosen at run time right before
+/// each reserve made the verifier explore every ring on every chunk of the copy loop, past
+/// its limit of a million instructions.
+#[inline(always)]
+fn ring<const R: u32>() -> &'static RingBuf {
+    match R {
+        1 => &SEGMENTS_1,
+        2 => &SEGMENTS_2,
+        3 => &SEGMENTS_3,
+        4 => &SEGMENTS_4,
+        5 => &SEGMENTS_5,
+        6 => &SEGMENTS_6,
+        7 => &SEGMENTS_7,
+        _ => &SEGMENTS_0,
+    }
+}
+
+/// The ring of a segment's connection: a hash of its addresses and ports that both
+/// directions share (xor is symmetric), spread by a multiplication (Fibonacci hashing) and
+/// mapped onto `0..rings` by multiply-shift rather than a division.
+#[inline(always)]
+fn ring_of(h: &SegmentHeader, rings: u32) -> u32 {
+    if rings <= 1 {
+        return 0;
+    }
+    let mut x = (h.sport ^ h.dport) as u32;
+    let mut i = 0;
+    while i < 16 {
+        let s = u32::from_ne_bytes([h.saddr[i], h.saddr[i + 1], h.saddr[i + 2], h.saddr[i + 3]]);
+        let d = u32::from_ne_bytes([h.daddr[i], h.daddr[i + 1], h.daddr[i + 2], h.daddr[i + 3]]);
+        x ^= s ^ d;
+        i += 4;
+    }
+    let spread = x.wrapping_mul(0x9e37_79b1) as u64;
+    ((spread * rings as u64) >> 32) as u32 & (MAX_RINGS as u32 - 1)
+}
 
 #[map(name = "TAP_CONFIG")]
 static TAP_CONFIG: Array<TapConfig> = Array::with_max_entries(1, 0);
@@ -88,12 +143,13 @@ impl Counters {
     /// the program off the consumer's position: that cache line is written by the agent on
     /// another CPU, and reading it on every record was a cache miss under load.
     #[inline(always)]
-    fn wakeup_flags(&self, wake_bytes: u32, record_bytes: u64) -> u64 {
+    fn wakeup_flags(&self, wake_bytes: u32, ring: u32, record_bytes: u64) -> u64 {
         if wake_bytes == 0 {
             return BPF_RB_FORCE_WAKEUP as u64;
         }
-        // SAFETY: as in `add`.
-        let unwoken = unsafe { &mut (*self.0).unwoken_bytes };
+        // SAFETY: as in `add`; the mask keeps the index below MAX_RINGS for the verifier.
+        let unwoken =
+            unsafe { &mut (*self.0).unwoken_bytes[(ring & (MAX_RINGS as u32 - 1)) as usize] };
         *unwoken += record_bytes;
         if *unwoken >= wake_bytes as u64 {
             *unwoken = 0;
@@ -104,10 +160,11 @@ impl Counters {
     }
 }
 
-/// A parsed, selected segment: where its payload starts and the header to emit.
+/// A parsed, selected segment: where its payload starts, the header to emit and its ring.
 struct Selected {
     payload_offset: u32,
     header: SegmentHeader,
+    ring: u32,
     /// `TapConfig::wake_bytes`, read once per packet with the rest of the configuration.
     wake_bytes: u32,
 }
@@ -118,7 +175,16 @@ fn tap(ctx: &TcContext, hook: Hook) {
     counters.add(Counter::Seen, 1);
     if let Some(sel) = parse_and_select(ctx, hook) {
         counters.add(Counter::Selected, 1);
-        emit(ctx, &sel, &counters);
+        match sel.ring {
+            0 => emit::<0>(ctx, &sel, &counters),
+            1 => emit::<1>(ctx, &sel, &counters),
+            2 => emit::<2>(ctx, &sel, &counters),
+            3 => emit::<3>(ctx, &sel, &counters),
+            4 => emit::<4>(ctx, &sel, &counters),
+            5 => emit::<5>(ctx, &sel, &counters),
+            6 => emit::<6>(ctx, &sel, &counters),
+            _ => emit::<7>(ctx, &sel, &counters),
+        }
     }
 }
 
@@ -194,7 +260,8 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
     let ip_payload = ip_payload_len.saturating_sub(tcp_len);
     header.payload_len =
         if ip_payload_len == 0 || ip_payload > skb_payload { skb_payload } else { ip_payload };
-    Some(Selected { payload_offset, header, wake_bytes: cfg.wake_bytes })
+    let ring = ring_of(&header, cfg.rings);
+    Some(Selected { payload_offset, header, ring, wake_bytes: cfg.wake_bytes })
 }
 
 #[inline(always)]
@@ -313,22 +380,22 @@ fn is_service(cfg: &TapConfig, port: u16, addr: &[u8; 16], family: u8) -> bool {
 /// plus one reserve/submit per 16 KiB and an 80-byte header per record. The slack is held
 /// only until the reader consumes the record.
 #[inline(always)]
-fn emit(ctx: &TcContext, sel: &Selected, counters: &Counters) {
+fn emit<const R: u32>(ctx: &TcContext, sel: &Selected, counters: &Counters) {
     let len = sel.header.payload_len;
     if len == 0 {
         // Pure ACKs and window updates carry nothing we need; SYN (learns the ISN), FIN and
         // RST (end of stream) are kept as metadata.
         if sel.header.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0 {
-            emit_chunk::<0>(ctx, sel, counters, 0, 0);
+            emit_chunk::<0, R>(ctx, sel, counters, 0, 0);
         }
         return;
     }
     if len <= SMALL_CHUNK as u32 {
-        emit_chunk::<SMALL_CHUNK>(ctx, sel, counters, 0, len);
+        emit_chunk::<SMALL_CHUNK, R>(ctx, sel, counters, 0, len);
         return;
     }
     if len <= MEDIUM_CHUNK as u32 {
-        emit_chunk::<MEDIUM_CHUNK>(ctx, sel, counters, 0, len);
+        emit_chunk::<MEDIUM_CHUNK, R>(ctx, sel, counters, 0, len);
         return;
     }
     // Loop-carried state is only the chunk index: the offset and length of each chunk are
@@ -341,7 +408,7 @@ fn emit(ctx: &TcContext, sel: &Selected, counters: &Counters) {
         }
         let offset = i * LARGE_CHUNK as u32;
         let n = if i + 1 == chunks { len - offset } else { LARGE_CHUNK as u32 };
-        if !emit_chunk::<LARGE_CHUNK>(ctx, sel, counters, offset, n) {
+        if !emit_chunk::<LARGE_CHUNK, R>(ctx, sel, counters, offset, n) {
             return;
         }
     }
@@ -353,14 +420,14 @@ fn emit(ctx: &TcContext, sel: &Selected, counters: &Counters) {
 /// Reserves one record of class `N`, fills it with the header and `n` payload bytes starting
 /// at `offset` in the payload, and submits it. Returns false if nothing more should be tried.
 #[inline(always)]
-fn emit_chunk<const N: usize>(
+fn emit_chunk<const N: usize, const R: u32>(
     ctx: &TcContext,
     sel: &Selected,
     counters: &Counters,
     offset: u32,
     n: u32,
 ) -> bool {
-    let Some(mut entry) = SEGMENTS.reserve::<Record<N>>(0) else {
+    let Some(mut entry) = ring::<R>().reserve::<Record<N>>(0) else {
         counters.add(Counter::Lost, 1);
         return false;
     };
@@ -399,7 +466,7 @@ fn emit_chunk<const N: usize>(
         h.captured_len = copied;
     }
     let record_bytes = core::mem::size_of::<Record<N>>() as u64;
-    entry.submit(counters.wakeup_flags(sel.wake_bytes, record_bytes));
+    entry.submit(counters.wakeup_flags(sel.wake_bytes, R, record_bytes));
     counters.add(Counter::Records, 1);
     counters.add(Counter::Bytes, copied as u64);
     copied == n

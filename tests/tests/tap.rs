@@ -257,6 +257,44 @@ async fn service_networks_restrict_the_selection() {
     assert!(segments.iter().all(|s| s.server().ip() == topo.server_addr(Family::V6)));
 }
 
+/// Four rings: every connection's segments, both directions and both families, land in
+/// one ring; 40 connections spread over all four; nothing is lost.
+#[tokio::test]
+async fn connections_spread_over_rings_each_whole_in_one() {
+    let topo = Topology::new().unwrap();
+    let _server = RecordingServer::start(&topo.server, &[SERVICE_PORT]);
+    let settings = TapSettings { rings: 4, ..tap_settings(&topo, AttachMode::Auto) };
+    let mut tap = Tap::attach(&settings).unwrap();
+    assert!(tap.segments().is_err(), "four rings are taken together");
+    let mut sources: Vec<_> =
+        tap.ring_buffers().unwrap().into_iter().map(|r| r.into_source().unwrap()).collect();
+    let mut sent = 0;
+    for i in 0..40 {
+        let family = if i % 2 == 0 { Family::V4 } else { Family::V6 };
+        let service = SocketAddr::new(topo.server_addr(family), SERVICE_PORT);
+        let reqs = vec![RawRequest::new("POST", &format!("/ring/{i}"), "svc", &[b'r'; 3000])];
+        sent += reqs[0].bytes.len();
+        keep_alive(&topo.client, service, reqs).unwrap();
+    }
+    let mut ring_of = std::collections::HashMap::new();
+    let mut requested = 0;
+    for (ring, source) in sources.iter_mut().enumerate() {
+        let mut segments = Vec::new();
+        while source.drain_now(&mut segments) > 0 {}
+        for s in &segments {
+            let conn = (s.client(), s.server());
+            assert_eq!(*ring_of.entry(conn).or_insert(ring), ring, "{conn:?} in two rings");
+            if s.direction == Direction::Request {
+                requested += s.payload.len();
+            }
+        }
+    }
+    let used: HashSet<usize> = ring_of.values().copied().collect();
+    assert_eq!((ring_of.len(), used.len()), (40, 4), "40 connections over 4 rings");
+    assert_eq!(requested, sent);
+    assert_eq!(tap.counters().unwrap().get(Counter::Lost), 0);
+}
+
 /// Requests only, from an IPv4 service network: nothing of responses nor of IPv6.
 #[tokio::test]
 async fn requests_only_from_an_ipv4_network() {

@@ -18,16 +18,17 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use ipnet::IpNet;
+pub use mirror_common::MAX_RINGS;
 use mirror_common::{
     CpuState, Hook, TapConfig, CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, MAP_CONFIG,
-    MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_SEGMENTS, PROG_EGRESS, PROG_INGRESS,
+    MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_RINGS, PROG_EGRESS, PROG_INGRESS,
 };
 
 pub use attach::AttachMode;
 use attach::{Attachment, OwnQdiscs};
 pub use iface::ifindex as interface_index;
 pub use mirror_common::Counter;
-pub use ring::RingSource;
+pub use ring::{RingReader, RingSource};
 
 /// The kernel object built from `mirror-ebpf` by this crate's build script; empty when the
 /// build had no BPF toolchain (see build.rs), and then [`Tap::attach`] refuses to run.
@@ -65,8 +66,11 @@ pub struct TapSettings {
     /// If non-empty, the service side of a segment must also lie in one of these networks.
     pub service_nets: Vec<IpNet>,
     pub directions: Directions,
-    /// Ring buffer size in bytes: a power of two, at least one page.
+    /// Size of each ring buffer in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
+    /// Ring buffers, 1..=[`MAX_RINGS`]: one per reader (agent worker). A connection's
+    /// segments, both directions, all go to one ring.
+    pub rings: usize,
     pub attach_mode: AttachMode,
     /// Packets with this mark are ignored (0: none). The agent marks its own sockets.
     pub ignore_mark: u32,
@@ -84,6 +88,7 @@ impl Default for TapSettings {
             service_nets: Vec::new(),
             directions: Directions::BOTH,
             ring_bytes: DEFAULT_RING_BYTES,
+            rings: 1,
             attach_mode: AttachMode::Auto,
             ignore_mark: 0,
             wake_bytes: mirror_common::DEFAULT_WAKE_BYTES,
@@ -113,6 +118,9 @@ impl TapSettings {
         }
         if !self.directions.requests && !self.directions.responses {
             bail!("directions: capture requests, responses or both");
+        }
+        if !(1..=MAX_RINGS).contains(&self.rings) {
+            bail!("rings: {} is not between 1 and {MAX_RINGS}", self.rings);
         }
         let page = page_size();
         if !self.ring_bytes.is_power_of_two() || self.ring_bytes < page {
@@ -154,7 +162,8 @@ impl fmt::Display for KernelCounters {
 /// (interface, hook) is one [`Attachment`](attach::Attachment) that detaches when dropped.
 pub struct Tap {
     ebpf: Ebpf,
-    ring: Option<RingBuf<MapData>>,
+    /// The rings in use, until their readers are taken.
+    rings: Vec<RingBuf<MapData>>,
     hooks: Vec<Hook>,
     attach_mode: AttachMode,
     attachments: Vec<Attachment>,
@@ -172,10 +181,13 @@ impl Tap {
                  bpf-linker (run `cargo xtask setup`, then rebuild)"
             );
         }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_SEGMENTS, settings.ring_bytes)
-            .load(TAP_OBJECT)
-            .context("loading the tap object")?;
+        let mut loader = EbpfLoader::new();
+        for (i, name) in MAP_RINGS.iter().enumerate() {
+            // Rings not in use still exist (the program names all of them): one page each.
+            let bytes = if i < settings.rings { settings.ring_bytes } else { page_size() };
+            loader.map_max_entries(name, bytes);
+        }
+        let mut ebpf = loader.load(TAP_OBJECT).context("loading the tap object")?;
         configure(&mut ebpf, settings)?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
@@ -184,10 +196,14 @@ impl Tap {
                 .try_into()?;
             prog.load().with_context(|| format!("loading program {name}"))?;
         }
-        let ring = ebpf.take_map(MAP_SEGMENTS).context("ring map missing")?;
+        let mut rings = Vec::new();
+        for name in &MAP_RINGS[..settings.rings] {
+            let map = ebpf.take_map(name).with_context(|| format!("ring map {name} missing"))?;
+            rings.push(RingBuf::try_from(map)?);
+        }
         let mut tap = Tap {
             ebpf,
-            ring: Some(RingBuf::try_from(ring)?),
+            rings,
             hooks: settings.hooks.clone(),
             attach_mode: settings.attach_mode,
             attachments: Vec::new(),
@@ -238,10 +254,23 @@ impl Tap {
         self.attachments.iter().map(|a| (a.iface.as_str(), a.hook, a.mode))
     }
 
-    /// Takes the segment stream. Must be called from within a tokio runtime; only once.
+    /// Takes the segment stream of a tap with one ring. Must be called from within a tokio
+    /// runtime; only once.
     pub fn segments(&mut self) -> Result<RingSource> {
-        let ring = self.ring.take().context("the segment stream was already taken")?;
+        if self.rings.len() > 1 {
+            bail!("this tap has {} rings: take them with ring_buffers", self.rings.len());
+        }
+        let ring = self.rings.pop().context("the segment stream was already taken")?;
         RingSource::new(ring)
+    }
+
+    /// Takes every ring, for one reader each ([`RingReader::into_source`] within the
+    /// reader's tokio runtime); only once.
+    pub fn ring_buffers(&mut self) -> Result<Vec<RingReader>> {
+        if self.rings.is_empty() {
+            bail!("the rings were already taken");
+        }
+        Ok(self.rings.drain(..).map(RingReader).collect())
     }
 
     /// Reads the kernel counters, summed over CPUs.
@@ -297,6 +326,7 @@ fn configure(ebpf: &mut Ebpf, settings: &TapSettings) -> Result<()> {
         restrict_addrs: u32::from(!settings.service_nets.is_empty()),
         ignore_mark: settings.ignore_mark,
         wake_bytes: settings.wake_bytes,
+        rings: settings.rings as u32,
     };
     let mut config: Array<_, TapConfig> =
         ebpf.map_mut(MAP_CONFIG).context("config map")?.try_into()?;

@@ -17,6 +17,16 @@ const MAX_BATCH: usize = 4096;
 /// small segments costs one allocation instead of one per segment.
 const ARENA_BYTES: usize = 256 * 1024;
 
+/// One ring of the tap, not yet read: it may move to the thread that will read it.
+pub struct RingReader(pub(crate) RingBuf<MapData>);
+
+impl RingReader {
+    /// The ring as a capture source; must be called within the reader's tokio runtime.
+    pub fn into_source(self) -> Result<RingSource> {
+        RingSource::new(self.0)
+    }
+}
+
 /// The live tap as a [`CaptureSource`].
 pub struct RingSource {
     ring: AsyncFd<RingBuf<MapData>>,
