@@ -174,6 +174,11 @@ macro_rules! counter_set {
             pub fn fields(&self) -> [(&'static str, u64); <[&str]>::len(&[$(stringify!($field)),*])] {
                 [$((stringify!($field), self.$field)),*]
             }
+
+            /// Adds `other`'s counts to these (the counters of several workers).
+            pub fn add(&mut self, other: &Self) {
+                $(self.$field += other.$field;)*
+            }
         }
     };
 }

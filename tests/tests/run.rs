@@ -947,12 +947,14 @@ fn mirror_with(
 }
 
 /// A YAML `--config` with the Istio-like names does what the same settings as flags do.
+/// (One worker each: a seed makes the sample reproducible within a worker, and which worker
+/// a connection goes to depends on its client port.)
 #[test]
 fn yaml_config_mirrors_like_the_flags() {
     let flags = mirror_with(|topo, a, b, _| {
         let b = format!("{b}@50");
         let extra = [
-            &["--shadow", &b, "--seed", "9"],
+            &["--shadow", &b, "--seed", "9", "--threads", "1"],
             MATCH_AND_EDITS,
             &["--host-rewrite", "canary.local:8000"],
         ]
@@ -984,7 +986,7 @@ seed: 9
         );
         let path = dir.join("mirror.yaml");
         std::fs::write(&path, text).unwrap();
-        ["run", "--config", &path.display().to_string(), "--watch-socket", "none"]
+        ["run", "--config", &path.display().to_string(), "--watch-socket", "none", "--threads", "1"]
             .iter()
             .map(|s| s.to_string())
             .collect()

@@ -31,6 +31,13 @@ type Request = (Command, oneshot::Sender<Result<()>>);
 /// The receiving side of the control channel, read by [`run_controlled`].
 pub struct Commands(mpsc::Receiver<Request>);
 
+impl Commands {
+    /// The next command and where its result goes; None once every sender is gone.
+    pub(crate) async fn next(&mut self) -> Option<(Command, oneshot::Sender<Result<()>>)> {
+        self.0.recv().await
+    }
+}
+
 /// The sending side of the control channel: cheap to clone, usable from any task.
 #[derive(Clone)]
 pub struct Control {
@@ -145,7 +152,7 @@ impl<T: Taps> FlowSink<HttpConnection> for ControlledSink<'_, T> {
         self.dispatch.tick(table);
         if let Some(k) = self.taps.counters() {
             let fields: Vec<_> = k.fields().collect();
-            self.dispatch.stages.metrics.sync(Stage::Kernel, &fields);
+            self.dispatch.stages.metrics.sync(0, Stage::Kernel, &fields);
         }
     }
 }

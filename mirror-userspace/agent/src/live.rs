@@ -1,4 +1,12 @@
 //! `mirror run`: the pipeline fed by the live kernel tap until a shutdown signal.
+//!
+//! One worker per ring: the kernel puts each connection in one ring (by a hash of its
+//! addresses and ports), and each worker is a thread with its own single-threaded runtime
+//! that owns its ring, flow table, framers and shadow connections, so a segment or a
+//! request never crosses threads and nothing on its way is locked (the metrics and the byte
+//! budget are shared atomics). The main task owns the tap (attach, detach, kernel counters),
+//! the metrics and watch endpoints and the control channel, and hands new settings to every
+//! worker.
 use std::{
     future::Future,
     net::SocketAddr,
@@ -7,17 +15,19 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+    thread::JoinHandle,
+    time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{anyhow, Context, Result};
 use mirror_shadow::ResultSink;
-use mirror_tap::{Directions, RingSource, Tap, TapSettings};
-use tokio::net::TcpListener;
+use mirror_tap::{Directions, KernelCounters, RingReader, Tap, TapSettings, MAX_RINGS};
+use tokio::sync::{mpsc, oneshot, Barrier};
 
 use crate::{
-    control::{run_controlled, Commands, Control},
-    metrics,
-    pipeline::{MirrorSettings, Mirroring, Summary, OWN_MARK},
+    control::{run_controlled, Command, Commands, Control, Taps},
+    metrics::{self, Stage},
+    pipeline::{MirrorSettings, Mirroring, Shared, Summary, OWN_MARK},
     watch::Publisher,
 };
 
@@ -25,7 +35,8 @@ use crate::{
 #[derive(Clone)]
 pub struct RunOptions {
     /// Where and what to capture (valid: see [`TapSettings::validate`]). The agent captures
-    /// both directions and ignores its own marked sockets whatever this says.
+    /// both directions, in one ring per worker, and ignores its own marked sockets whatever
+    /// this says.
     pub tap: TapSettings,
     /// Serve Prometheus metrics, /healthz and /readyz here.
     pub metrics: Option<SocketAddr>,
@@ -33,13 +44,22 @@ pub struct RunOptions {
     pub watch_socket: Option<PathBuf>,
     /// Also told every copy's outcome (the request log).
     pub results: Option<Arc<dyn ResultSink>>,
+    /// Workers, one ring each (1..=[`MAX_RINGS`]; see [`default_workers`]).
+    pub workers: usize,
+}
+
+/// One worker per CPU the process may use, at most [`MAX_RINGS`].
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from).min(MAX_RINGS)
 }
 
 /// An agent whose tap is attached: [`LiveAgent::run`] mirrors until shutdown.
 pub struct LiveAgent {
-    mirroring: Mirroring,
     tap: Tap,
-    source: RingSource,
+    workers: Vec<Worker>,
+    /// Told the number of a worker whose thread ended (it should not before shutdown).
+    ended: mpsc::UnboundedReceiver<usize>,
+    shared: Shared,
     ready: Arc<AtomicBool>,
     watch_socket: Option<PathBuf>,
     control: Control,
@@ -48,26 +68,52 @@ pub struct LiveAgent {
 
 impl LiveAgent {
     /// Binds the metrics listener (first, so a bad address fails before anything is
-    /// attached), starts the shadow clients and the watch socket, attaches the tap.
+    /// attached), serves the watch socket, attaches the tap and starts the workers.
     pub async fn start(settings: MirrorSettings, opts: RunOptions) -> Result<LiveAgent> {
         let listener = match opts.metrics {
             Some(addr) => Some(metrics::bind(addr).await?),
             None => None,
         };
-        let mut mirroring = Mirroring::start(settings, opts.results.clone());
-        let watch_socket = opts.watch_socket.filter(|path| serve_watchers(&mut mirroring, path));
+        let workers = opts.workers.clamp(1, MAX_RINGS);
+        let shared = Shared::new(opts.results.clone(), workers);
+        let publisher = opts.watch_socket.as_deref().and_then(serve_watchers);
+        let watch_socket = opts.watch_socket.filter(|_| publisher.is_some());
         let mut tap = Tap::attach(&TapSettings {
             directions: Directions::BOTH,
             ignore_mark: OWN_MARK,
+            rings: workers,
             ..opts.tap
         })?;
-        let source = tap.segments()?;
+        let (ended_tx, ended) = mpsc::unbounded_channel();
+        let drained = Arc::new(Barrier::new(workers));
+        let mut started = Vec::new();
+        for (i, ring) in tap.ring_buffers()?.into_iter().enumerate() {
+            let start = WorkerStart {
+                index: i,
+                ring,
+                settings: settings.clone(),
+                shared: shared.clone(),
+                publisher: publisher.clone(),
+                ended: ended_tx.clone(),
+                drained: drained.clone(),
+            };
+            started.push(Worker::spawn(start).await?);
+        }
         let ready = Arc::new(AtomicBool::new(true));
         if let Some(listener) = listener {
-            serve_metrics(listener, &mirroring, &ready);
+            tokio::spawn(metrics::serve(listener, shared.metrics().clone(), ready.clone()));
         }
         let (control, commands) = Control::channel();
-        Ok(LiveAgent { mirroring, tap, source, ready, watch_socket, control, commands })
+        Ok(LiveAgent {
+            tap,
+            workers: started,
+            ended,
+            shared,
+            ready,
+            watch_socket,
+            control,
+            commands,
+        })
     }
 
     /// The control channel into this agent (valid while it runs).
@@ -76,43 +122,192 @@ impl LiveAgent {
     }
 
     /// Mirrors until `shutdown` completes, applying control commands as they come; then
-    /// drains the ring, detaches and returns the summary.
+    /// stops the workers (each drains its ring and waits for its copies), detaches and
+    /// returns the summary.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Summary> {
-        let (mirroring, source, tap) = (&mut self.mirroring, &mut self.source, &mut self.tap);
-        run_controlled(mirroring, source, tap, &mut self.commands, shutdown).await?;
-        // Everything captured before the signal is mirrored: drain the ring to the end.
-        let mut batch = Vec::new();
-        while self.source.drain_now(&mut batch) > 0 {
-            self.mirroring.segments(&mut batch);
-        }
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let failed = loop {
+            tokio::select! {
+                () = &mut shutdown => break None,
+                Some((command, reply)) = self.commands.next() => {
+                    let _ = reply.send(self.apply(command).await);
+                }
+                Some(i) = self.ended.recv() => break Some(i),
+                _ = tick.tick() => self.sync_kernel_counters(),
+            }
+        };
         self.ready.store(false, Ordering::Relaxed);
+        // Every worker is told first: they drain their rings together, then wait for their
+        // copies (see `work`).
+        let threads: Vec<_> =
+            std::mem::take(&mut self.workers).into_iter().map(Worker::stop).collect();
+        let summaries = tokio::task::spawn_blocking(move || {
+            threads
+                .into_iter()
+                .map(|t| t.join().map_err(|_| anyhow!("worker panicked"))?)
+                .collect::<Vec<_>>()
+        })
+        .await?;
         let kernel = self.tap.counters()?;
         self.tap.detach();
-        self.mirroring.settle().await;
         if let Some(path) = self.watch_socket {
             let _ = std::fs::remove_file(path);
         }
-        Ok(self.mirroring.summary(Some(kernel)))
+        if let Some(i) = failed {
+            let why = summaries.into_iter().nth(i).and_then(Result::err);
+            return Err(why.unwrap_or_else(|| anyhow!("worker {i} stopped")));
+        }
+        let mut total: Option<Summary> = None;
+        for summary in summaries {
+            let summary = summary?;
+            match &mut total {
+                Some(total) => total.add_worker(&summary),
+                None => total = Some(summary),
+            }
+        }
+        let mut total = total.context("no worker")?;
+        total.kernel = Some(kernel);
+        Ok(total)
+    }
+
+    async fn apply(&mut self, command: Command) -> Result<()> {
+        match command {
+            Command::Attach(iface) if self.tap.is_attached(&iface) => Ok(()),
+            Command::Attach(iface) => self.tap.attach_interface(&iface),
+            Command::Detach(iface) if self.tap.detach_interface(&iface) => Ok(()),
+            Command::Detach(iface) => Err(anyhow!("{iface} is not attached")),
+            Command::Replace(settings) => {
+                for worker in &self.workers {
+                    worker.control.send(Command::Replace(settings.clone())).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn sync_kernel_counters(&self) {
+        if let Some(k) = Taps::counters(&self.tap) {
+            let fields: Vec<_> = k.fields().collect();
+            self.shared.metrics().sync(0, Stage::Kernel, &fields);
+        }
+    }
+}
+
+/// What a worker thread starts from.
+struct WorkerStart {
+    index: usize,
+    ring: RingReader,
+    settings: MirrorSettings,
+    shared: Shared,
+    publisher: Option<Publisher>,
+    ended: mpsc::UnboundedSender<usize>,
+    /// Passed once every worker drained its ring after the stop.
+    drained: Arc<Barrier>,
+}
+
+/// A running worker: its thread, the channel its new settings go through, its stop signal.
+struct Worker {
+    control: Control,
+    stop: oneshot::Sender<()>,
+    thread: JoinHandle<Result<Summary>>,
+}
+
+impl Worker {
+    /// Starts the worker's thread; returns once its ring is read (or says why not).
+    async fn spawn(start: WorkerStart) -> Result<Worker> {
+        let (control, commands) = Control::channel();
+        let (stop, stopped) = oneshot::channel();
+        let (ready_tx, ready) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("mirror-worker-{}", start.index))
+            .spawn(move || {
+                let (index, ended) = (start.index, start.ended.clone());
+                let summary = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(work(start, commands, stopped, ready_tx)));
+                let _ = ended.send(index);
+                summary
+            })?;
+        match ready.await {
+            Ok(()) => Ok(Worker { control, stop, thread }),
+            Err(_) => Err(thread
+                .join()
+                .map_err(|_| anyhow!("worker panicked"))?
+                .err()
+                .unwrap_or_else(|| anyhow!("worker did not start"))),
+        }
+    }
+
+    /// Tells the worker to stop; its thread ends with its summary.
+    fn stop(self) -> JoinHandle<Result<Summary>> {
+        let _ = self.stop.send(());
+        self.thread
+    }
+}
+
+/// A worker's life: its ring through its own pipeline until stopped; then the rest of the
+/// ring, and the copies already queued get up to one timeout to finish. The workers wait for
+/// each other between the two, so the queued copies are all of them, and the shared counters
+/// in every worker's summary are final.
+async fn work(
+    start: WorkerStart,
+    mut commands: Commands,
+    stopped: oneshot::Receiver<()>,
+    ready: oneshot::Sender<()>,
+) -> Result<Summary> {
+    let mut source = start.ring.into_source()?;
+    let mut mirroring = Mirroring::worker(start.settings, &start.shared, start.index);
+    if let Some(publisher) = start.publisher {
+        mirroring.publish_to(publisher);
+    }
+    let _ = ready.send(());
+    let stop = async {
+        let _ = stopped.await;
+    };
+    let ran = run_controlled(&mut mirroring, &mut source, &mut NoTaps, &mut commands, stop).await;
+    let mut batch = Vec::new();
+    while source.drain_now(&mut batch) > 0 {
+        mirroring.segments(&mut batch);
+    }
+    // Even a worker whose ring failed comes here: the others wait for it.
+    start.drained.wait().await;
+    ran?;
+    mirroring.settle().await;
+    Ok(mirroring.summary(None))
+}
+
+/// A worker attaches nothing: the main task owns the tap.
+struct NoTaps;
+
+impl Taps for NoTaps {
+    fn attach_interface(&mut self, iface: &str) -> Result<()> {
+        Err(anyhow!("{iface}: workers do not attach interfaces"))
+    }
+
+    fn detach_interface(&mut self, _iface: &str) -> bool {
+        false
+    }
+
+    fn is_attached(&self, _iface: &str) -> bool {
+        false
+    }
+
+    fn counters(&self) -> Option<KernelCounters> {
+        None
     }
 }
 
 /// Watching is an aid, not the job: without its socket the agent still mirrors.
-fn serve_watchers(mirroring: &mut Mirroring, path: &std::path::Path) -> bool {
-    match Publisher::serve(path) {
-        Ok(publisher) => {
-            mirroring.publish_to(publisher);
-            true
-        }
-        Err(e) => {
+fn serve_watchers(path: &std::path::Path) -> Option<Publisher> {
+    Publisher::serve(path)
+        .inspect_err(|e| {
             tracing::warn!(
                 "watch socket {}: {e}; `mirror dump --watch` will not work",
                 path.display()
-            );
-            false
-        }
-    }
-}
-
-fn serve_metrics(listener: TcpListener, mirroring: &Mirroring, ready: &Arc<AtomicBool>) {
-    tokio::spawn(metrics::serve(listener, mirroring.metrics().clone(), ready.clone()));
+            )
+        })
+        .ok()
 }

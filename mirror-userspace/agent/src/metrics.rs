@@ -51,8 +51,9 @@ pub struct Metrics {
     shadow_latency: Family<Labels, Histogram, fn() -> Histogram>,
     shadow_queue: Family<Labels, Gauge>,
     shadow_pipeline: Family<Labels, Gauge>,
-    /// Last values of the counters copied from elsewhere (kernel, reassembly, framing).
-    last: Mutex<HashMap<(&'static str, &'static str), u64>>,
+    /// Last values of the counters copied from elsewhere (kernel, each worker's reassembly
+    /// and framing), by source, family and counter.
+    last: Mutex<HashMap<(usize, &'static str, &'static str), u64>>,
 }
 
 impl Default for Metrics {
@@ -131,8 +132,9 @@ pub enum Stage {
 }
 
 impl Metrics {
-    /// Brings a stage's counters up to `values` (monotonic totals kept elsewhere).
-    pub fn sync(&self, stage: Stage, values: &[(&'static str, u64)]) {
+    /// Brings a stage's counters up to `values`, monotonic totals kept by `source` (a
+    /// worker's number; several sources add up).
+    pub fn sync(&self, source: usize, stage: Stage, values: &[(&'static str, u64)]) {
         let (family, key) = match stage {
             Stage::Kernel => (&self.kernel, "kernel"),
             Stage::Reassembly => (&self.reassembly, "reassembly"),
@@ -140,7 +142,7 @@ impl Metrics {
         };
         let mut last = self.last.lock().expect("not poisoned");
         for &(name, value) in values {
-            let prev = last.entry((key, name)).or_insert(0);
+            let prev = last.entry((source, key, name)).or_insert(0);
             if value > *prev {
                 family.get_or_create(&label("counter", name)).inc_by(value - *prev);
                 *prev = value;

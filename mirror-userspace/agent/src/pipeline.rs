@@ -91,25 +91,62 @@ pub struct ShadowSummary {
 }
 
 /// Everything between a capture source and the shadow queues, shared by `mirror run` (live)
-/// and `mirror replay` (a capture file): the flow table's driver and what it feeds.
+/// and `mirror replay` (a capture file): the flow table's driver and what it feeds. A live
+/// agent runs one per worker, each on its own ring, with its own flow table, framers and
+/// shadow connections.
 pub struct Mirroring {
     pub(crate) driver: FlowDriver<HttpConnection>,
     pub(crate) dispatch: Dispatch,
     shared: Shared,
+    /// Which worker this is (0: the only one).
+    worker: usize,
     timeout: Duration,
 }
 
-/// What outlives a change of settings: metrics, the byte budget, our own sockets, the sink.
-struct Shared {
+/// What the workers of one agent share, and what outlives a change of settings: metrics, the
+/// byte budget across shadows, the agent's own sockets, the result sink. Touched per copy
+/// only through atomics.
+#[derive(Clone)]
+pub struct Shared {
     metrics: Arc<Metrics>,
     queued: Arc<AtomicUsize>,
     own: OwnSockets,
     results: Option<Arc<dyn ResultSink>>,
+    /// Workers the per-shadow limits (in flight, queue, rate) are divided among.
+    workers: usize,
 }
 
 impl Shared {
+    /// `results`, if given, is told every copy's outcome after the metrics.
+    pub fn new(results: Option<Arc<dyn ResultSink>>, workers: usize) -> Shared {
+        Shared {
+            metrics: Arc::new(Metrics::default()),
+            queued: Arc::new(AtomicUsize::new(0)),
+            own: OwnSockets::default(),
+            results,
+            workers: workers.max(1),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// One worker's share of the per-shadow limits: in-flight copies, queue and rate are
+    /// divided (at least one each); the byte budget is shared.
+    fn worker_limits(&self, limits: &Limits) -> Limits {
+        let n = self.workers;
+        Limits {
+            max_in_flight: limits.max_in_flight.div_ceil(n),
+            queue_length: limits.queue_length.div_ceil(n),
+            rate_limit: limits.rate_limit.map(|r| r / n as f64),
+            ..limits.clone()
+        }
+    }
+
     /// A client per shadow of `settings` (started within a tokio runtime).
     fn shadows(&self, settings: &MirrorSettings) -> Vec<Shadow> {
+        let limits = self.worker_limits(&settings.limits);
         let start = |target: &ShadowTarget| {
             let metrics = Arc::new(self.metrics.shadow(&target.name));
             metrics
@@ -125,13 +162,18 @@ impl Shared {
                 keep_body: None,
                 sink: Arc::new(sink),
             };
-            let client = ShadowClient::start(&target.uri, &settings.limits, options);
+            let client = ShadowClient::start(&target.uri, &limits, options);
             Shadow { client, percent: target.percent, metrics, offered: 0 }
         };
         settings.shadows.iter().map(start).collect()
     }
 
-    fn dispatch(&self, settings: MirrorSettings, watch: Option<Publisher>) -> Dispatch {
+    fn dispatch(
+        &self,
+        settings: MirrorSettings,
+        watch: Option<Publisher>,
+        worker: usize,
+    ) -> Dispatch {
         let shadows = self.shadows(&settings);
         let shadow_ports = shadows
             .iter()
@@ -139,29 +181,41 @@ impl Shared {
             .collect();
         let stages = Stages {
             matcher: RequestMatcher::new(settings.rules),
-            sampler: Sampler::new(settings.sample_by_header, settings.seed),
+            // Workers draw from streams of their own; by-header sampling is the same in all.
+            sampler: Sampler::new(
+                settings.sample_by_header,
+                settings.seed.map(|seed| seed.wrapping_add(worker as u64)),
+            ),
             rewriter: Rewriter::new(settings.host, settings.edits),
             metrics: self.metrics.clone(),
             watch,
         };
-        Dispatch { own: self.own.clone(), shadow_ports, stages, shadows, captured_requests: 0 }
+        Dispatch {
+            own: self.own.clone(),
+            shadow_ports,
+            stages,
+            shadows,
+            captured_requests: 0,
+            worker,
+        }
     }
 }
 
 impl Mirroring {
-    /// Starts one dispatcher per shadow (within a tokio runtime). `results`, if given, is
-    /// told every copy's outcome after the metrics.
+    /// The only worker: starts one client per shadow (within a tokio runtime). `results`,
+    /// if given, is told every copy's outcome after the metrics.
     pub fn start(settings: MirrorSettings, results: Option<Arc<dyn ResultSink>>) -> Mirroring {
-        let shared = Shared {
-            metrics: Arc::new(Metrics::default()),
-            queued: Arc::new(AtomicUsize::new(0)),
-            own: OwnSockets::default(),
-            results,
-        };
+        Mirroring::worker(settings, &Shared::new(results, 1), 0)
+    }
+
+    /// Worker number `worker` of those sharing `shared`: its own flow table and shadow
+    /// clients (started within the worker's tokio runtime).
+    pub fn worker(settings: MirrorSettings, shared: &Shared, worker: usize) -> Mirroring {
         let table = extractor(settings.reassembly.clone(), settings.http.clone());
         let timeout = settings.limits.timeout;
-        let dispatch = shared.dispatch(settings, None);
-        Mirroring { driver: FlowDriver::new(table), dispatch, shared, timeout }
+        let dispatch = shared.dispatch(settings, None, worker);
+        let shared = shared.clone();
+        Mirroring { driver: FlowDriver::new(table), dispatch, shared, worker, timeout }
     }
 
     /// Puts new settings in force without stopping: new match rules, sampling, rewrite and
@@ -174,7 +228,7 @@ impl Mirroring {
         self.timeout = self.timeout.max(settings.limits.timeout);
         let watch = self.dispatch.stages.watch.take();
         let captured = self.dispatch.captured_requests;
-        self.dispatch = self.shared.dispatch(settings, watch);
+        self.dispatch = self.shared.dispatch(settings, watch, self.worker);
         self.dispatch.captured_requests = captured;
     }
 
@@ -267,6 +321,8 @@ pub(crate) struct Dispatch {
     pub(crate) stages: Stages,
     shadows: Vec<Shadow>,
     captured_requests: u64,
+    /// The worker's number, which its counters are synced into the metrics under.
+    worker: usize,
 }
 
 impl FlowSink<HttpConnection> for Dispatch {
@@ -287,8 +343,9 @@ impl FlowSink<HttpConnection> for Dispatch {
     }
 
     fn tick(&mut self, table: &FlowTable<HttpConnection>) {
-        self.stages.metrics.sync(Stage::Reassembly, &table.stats().fields());
-        self.stages.metrics.sync(Stage::Http, &table.shared().stats.fields());
+        let metrics = &self.stages.metrics;
+        metrics.sync(self.worker, Stage::Reassembly, &table.stats().fields());
+        metrics.sync(self.worker, Stage::Http, &table.shared().stats.fields());
     }
 }
 
@@ -328,6 +385,23 @@ impl Stages {
         }
         if let (Some(watch), false) = (&self.watch, sent_to.is_empty()) {
             watch.mirrored(req, &sent_to);
+        }
+    }
+}
+
+impl Summary {
+    /// Adds another worker's summary. What the workers count apart (reassembly, framing,
+    /// requests captured, copies offered) is summed; what comes from the shared metrics
+    /// (not matched, not sampled, answers, drops) is the same in both.
+    pub fn add_worker(&mut self, other: &Summary) {
+        self.reassembly.add(&other.reassembly);
+        self.http.add(&other.http);
+        self.captured_requests += other.captured_requests;
+        for (mine, theirs) in self.shadows.iter_mut().zip(&other.shadows) {
+            mine.offered += theirs.offered;
+            if mine.pipelining_off.is_none() {
+                mine.pipelining_off.clone_from(&theirs.pipelining_off);
+            }
         }
     }
 }

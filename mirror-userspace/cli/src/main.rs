@@ -59,19 +59,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    // One thread unless `run --threads` asks for more (every other command is light).
-    let threads = match &cli.command {
-        Command::Run(args) => args.threads,
-        _ => 1,
-    };
-    let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.into())
-            .enable_all()
-            .build()?
-    };
+    // The main task is light (control, metrics, watchers, and every command but `run`);
+    // `mirror run` mirrors on worker threads of its own (`--threads`).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Run(args) => rt.block_on(run::run(*args)),
         Command::Tap(args) => rt.block_on(tap::run(args)),

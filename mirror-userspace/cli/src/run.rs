@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ipnet::IpNet;
-use mirror_agent::live::{LiveAgent, RunOptions};
+use mirror_agent::live::{default_workers, LiveAgent, RunOptions};
 
 use crate::config::{HostRewrite, MatchRule, Mirror, MirrorConfig, Percentage, StringMatch};
 
@@ -25,11 +25,11 @@ pub(crate) struct RunArgs {
     /// Unix socket where `mirror dump --watch` sees the mirrored requests ("none": off).
     #[arg(long, default_value = mirror_agent::watch::DEFAULT_SOCKET)]
     watch_socket: String,
-    /// Threads the agent runs on. One is the default and the cheapest per request: the
-    /// pipeline is one sequential stream, and a second worker mostly adds cross-thread
-    /// wake-ups (measured in BENCHMARKS.md); more help only where one core is not enough.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub threads: u16,
+    /// Worker threads, each with its own ring, flow table and shadow connections (the
+    /// kernel puts each connection in one ring); default: one per CPU the agent may use, at
+    /// most 8. Per-shadow limits (in flight, queue, rate) are divided among them.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=mirror_tap::MAX_RINGS as i64))]
+    pub threads: Option<u16>,
     #[command(flatten)]
     mirror: MirrorArgs,
 }
@@ -106,7 +106,8 @@ pub(crate) struct MirrorArgs {
     /// YAML configuration (Istio-like names); flags extend and override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Seed of the sampling random numbers.
+    /// Seed of the sampling random numbers (a run is reproducible with one worker,
+    /// `--threads 1`: which worker a connection goes to depends on its client port).
     #[arg(long)]
     seed: Option<u64>,
     /// Print a line per copy when its shadow answers.
@@ -239,6 +240,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
         metrics,
         watch_socket,
         results: crate::signals::request_log(args.mirror.log_requests),
+        workers: args.threads.map_or_else(default_workers, usize::from),
     };
     // Signals are handled from before the first attachment: a signal at any moment detaches.
     let shutdown = crate::signals::shutdown_signal()?;
