@@ -674,11 +674,13 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
 /// A shadow sleeping 10 s per request, flooded far past the agent's queue and byte budget
 /// (4 rounds of 2000 requests, half of them with 64 KiB bodies: 256 MiB against a 2 MiB
 /// budget): every primary request succeeds, the agent's memory does not grow from round to
-/// round, the queue never holds more than its length, copies are dropped by reason
-/// (byte budget, full queue, timeout) and never more than maxInFlight are in flight.
+/// round, the queues never hold more than their length (one queue per worker, two workers),
+/// copies are dropped by reason (byte budget, full queue, timeout) and never more than
+/// maxInFlight are in flight.
 #[test]
 fn slow_shadow_flooded_keeps_memory_queue_and_in_flight_bounded() {
     const IN_FLIGHT: usize = 4;
+    const WORKERS: u64 = 2;
     const QUEUE: u64 = 64;
     const TIMEOUT: Duration = Duration::from_millis(1000);
     let topo = Topology::new().unwrap();
@@ -695,7 +697,9 @@ fn slow_shadow_flooded_keeps_memory_queue_and_in_flight_bounded() {
     let (y, m) = (yaml.display().to_string(), metrics_addr.to_string());
     let (n, q, t) = (IN_FLIGHT.to_string(), QUEUE.to_string(), TIMEOUT.as_millis().to_string());
     let limits = ["--config", &y, "--max-in-flight", &n, "--queue-length", &q, "--timeout-ms", &t];
-    let mut args = agent_args(&topo, &shadow_url, &limits);
+    let workers = WORKERS.to_string();
+    let mut args =
+        agent_args(&topo, &shadow_url, &[&limits[..], &["--threads", &workers]].concat());
     args.extend(["--metrics".to_string(), m]);
     let agent = AgentProcess::start(&args, "mirror run: ready");
     let depth = format!("mirror_shadow_queue_depth{{shadow=\"{shadow_url}\"}}");
@@ -716,14 +720,14 @@ fn slow_shadow_flooded_keeps_memory_queue_and_in_flight_bounded() {
             .unwrap();
         let (_, text) = get(metrics_addr, "/metrics");
         assert!(text.lines().any(|l| l.starts_with(&depth)), "{text}");
-        assert!(metric(&text, &depth) <= QUEUE, "round {round}: {text}");
+        assert!(metric(&text, &depth) <= WORKERS * QUEUE, "round {round}: {text}");
         peaks.push(proc_status_kib(agent.pid(), "VmHWM:"));
     }
     let text = wait_for_metrics(metrics_addr, |text| metric(text, &drops("timeout")) > 0);
     for reason in ["byte_budget", "queue_full", "timeout"] {
         assert!(metric(&text, &drops(reason)) > 0, "no {reason} drops: {text}");
     }
-    assert!(metric(&text, &depth) <= QUEUE, "{text}");
+    assert!(metric(&text, &depth) <= WORKERS * QUEUE, "{text}");
     let summary = agent.stop();
     std::fs::remove_dir_all(&dir).unwrap();
     for reason in ["byte_budget", "queue_full", "timeout"] {

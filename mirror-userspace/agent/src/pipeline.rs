@@ -132,13 +132,14 @@ impl Shared {
         &self.metrics
     }
 
-    /// One worker's share of the per-shadow limits: in-flight copies, queue and rate are
-    /// divided (at least one each); the byte budget is shared.
+    /// One worker's share of the per-shadow limits: what the shadow sees (copies in flight,
+    /// rate) is divided among the workers (at least one copy in flight each); the queue is
+    /// each worker's own, since one busy connection feeds one worker, and the byte budget
+    /// bounds the memory of all queues together.
     fn worker_limits(&self, limits: &Limits) -> Limits {
         let n = self.workers;
         Limits {
             max_in_flight: limits.max_in_flight.div_ceil(n),
-            queue_length: limits.queue_length.div_ceil(n),
             rate_limit: limits.rate_limit.map(|r| r / n as f64),
             ..limits.clone()
         }

@@ -238,7 +238,8 @@ impl CaptureLimits {
     }
 
     fn http(&self) -> HttpConfig {
-        HttpConfig { max_message_bytes: self.max_message_bytes }
+        // Mirroring reads a response's head (pairing, upgrades) and skips its body.
+        HttpConfig { max_message_bytes: self.max_message_bytes, response_bodies: false }
     }
 
     fn validate(&self) -> Result<()> {
@@ -273,7 +274,8 @@ pub(crate) struct Limits {
     /// Requests in flight to one shadow at once.
     #[serde(default = "Limits::default_in_flight")]
     pub max_in_flight: usize,
-    /// Copies waiting for a free slot; beyond it copies are dropped and counted.
+    /// Copies waiting for a free slot, per shadow and worker; beyond it copies are dropped
+    /// and counted.
     #[serde(default = "Limits::default_queue")]
     pub queue_length: usize,
     /// Bytes of copies waiting, across shadows; beyond it copies are dropped and counted.

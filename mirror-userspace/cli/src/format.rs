@@ -305,7 +305,7 @@ impl HttpPrinter {
         let latency_us = request.as_ref().map(|p| r.last_ts_ns.saturating_sub(p.ts_ns) / 1000);
         let status = r.head.status().unwrap_or(0);
         let reason = r.head.reason().unwrap_or("");
-        let (head, body) = (r.head.bytes().len(), r.body.len());
+        let (head, body) = (r.head.bytes().len(), r.body_len);
         if json {
             let v = json!({
                 "type": "response", "ts_ns": r.first_ts_ns, "client": r.conn.client.to_string(),

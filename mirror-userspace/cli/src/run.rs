@@ -27,7 +27,7 @@ pub(crate) struct RunArgs {
     watch_socket: String,
     /// Worker threads, each with its own ring, flow table and shadow connections (the
     /// kernel puts each connection in one ring); default: one per CPU the agent may use, at
-    /// most 8. Per-shadow limits (in flight, queue, rate) are divided among them.
+    /// most 8. A shadow's in-flight copies and rate limit are divided among them.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=mirror_tap::MAX_RINGS as i64))]
     pub threads: Option<u16>,
     #[command(flatten)]
@@ -87,7 +87,7 @@ pub(crate) struct MirrorArgs {
     /// Requests in flight per shadow.
     #[arg(long)]
     max_in_flight: Option<usize>,
-    /// Copies waiting per shadow before new ones are dropped.
+    /// Copies waiting per shadow (and worker) before new ones are dropped.
     #[arg(long)]
     queue_length: Option<usize>,
     /// Per-copy timeout in milliseconds.

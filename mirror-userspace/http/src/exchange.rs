@@ -37,8 +37,12 @@ pub struct HttpConnection {
 impl HttpConnection {
     pub fn new(config: &HttpConfig) -> Self {
         Self {
-            requests: HttpFramer::new(Role::Request, config.max_message_bytes),
-            responses: HttpFramer::new(Role::Response, config.max_message_bytes),
+            requests: HttpFramer::new(Role::Request, config.max_message_bytes, true),
+            responses: HttpFramer::new(
+                Role::Response,
+                config.max_message_bytes,
+                config.response_bodies,
+            ),
             outstanding: VecDeque::new(),
             next_id: 0,
             pairing_lost: false,

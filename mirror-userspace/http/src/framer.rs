@@ -28,8 +28,11 @@ pub(crate) enum Role {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Frame {
     pub head: Head,
-    /// The body as sent (chunked framing included).
+    /// The body as sent (chunked framing included); empty when the framer does not keep
+    /// bodies.
     pub body: Bytes,
+    /// Bytes of the body on the wire, kept or not.
+    pub body_len: u64,
     pub first_ts_ns: u64,
     pub last_ts_ns: u64,
     /// What the connection attached to the message when it decided about its head.
@@ -80,6 +83,9 @@ pub(crate) struct HttpFramer {
     head: Option<Head>,
     tag: Option<u64>,
     body: BytesMut,
+    /// Copy bodies (else they are framed and measured only: `body_len`).
+    keep_body: bool,
+    body_len: u64,
     chunked: ChunkedDecoder,
     first_ts_ns: u64,
     last_ts_ns: u64,
@@ -89,8 +95,9 @@ pub(crate) struct HttpFramer {
 }
 
 impl HttpFramer {
-    /// A framer for a stream that starts at a message boundary.
-    pub(crate) fn new(role: Role, max_message: u64) -> Self {
+    /// A framer for a stream that starts at a message boundary. `keep_body` false: bodies
+    /// are framed and measured, never copied (and, holding no memory, never too large).
+    pub(crate) fn new(role: Role, max_message: u64, keep_body: bool) -> Self {
         Self {
             role,
             state: State::Head,
@@ -98,6 +105,8 @@ impl HttpFramer {
             head: None,
             tag: None,
             body: BytesMut::new(),
+            keep_body,
+            body_len: 0,
             chunked: ChunkedDecoder::default(),
             first_ts_ns: 0,
             last_ts_ns: 0,
@@ -284,7 +293,7 @@ impl HttpFramer {
                         self.emit(out);
                         return;
                     }
-                    BodyKind::Length(n) if head_len + n > self.max_message => {
+                    BodyKind::Length(n) if self.keep_body && head_len + n > self.max_message => {
                         stats.oversized(self.role);
                         self.head = None;
                         State::Skip { remaining: n }
@@ -301,13 +310,16 @@ impl HttpFramer {
     }
 
     fn take_body(&mut self, data: &mut Bytes, n: usize) {
-        self.body.extend_from_slice(&data[..n]);
+        if self.keep_body {
+            self.body.extend_from_slice(&data[..n]);
+        }
+        self.body_len += n as u64;
         data.advance(n);
     }
 
     fn too_large(&self) -> bool {
         let head = self.head.as_ref().map_or(0, |h| h.bytes().len());
-        (head + self.body.len()) as u64 > self.max_message
+        self.keep_body && (head + self.body.len()) as u64 > self.max_message
     }
 
     fn emit(&mut self, out: &mut Vec<Frame>) {
@@ -315,6 +327,7 @@ impl HttpFramer {
         out.push(Frame {
             head,
             body: self.body.split().freeze(),
+            body_len: std::mem::take(&mut self.body_len),
             first_ts_ns: self.first_ts_ns,
             last_ts_ns: self.last_ts_ns,
             tag: self.tag.take(),
@@ -325,6 +338,7 @@ impl HttpFramer {
     fn drop_message(&mut self, next: State) {
         self.head = None;
         self.body.clear();
+        self.body_len = 0;
         self.state = next;
     }
 

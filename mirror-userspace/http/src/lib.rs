@@ -28,11 +28,15 @@ use mirror_flow::{ConnId, FlowTable};
 pub struct HttpConfig {
     /// Messages larger than this (head and body) are skipped and counted.
     pub max_message_bytes: u64,
+    /// Copy the bodies of responses. When nothing consumes them (mirroring needs a
+    /// response's head, for pairing and upgrades, and where its body ends) they are framed
+    /// and measured only: `HttpResponse::body` is empty, `body_len` says how long it was.
+    pub response_bodies: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { max_message_bytes: 16 << 20 }
+        Self { max_message_bytes: 16 << 20, response_bodies: true }
     }
 }
 
@@ -123,7 +127,10 @@ pub struct HttpResponse {
     pub conn: ConnId,
     pub request_id: Option<u64>,
     pub head: Head,
+    /// The body as sent, if [`HttpConfig::response_bodies`] (else empty).
     pub body: Bytes,
+    /// Bytes of the body on the wire.
+    pub body_len: u64,
     pub first_ts_ns: u64,
     pub last_ts_ns: u64,
 }
@@ -135,6 +142,7 @@ impl HttpResponse {
             request_id: frame.tag,
             head: frame.head,
             body: frame.body,
+            body_len: frame.body_len,
             first_ts_ns: frame.first_ts_ns,
             last_ts_ns: frame.last_ts_ns,
         }

@@ -202,7 +202,7 @@ fn upgrade_and_connect_stop_extraction() {
 #[test]
 fn oversized_messages_are_skipped_and_the_next_one_survives() {
     let mut c = conv(7);
-    let http = HttpConfig { max_message_bytes: 100 };
+    let http = HttpConfig { max_message_bytes: 100, ..HttpConfig::default() };
     let mut run = Run::with(ReassemblyConfig::default(), http);
     let big = [&b"POST /big HTTP/1.1\r\nContent-Length: 500\r\n\r\n"[..], &[b'x'; 500]].concat();
     let chunked = [
@@ -217,6 +217,29 @@ fn oversized_messages_are_skipped_and_the_next_one_survives() {
     assert_eq!(run.request_bytes(), vec![small.to_vec()]);
     assert_eq!(run.stats().oversized_requests, 2);
     assert!(run.x.buffered() < 200, "skipped bodies are not buffered");
+}
+
+/// Without response bodies (mirroring): every framing is still followed, so pairing and the
+/// lengths are right, but no body byte is copied and no size limit applies.
+#[test]
+fn response_bodies_are_framed_and_measured_without_a_copy() {
+    let mut c = conv(12);
+    let http = HttpConfig { max_message_bytes: 100, response_bodies: false };
+    let mut run = Run::with(ReassemblyConfig::default(), http);
+    let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let large = ok(&"z".repeat(5000));
+    run.feed(c.open());
+    for (i, response) in [ok("abc").as_str(), chunked, &large].into_iter().enumerate() {
+        run.feed(c.request(format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes(), MSS));
+        run.feed(c.response(response.as_bytes(), 700));
+    }
+    run.feed(c.request(b"GET /last HTTP/1.1\r\n\r\n", MSS))
+        .feed(c.response(ok("").as_bytes(), MSS));
+    let got: Vec<(Option<u64>, u64, usize)> =
+        run.responses().iter().map(|r| (r.request_id, r.body_len, r.body.len())).collect();
+    assert_eq!(got, [(Some(0), 3, 0), (Some(1), 15, 0), (Some(2), 5000, 0), (Some(3), 0, 0)]);
+    assert_eq!(run.stats().oversized_responses, 0);
+    assert!(run.x.buffered() < 1000, "no body is buffered");
 }
 
 #[test]

@@ -195,7 +195,8 @@ pub fn fuzz_extract(data: &[u8]) {
         idle_timeout_ns: 5_000_000_000,
         hole_timeout_ns: 1_000_000_000,
     };
-    let mut x = extractor(config.clone(), HttpConfig { max_message_bytes: 8192 });
+    let mut x =
+        extractor(config.clone(), HttpConfig { max_message_bytes: 8192, ..HttpConfig::default() });
     let mut events = Vec::new();
     for seg in segments_from_fuzz(data) {
         x.push(&seg, &mut events);

@@ -125,7 +125,9 @@ pub(crate) async fn run(args: DumpArgs) -> Result<ExitCode> {
         merger: ChunkMerger::default(),
         error: None,
     };
-    let mut driver = FlowDriver::new(extractor(ReassemblyConfig::default(), HttpConfig::default()));
+    // Lines show a response's length, never its body: bodies are framed, not copied.
+    let http = HttpConfig { response_bodies: false, ..HttpConfig::default() };
+    let mut driver = FlowDriver::new(extractor(ReassemblyConfig::default(), http));
     let kernel = match &args.read {
         Some(path) => {
             let mut source = PcapSource::open(path, classifier.clone())?;
