@@ -293,10 +293,10 @@ fn resetting_shadow_changes_nothing_for_the_primary() {
 
 /// Pipelined connections: a copy unanswered past the timeout abandons its connection (and
 /// every copy behind it), counted as timeouts (by the time the agent has settled at exit);
-/// a resetting shadow counts errors.
+/// a resetting shadow counts errors. (One worker: its share of maxInFlight is all 4.)
 #[test]
 fn troubled_shadow_with_pipelining_changes_nothing_for_the_primary() {
-    let pipeline = ["--pipeline", "4"];
+    let pipeline = ["--pipeline", "4", "--threads", "1"];
     let slow = Some(Behavior::Slow(Duration::from_secs(10)));
     let summary = shadow_trouble(slow, "queue_full", &pipeline);
     assert!(dropped(&summary, "timeout") >= 4, "{summary}");

@@ -43,8 +43,8 @@ enum Task {
     Demo,
     /// Benchmarks (never part of `test`); writes their tables into BENCHMARKS.md.
     Bench {
-        /// Which to run (default: all): extract, kernel_cost, agent_memory, primary_path,
-        /// fidelity.
+        /// Which to run (default: all): extract, userspace_path, kernel_cost, agent_memory,
+        /// primary_path, fidelity.
         names: Vec<String>,
     },
     /// Build and run the agent on this host (as root, or through sudo).

@@ -72,7 +72,7 @@ impl HttpConnection {
             outstanding.push_back(Outstanding { id, head_request: method == "HEAD" });
             Ok(Decision::Message { body, tag: Some(id) })
         };
-        requests.push(event, &mut decide, &mut shared.stats, scratch);
+        requests.push(event, &mut decide, shared, scratch);
         for frame in self.scratch.drain(..) {
             shared.stats.requests += 1;
             out.push(HttpEvent::Request(HttpRequest::new(*conn, frame)));
@@ -82,7 +82,7 @@ impl HttpConnection {
             self.responses.push(
                 StreamEvent::End,
                 &mut |_| Ok(Decision::Stop),
-                &mut shared.stats,
+                shared,
                 &mut Vec::new(),
             );
         }
@@ -113,7 +113,7 @@ impl HttpConnection {
             let body = final_body(head, request.is_some_and(|r| r.head_request))?;
             Ok(Decision::Message { body, tag: request.map(|r| r.id) })
         };
-        responses.push(event, &mut decide, &mut shared.stats, scratch);
+        responses.push(event, &mut decide, shared, scratch);
         for frame in scratch.drain(..) {
             shared.stats.responses += 1;
             if frame.tag.is_none() {

@@ -10,8 +10,8 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::{
     chunked::ChunkedDecoder,
-    head::{BodyKind, Head, HeadError, HeadParts},
-    HttpStats,
+    head::{arena_copy, BodyKind, Head, HeadError, HeadParts},
+    HttpShared, HttpStats,
 };
 use mirror_flow::StreamEvent;
 
@@ -72,6 +72,12 @@ enum State {
     Closed,
 }
 
+/// What the framer may touch of the table's shared state while it handles data.
+struct Ctx<'a> {
+    stats: &'a mut HttpStats,
+    arena: &'a mut BytesMut,
+}
+
 /// Frames one direction of a connection.
 #[derive(Debug)]
 pub(crate) struct HttpFramer {
@@ -83,6 +89,8 @@ pub(crate) struct HttpFramer {
     head: Option<Head>,
     tag: Option<u64>,
     body: BytesMut,
+    /// A body that arrived whole, copied to the shared arena.
+    whole_body: Option<Bytes>,
     /// Copy bodies (else they are framed and measured only: `body_len`).
     keep_body: bool,
     body_len: u64,
@@ -105,6 +113,7 @@ impl HttpFramer {
             head: None,
             tag: None,
             body: BytesMut::new(),
+            whole_body: None,
             keep_body,
             body_len: 0,
             chunked: ChunkedDecoder::default(),
@@ -134,9 +143,10 @@ impl HttpFramer {
         &mut self,
         event: StreamEvent,
         decide: &mut dyn FnMut(&Head) -> Result<Decision, HeadError>,
-        stats: &mut HttpStats,
+        shared: &mut HttpShared,
         out: &mut Vec<Frame>,
     ) {
+        let HttpShared { stats, arena, .. } = shared;
         match event {
             StreamEvent::Data { ts_ns, bytes, segment_start } => {
                 if self.state == State::Resync {
@@ -147,7 +157,7 @@ impl HttpFramer {
                     }
                     self.state = State::Head;
                 }
-                self.data(bytes, ts_ns, decide, stats, out);
+                self.data(bytes, ts_ns, decide, Ctx { stats, arena }, out);
             }
             StreamEvent::Gap { len } => self.gap(len, stats),
             StreamEvent::End => self.end(stats, out),
@@ -159,9 +169,10 @@ impl HttpFramer {
         mut data: Bytes,
         ts_ns: u64,
         decide: &mut dyn FnMut(&Head) -> Result<Decision, HeadError>,
-        stats: &mut HttpStats,
+        ctx: Ctx<'_>,
         out: &mut Vec<Frame>,
     ) {
+        let Ctx { stats, arena } = ctx;
         self.last_ts_ns = ts_ns;
         while !data.is_empty() {
             match self.state {
@@ -171,7 +182,7 @@ impl HttpFramer {
                         self.first_ts_ns = ts_ns;
                     }
                     match self.head(&mut data) {
-                        Ok(Some(head)) => self.start_body(head, decide, stats, out),
+                        Ok(Some(head)) => self.start_body(head, decide, stats, arena, out),
                         Ok(None) => {}
                         Err(e) => {
                             stats.malformed(self.role, e);
@@ -182,16 +193,18 @@ impl HttpFramer {
                 }
                 State::Body { remaining } => {
                     let n = remaining.min(data.len() as u64);
-                    self.take_body(&mut data, n as usize);
+                    let whole = n == remaining;
+                    self.take_body(&mut data, n as usize, whole, arena);
                     self.state = State::Body { remaining: remaining - n };
-                    if n == remaining {
+                    if whole {
                         self.emit(out);
                     }
                 }
                 State::Chunked => match self.chunked.advance(&data) {
                     Ok(n) => {
-                        self.take_body(&mut data, n);
-                        if self.chunked.is_done() {
+                        let whole = self.chunked.is_done();
+                        self.take_body(&mut data, n, whole, arena);
+                        if whole {
                             self.emit(out);
                         } else if self.too_large() {
                             stats.oversized(self.role);
@@ -205,7 +218,7 @@ impl HttpFramer {
                 },
                 State::UntilClose => {
                     let n = data.len();
-                    self.take_body(&mut data, n);
+                    self.take_body(&mut data, n, false, arena);
                     if self.too_large() {
                         stats.oversized(self.role);
                         self.drop_message(State::SkipUntilClose);
@@ -268,6 +281,7 @@ impl HttpFramer {
         head: Head,
         decide: &mut dyn FnMut(&Head) -> Result<Decision, HeadError>,
         stats: &mut HttpStats,
+        arena: &mut BytesMut,
         out: &mut Vec<Frame>,
     ) {
         let head_len = head.bytes().len() as u64;
@@ -284,7 +298,7 @@ impl HttpFramer {
             Ok(Decision::Message { body, tag }) => {
                 let mut head = head;
                 if body != BodyKind::None {
-                    head.unshare(); // held until the body is complete
+                    head.unshare(arena); // held until the body is complete
                 }
                 self.head = Some(head);
                 self.tag = tag;
@@ -309,9 +323,16 @@ impl HttpFramer {
         }
     }
 
-    fn take_body(&mut self, data: &mut Bytes, n: usize) {
+    /// Takes `n` bytes of body from `data`; `last` when they complete it. A body that
+    /// arrives whole goes into the shared arena; one spread over segments is gathered in the
+    /// framer's own buffer.
+    fn take_body(&mut self, data: &mut Bytes, n: usize, last: bool, arena: &mut BytesMut) {
         if self.keep_body {
-            self.body.extend_from_slice(&data[..n]);
+            if last && self.body.is_empty() {
+                self.whole_body = Some(arena_copy(arena, &data[..n]));
+            } else {
+                self.body.extend_from_slice(&data[..n]);
+            }
         }
         self.body_len += n as u64;
         data.advance(n);
@@ -324,9 +345,10 @@ impl HttpFramer {
 
     fn emit(&mut self, out: &mut Vec<Frame>) {
         let head = self.head.take().expect("a message in progress has a head");
+        let body = self.whole_body.take().unwrap_or_else(|| self.body.split().freeze());
         out.push(Frame {
             head,
-            body: self.body.split().freeze(),
+            body,
             body_len: std::mem::take(&mut self.body_len),
             first_ts_ns: self.first_ts_ns,
             last_ts_ns: self.last_ts_ns,
@@ -338,6 +360,7 @@ impl HttpFramer {
     fn drop_message(&mut self, next: State) {
         self.head = None;
         self.body.clear();
+        self.whole_body = None;
         self.body_len = 0;
         self.state = next;
     }

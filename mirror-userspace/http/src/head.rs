@@ -2,10 +2,15 @@
 //! (httparse does the parsing), so nothing is copied or re-serialised.
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 
 /// Most header fields in one head; more is treated as malformed.
 pub(crate) const MAX_HEADERS: usize = 128;
+
+/// Positions of a head's fields: the first 16 inline, so a typical head costs no allocation
+/// (this is on the path of every request and response).
+type FieldSpans = SmallVec<[(Span, Span); 16]>;
 
 /// Why a head could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +58,7 @@ pub struct Head {
     start: StartLine,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     version: u8,
-    headers: Vec<(Span, Span)>,
+    headers: FieldSpans,
 }
 
 impl Head {
@@ -93,10 +98,11 @@ impl Head {
         }
     }
 
-    /// Gives the head its own copy of its bytes, so that keeping it (while its body
-    /// arrives) does not keep the larger capture buffer it was sliced from alive.
-    pub fn unshare(&mut self) {
-        self.bytes = Bytes::copy_from_slice(&self.bytes);
+    /// Moves the head's bytes into `arena` (see [`arena_copy`]), so that keeping it (while
+    /// its body arrives, or while its copy waits) does not keep the larger capture buffer it
+    /// was sliced from alive.
+    pub fn unshare(&mut self, arena: &mut BytesMut) {
+        self.bytes = arena_copy(arena, &self.bytes);
     }
 
     /// The exact head bytes.
@@ -214,7 +220,7 @@ pub struct FieldLine<'a> {
 pub struct HeadParts {
     start: StartLine,
     version: u8,
-    headers: Vec<(Span, Span)>,
+    headers: FieldSpans,
 }
 
 impl HeadParts {
@@ -224,7 +230,22 @@ impl HeadParts {
     }
 }
 
-fn spans(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Span, Span)> {
+/// Arenas grow by this much: one allocation per this many bytes copied, not one per copy.
+const ARENA_CHUNK: usize = 64 << 10;
+
+/// `data` copied into `arena` and split off it: the copies of many messages share one
+/// allocation, freed once the last of them is dropped (they are short-lived and made in
+/// order, so an arena holds little more than what is still in use).
+pub(crate) fn arena_copy(arena: &mut BytesMut, data: &[u8]) -> Bytes {
+    if arena.capacity() - arena.len() < data.len() {
+        // A fresh chunk (a uniquely held old one is reused in place).
+        arena.reserve(data.len().max(ARENA_CHUNK));
+    }
+    arena.extend_from_slice(data);
+    arena.split().freeze()
+}
+
+fn spans(buf: &[u8], headers: &[httparse::Header<'_>]) -> FieldSpans {
     headers.iter().map(|h| (Span::of(buf, h.name.as_bytes()), Span::of(buf, h.value))).collect()
 }
 

@@ -45,6 +45,9 @@ impl Default for HttpConfig {
 pub struct HttpShared {
     pub config: HttpConfig,
     pub stats: HttpStats,
+    /// Where heads held across segments and bodies that arrive whole are copied to
+    /// ([`head::arena_copy`]): no allocation per message.
+    pub(crate) arena: bytes::BytesMut,
 }
 
 mirror_common::counter_set! {
@@ -161,5 +164,7 @@ pub type HttpExtractor = FlowTable<HttpConnection>;
 
 /// A flow table with HTTP framing and the given limits.
 pub fn extractor(reassembly: mirror_flow::ReassemblyConfig, http: HttpConfig) -> HttpExtractor {
-    FlowTable::new(reassembly, HttpShared { config: http, stats: HttpStats::default() })
+    let shared =
+        HttpShared { config: http, stats: HttpStats::default(), arena: Default::default() };
+    FlowTable::new(reassembly, shared)
 }

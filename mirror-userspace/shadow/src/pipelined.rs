@@ -126,11 +126,8 @@ async fn connection_loop(shared: Arc<Pipelines>) {
     loop {
         // Connect only once there is something to send: no idle connections to a quiet
         // shadow. Copies left over from a closed connection go out on the next one.
-        if pending.is_empty() {
-            match next_jobs(&shared, shared.depth()).await {
-                Some(jobs) => pending = jobs,
-                None => return,
-            }
+        if pending.is_empty() && !next_jobs(&shared, shared.depth(), &mut pending).await {
+            return;
         }
         let connected = match &shared.endpoint {
             Ok(endpoint) => endpoint.connect().await,
@@ -164,18 +161,21 @@ async fn connection_loop(shared: Arc<Pipelines>) {
 }
 
 /// Waits for a copy, then takes every copy already waiting too, up to `room` in all (one
-/// write for all of them). None once the queue is closed and empty.
-async fn next_jobs(shared: &Pipelines, room: usize) -> Option<VecDeque<Job>> {
+/// write for all of them), into `jobs`. False once the queue is closed and empty.
+async fn next_jobs(shared: &Pipelines, room: usize, jobs: &mut VecDeque<Job>) -> bool {
     let mut queue = shared.queue.lock().await;
-    let mut jobs = VecDeque::from([queue.recv().await?]);
-    while jobs.len() < room {
+    let Some(first) = queue.recv().await else { return false };
+    jobs.push_back(first);
+    let mut taken = 1;
+    while taken < room {
         match queue.try_recv() {
             Ok(job) => jobs.push_back(job),
             Err(_) => break,
         }
+        taken += 1;
     }
-    shared.outcomes.dequeued(jobs.len());
-    Some(jobs)
+    shared.outcomes.dequeued(taken);
+    true
 }
 
 /// One copy written and not yet answered.
@@ -263,10 +263,9 @@ impl<'a> Connection<'a> {
             let take = !self.closing && self.pending.is_empty() && room > 0;
             let deadline = self.unanswered.front().map(|u| u.start + self.shared.outcomes.timeout);
             tokio::select! {
-                jobs = next_jobs(self.shared, room), if take => match jobs {
-                    Some(jobs) => self.pending = jobs,
-                    None => self.closing = true,
-                },
+                more = next_jobs(self.shared, room, &mut self.pending), if take => {
+                    self.closing |= !more;
+                }
                 // TLS keeps records it could not write yet until flushed (TCP: a no-op).
                 written = write_or_flush(&mut wr, &self.out), if !self.out.is_empty() || self.unflushed => match written {
                     Ok(Some(n)) => {
