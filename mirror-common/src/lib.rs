@@ -189,7 +189,8 @@ named_enum! {
     pub enum Counter {
         /// Packets the program ran on.
         Seen = "seen",
-        /// TCP segments that matched the service selection.
+        /// TCP segments that matched the service selection and carry data, SYN, FIN or RST
+        /// (pure ACKs are not looked at further).
         Selected = "selected",
         /// Records submitted to the ring.
         Records = "records",

@@ -248,11 +248,6 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
     header.window = u16::from_be_bytes(tcp.window);
     header.flags = raw[13];
 
-    header.direction = select(cfg, &header)? as u8;
-    // Only now: the clock read is a helper call that unselected packets need not pay for.
-    // SAFETY: bpf_ktime_get_ns takes no arguments and has no preconditions.
-    header.ts_ns = unsafe { bpf_ktime_get_ns() };
-
     let payload_offset = l4 as u32 + tcp_len;
     // The skb length bounds the payload; the IP length excludes Ethernet padding of short
     // frames. GSO/BIG TCP packets may carry an IP length of 0: then the skb length rules.
@@ -260,6 +255,19 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
     let ip_payload = ip_payload_len.saturating_sub(tcp_len);
     header.payload_len =
         if ip_payload_len == 0 || ip_payload > skb_payload { skb_payload } else { ip_payload };
+    // Pure ACKs and window updates carry nothing we need (SYN learns the ISN, FIN and RST end
+    // a stream): they leave before the service lookups and the clock, and they are about
+    // half the packets of a flow.
+    if header.payload_len == 0
+        && header.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+    {
+        return None;
+    }
+
+    header.direction = select(cfg, &header)? as u8;
+    // Only now: the clock read is a helper call that unselected packets need not pay for.
+    // SAFETY: bpf_ktime_get_ns takes no arguments and has no preconditions.
+    header.ts_ns = unsafe { bpf_ktime_get_ns() };
     let ring = ring_of(&header, cfg.rings);
     Some(Selected { payload_offset, header, ring, wake_bytes: cfg.wake_bytes })
 }
@@ -383,11 +391,8 @@ fn is_service(cfg: &TapConfig, port: u16, addr: &[u8; 16], family: u8) -> bool {
 fn emit<const R: u32>(ctx: &TcContext, sel: &Selected, counters: &Counters) {
     let len = sel.header.payload_len;
     if len == 0 {
-        // Pure ACKs and window updates carry nothing we need; SYN (learns the ISN), FIN and
-        // RST (end of stream) are kept as metadata.
-        if sel.header.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0 {
-            emit_chunk::<0, R>(ctx, sel, counters, 0, 0);
-        }
+        // SYN, FIN or RST (parse_and_select let no other empty segment through): metadata.
+        emit_chunk::<0, R>(ctx, sel, counters, 0, 0);
         return;
     }
     if len <= SMALL_CHUNK as u32 {
