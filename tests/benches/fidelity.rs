@@ -297,16 +297,16 @@ fn main() {
             agent_flags: &[],
         },
         Workload {
-            name: "Small GETs, copies pipelined 16 per connection (`--pipeline 16`)",
+            name: "Small GETs, one worker (`--threads 1`)",
             rates: &[20000, 40000],
             flags: get(),
-            agent_flags: &["--pipeline", "16"],
+            agent_flags: &["--threads", "1"],
         },
         Workload {
-            name: "16 KiB POSTs, copies pipelined 16 per connection (`--pipeline 16`)",
+            name: "16 KiB POSTs, one worker (`--threads 1`)",
             rates: &[20000],
             flags: post,
-            agent_flags: &["--pipeline", "16"],
+            agent_flags: &["--threads", "1"],
         },
     ];
     let report: Vec<String> = workloads.iter().map(|w| table(&b, w)).collect();

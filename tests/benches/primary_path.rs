@@ -7,6 +7,9 @@
 //! returning a small body. Saturated throughput comes from wrk (closed loop); latency at fixed
 //! offered rates from oha (`-q`, latency measured from when each request was due). Every
 //! figure is the median of `RUNS` runs with the spread beside it, all measured in one run.
+//! With `MIRROR_BIN_BEFORE` (another build of `mirror`), configuration (g) runs (c) on that
+//! build, for a before-and-after on one machine. The fixed-rate figures are also drawn, as
+//! SVG next to BENCHMARKS.md (`benchmarks/primary_path-*.svg`).
 use std::{net::SocketAddr, time::Duration};
 
 use mirror_tests::{
@@ -14,6 +17,7 @@ use mirror_tests::{
     bench::{self, CpuMeter, CpuUse, Load, Nginx, Spread},
     http_url,
     server::{Behavior, RecordingServer},
+    tls::{ServerCert, TestPki},
     topology::{Family, Topology},
 };
 
@@ -25,6 +29,8 @@ const FIXED_RATE_SECONDS: u64 = 6;
 const PORT: u16 = 8000;
 /// Where the nginx mirror proxy (the anchor) listens, in the primary's namespace.
 const PROXY_PORT: u16 = 8080;
+/// Where the TLS shadow (nginx, a test CA's certificate) listens.
+const TLS_PORT: u16 = 8443;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
@@ -38,17 +44,20 @@ enum Config {
     NginxMirror,
     /// (e) every request mirrored to a shadow that answers after 100 ms.
     MirrorSlowShadow,
-    /// (f) as (c), copies pipelined on the shadow connections.
-    MirrorPipelined,
+    /// (f) as (c), the shadow behind TLS.
+    MirrorTls,
+    /// (g) as (c), with the build of `MIRROR_BIN_BEFORE`.
+    MirrorBefore,
 }
 
-const CONFIGS: [Config; 6] = [
+const CONFIGS: [Config; 7] = [
     Config::Bare,
     Config::TapOnly,
     Config::Mirror,
     Config::NginxMirror,
     Config::MirrorSlowShadow,
-    Config::MirrorPipelined,
+    Config::MirrorTls,
+    Config::MirrorBefore,
 ];
 
 impl Config {
@@ -59,7 +68,8 @@ impl Config {
             Config::Mirror => "(c) full mirroring to a live shadow",
             Config::NginxMirror => "(d) nginx `mirror`, inline proxy, live shadow",
             Config::MirrorSlowShadow => "(e) full mirroring to a 100 ms shadow",
-            Config::MirrorPipelined => "(f) as (c), 16 copies pipelined per connection",
+            Config::MirrorTls => "(f) as (c), the shadow behind TLS (nginx, https)",
+            Config::MirrorBefore => "(g) as (c), the agent before issue 13",
         }
     }
 
@@ -72,7 +82,12 @@ struct Bench {
     topo: Topology,
     live_shadow: String,
     slow_shadow: String,
-    _servers: (Nginx, Nginx, Nginx, RecordingServer),
+    tls_shadow: String,
+    /// The test CA the TLS shadow's certificate is signed by.
+    ca: String,
+    /// `MIRROR_BIN_BEFORE`, for (g).
+    before: Option<std::path::PathBuf>,
+    _servers: (Nginx, Nginx, Nginx, RecordingServer, Nginx),
 }
 
 /// One measurement: the load generator's figures and the CPU it cost.
@@ -80,6 +95,33 @@ struct Sample {
     load: Load,
     cpu: CpuUse,
     kernel: Option<KernelRuns>,
+    /// What became of the copies (the agent's summary), when the agent mirrored.
+    copies: Option<Copies>,
+}
+
+/// The copies of one run, from the agent's summary.
+#[derive(Clone, Copy, Default)]
+struct Copies {
+    /// Answered 2xx by the shadow.
+    delivered: u64,
+    /// Dropped and counted, any reason.
+    dropped: u64,
+}
+
+impl Copies {
+    /// From the first shadow's summary line: "... answered 1xx A 2xx B ...; dropped r N ...".
+    fn of(summary: &str) -> Option<Copies> {
+        let line = summary.lines().find(|l| l.starts_with("shadow ") && l.contains("answered"))?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |w: &str| words.iter().position(|x| *x == w).and_then(|i| words.get(i + 1));
+        let delivered = after("2xx")?.trim_end_matches(';').parse().ok()?;
+        let dropped_at = words.iter().position(|w| *w == "dropped")?;
+        let dropped = words[dropped_at..]
+            .iter()
+            .filter_map(|w| w.trim_end_matches(';').parse::<u64>().ok())
+            .sum();
+        Some(Copies { delivered, dropped })
+    }
 }
 
 impl Bench {
@@ -95,18 +137,34 @@ impl Bench {
         );
         let shadow_addr = topo.shadow_addr(Family::V4);
         let proxy = mirror_proxy(&topo, &format!("{shadow_addr}:{PORT}"));
+        let pki = TestPki::write(&std::env::temp_dir().join("mirror-bench-pki"), shadow_addr);
+        let (cert, key) = pki.server(ServerCert::Good);
+        let tls = Nginx::start(
+            &topo.shadow,
+            "tls-shadow",
+            &format!(
+                "server {{ listen {shadow_addr}:{TLS_PORT} ssl; ssl_certificate {}; \
+                 ssl_certificate_key {}; location / {{ return 200 \"hello from nginx\\n\"; }} }}",
+                cert.display(),
+                key.display()
+            ),
+        );
         for (ns, addr, port) in [
             (&topo.client, topo.server_addr(Family::V4), PORT),
             (&topo.client, shadow_addr, PORT),
             (&topo.client, topo.server_addr(Family::V4), PROXY_PORT),
+            (&topo.client, shadow_addr, TLS_PORT),
         ] {
             bench::wait_listening(ns, SocketAddr::new(addr, port));
         }
         Bench {
             live_shadow: http_url(shadow_addr, PORT, ""),
             slow_shadow: http_url(shadow_addr, PORT + 1, ""),
+            tls_shadow: format!("https://{shadow_addr}:{TLS_PORT}"),
+            ca: pki.ca().display().to_string(),
+            before: std::env::var_os("MIRROR_BIN_BEFORE").map(Into::into),
             topo,
-            _servers: (primary, shadow, proxy, slow),
+            _servers: (primary, shadow, proxy, slow, tls),
         }
     }
 
@@ -114,12 +172,17 @@ impl Bench {
         let (shadow, extra): (&str, &[&str]) = match config {
             Config::Bare | Config::NginxMirror => return None,
             Config::TapOnly => (&self.live_shadow, &["--percent", "0"]),
-            Config::Mirror => (&self.live_shadow, &[]),
+            Config::Mirror | Config::MirrorBefore => (&self.live_shadow, &[]),
             Config::MirrorSlowShadow => (&self.slow_shadow, &[]),
-            Config::MirrorPipelined => (&self.live_shadow, &["--pipeline", "16"]),
+            Config::MirrorTls => (&self.tls_shadow, &["--shadow-ca", &self.ca]),
         };
         let args = agent::run_args(&self.topo.server_host_if, PORT, shadow, extra);
-        Some(AgentProcess::start(&args, "mirror run: ready"))
+        Some(match (config, &self.before) {
+            (Config::MirrorBefore, Some(bin)) => {
+                AgentProcess::start_bin(bin, &args, "mirror run: ready")
+            }
+            _ => AgentProcess::start(&args, "mirror run: ready"),
+        })
     }
 
     fn url(&self, config: Config) -> String {
@@ -137,10 +200,9 @@ impl Bench {
         let cpu = meter.stop();
         drop(profile);
         let kernel = agent.as_ref().map(|_| KernelRuns::now().since(&kernel_before));
-        if let Some(a) = agent {
-            a.stop();
-        }
-        Sample { load, cpu, kernel }
+        let summary = agent.map(AgentProcess::stop);
+        let copies = summary.as_deref().filter(|_| config != Config::TapOnly).and_then(Copies::of);
+        Sample { load, cpu, kernel, copies }
     }
 
     /// `RUNS` rounds over `configs`, one run of each per round: interleaving spreads slow
@@ -271,18 +333,34 @@ fn agent_us_per_request(s: &Sample) -> f64 {
     1e6 * s.cpu.process_seconds / s.load.answered.max(1) as f64
 }
 
+/// Copies the shadow answered, and copies dropped (counted), in % of the requests the
+/// primary answered; "-" without copies.
+fn delivered(samples: &[Sample]) -> (String, String) {
+    if samples.iter().all(|s| s.copies.is_none()) {
+        return ("-".into(), "-".into());
+    }
+    let pct = |f: fn(&Copies) -> u64| {
+        spread(samples, |s| {
+            100.0 * s.copies.as_ref().map_or(0, f) as f64 / s.load.answered.max(1) as f64
+        })
+    };
+    (pct(|c| c.delivered).show(2) + " %", pct(|c| c.dropped).show(2) + " %")
+}
+
 fn saturated_table(results: &[(Config, Vec<Sample>)]) -> String {
     let base = median_rps(results, Config::Bare).unwrap_or(f64::NAN);
     let mut t = format!(
         "| configuration | requests/s, median (min-max) of {RUNS} | vs (a) | p50 ms | p99 ms \
-         | machine CPU (of 200 %) | agent CPU | agent CPU per request | kernel ns per packet |\n\
-         |---|---|---|---|---|---|---|---|---|\n"
+         | machine CPU (of 200 %) | agent CPU | agent CPU per request | kernel ns per packet \
+         | reached the shadow | dropped, counted |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for (config, samples) in results {
         let rps = spread(samples, |s| s.load.rps);
         let agent = |text: String| if config_has_agent(*config) { text } else { "-".into() };
+        let (reached, dropped) = delivered(samples);
         t += &format!(
-            "| {} | {} | {:.1} % | {:.2} | {:.2} | {:.0} % | {} | {} | {} |\n",
+            "| {} | {} | {:.1} % | {:.2} | {:.2} | {:.0} % | {} | {} | {} | {reached} | {dropped} |\n",
             config.label(),
             rps.show(0),
             100.0 * rps.median / base,
@@ -307,8 +385,9 @@ fn config_has_agent(c: Config) -> bool {
 fn fixed_rate_table(rows: &[(u32, Config, Vec<Sample>)]) -> String {
     let mut t = String::from(
         "| offered requests/s | configuration | achieved requests/s | p50 ms | p99 ms \
-         | p50 vs (a) | p99 vs (a) | errors | machine CPU | agent CPU |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | p50 vs (a) | p99 vs (a) | errors | machine CPU | agent CPU | agent CPU per request \
+         | reached the shadow |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (rate, config, samples) in rows {
         let (base_p50, base_p99) = rows
@@ -320,8 +399,14 @@ fn fixed_rate_table(rows: &[(u32, Config, Vec<Sample>)]) -> String {
             .unwrap_or((f64::NAN, f64::NAN));
         let p50 = spread(samples, |s| s.load.p50_ms);
         let p99 = spread(samples, |s| s.load.p99_ms);
+        let per_request = if config_has_agent(*config) {
+            format!("{:.1} µs", spread(samples, agent_us_per_request).median)
+        } else {
+            "-".into()
+        };
         t += &format!(
-            "| {rate} | {} | {:.0} | {} | {} | {:.0} % | {:.0} % | {:.0} | {:.0} % | {:.0} % |\n",
+            "| {rate} | {} | {:.0} | {} | {} | {:.0} % | {:.0} % | {:.0} | {:.0} % | {:.0} % \
+             | {per_request} | {} |\n",
             config.short(),
             spread(samples, |s| s.load.rps).median,
             p50.show(2),
@@ -331,16 +416,22 @@ fn fixed_rate_table(rows: &[(u32, Config, Vec<Sample>)]) -> String {
             spread(samples, |s| s.load.errors as f64).median,
             spread(samples, |s| s.cpu.machine_pct).median,
             spread(samples, |s| s.cpu.process_pct).median,
+            delivered(samples).0,
         );
     }
     t
 }
 
 /// The configurations to run: all, or those whose letters `MIRROR_BENCH_CONFIGS` lists
-/// (`MIRROR_BENCH_CONFIGS=ac` for a quick comparison while profiling).
-fn selected_configs() -> Vec<Config> {
+/// (`MIRROR_BENCH_CONFIGS=ac` for a quick comparison while profiling); (g) only with
+/// `MIRROR_BIN_BEFORE`.
+fn selected_configs(before: bool) -> Vec<Config> {
     let only = std::env::var("MIRROR_BENCH_CONFIGS").unwrap_or_default();
-    CONFIGS.into_iter().filter(|c| only.is_empty() || only.contains(&c.short()[1..2])).collect()
+    CONFIGS
+        .into_iter()
+        .filter(|c| only.is_empty() || only.contains(&c.short()[1..2]))
+        .filter(|c| before || *c != Config::MirrorBefore)
+        .collect()
 }
 
 fn median_rps(results: &[(Config, Vec<Sample>)], config: Config) -> Option<f64> {
@@ -351,7 +442,7 @@ fn median_rps(results: &[(Config, Vec<Sample>)], config: Config) -> Option<f64> 
 fn main() {
     mirror_tests::require_root();
     let b = Bench::new();
-    let configs = selected_configs();
+    let configs = selected_configs(b.before.is_some());
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").unwrap();
     let saturated =
         b.rounds(RUNS, &configs, |url| bench::wrk(&b.topo.client, url, SATURATED_SECONDS));
@@ -363,7 +454,10 @@ fn main() {
     let rates = if base.is_nan() || anchor.is_nan() {
         vec![]
     } else {
-        vec![round(base * 0.25), round(base * 0.5), round(anchor)]
+        let mut rates = vec![round(base * 0.25), round(base * 0.5), round(anchor)];
+        rates.sort_unstable();
+        rates.dedup();
+        rates
     };
     let mut fixed = Vec::new();
     for rate in rates {
@@ -390,5 +484,86 @@ fn main() {
         100.0 * rps(Config::TapOnly) / base,
         rps(Config::Mirror) / anchor,
     );
-    bench::report("primary_path", &report);
+    let plots = plots::draw(&fixed);
+    bench::report("primary_path", &(report + &plots));
+}
+
+/// The fixed-rate rows as curves against the offered rate, drawn as SVG.
+mod plots {
+    use plotters::prelude::*;
+
+    use super::{agent_us_per_request, config_has_agent, Config, Sample};
+
+    /// What a chart shows of a sample (None: nothing, for this sample).
+    type Figure = fn(&Sample) -> Option<f64>;
+
+    /// One chart per figure; returns the Markdown that shows them.
+    pub(super) fn draw(rows: &[(u32, Config, Vec<Sample>)]) -> String {
+        let Some(dir) = std::env::var_os("MIRROR_BENCH_OUT") else { return String::new() };
+        let dir = std::path::Path::new(&dir);
+        let charts: [(&str, &str, Figure); 3] = [
+            ("p99", "primary p99 latency, ms", |s| Some(s.load.p99_ms)),
+            ("delivered", "copies answered by the shadow, % of requests", |s| {
+                s.copies.map(|c| 100.0 * c.delivered as f64 / s.load.answered.max(1) as f64)
+            }),
+            ("agent-cpu", "agent CPU per request, µs", |s| Some(agent_us_per_request(s))),
+        ];
+        let mut md = String::from("\nThe fixed-rate figures as curves (medians):\n\n");
+        for (name, title, value) in charts {
+            let file = format!("primary_path-{name}.svg");
+            if let Err(e) = chart(&dir.join(&file), title, rows, value) {
+                md += &format!("(chart {name}: {e})\n");
+                continue;
+            }
+            md += &format!("![{title}](benchmarks/{file})\n");
+        }
+        md
+    }
+
+    fn chart(
+        path: &std::path::Path,
+        title: &str,
+        rows: &[(u32, Config, Vec<Sample>)],
+        value: Figure,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut series: Vec<(Config, Vec<(f64, f64)>)> = Vec::new();
+        for (rate, config, samples) in rows {
+            let values: Vec<f64> = samples.iter().filter_map(value).collect();
+            if values.is_empty() || (title.contains("agent") && !config_has_agent(*config)) {
+                continue;
+            }
+            let median = super::Spread::of(values).median;
+            match series.iter_mut().find(|(c, _)| c == config) {
+                Some((_, points)) => points.push((*rate as f64, median)),
+                None => series.push((*config, vec![(*rate as f64, median)])),
+            }
+        }
+        let max_x = rows.iter().map(|(r, ..)| *r as f64).fold(1.0, f64::max) * 1.05;
+        let max_y =
+            series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y)).fold(1e-9, f64::max) * 1.15;
+        let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
+        chart.configure_mesh().x_desc("offered requests/s").draw()?;
+        for (i, (config, points)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+                .label(config.label())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
 }

@@ -122,6 +122,11 @@ pub mod agent {
             Self::spawn(Command::new(crate::mirror_bin()), args, ready_line)
         }
 
+        /// The same with another build of the binary (a benchmark's "before").
+        pub fn start_bin(bin: &std::path::Path, args: &[String], ready_line: &str) -> AgentProcess {
+            Self::spawn(Command::new(bin), args, ready_line)
+        }
+
         /// The same, inside network namespace `ns` (as inside a pod).
         pub fn start_in(
             ns: &crate::netns::Netns,

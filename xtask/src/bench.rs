@@ -38,7 +38,23 @@ pub fn run(names: &[String]) -> Result<()> {
         let table = std::fs::read_to_string(&fragment)
             .with_context(|| format!("benchmark {name} wrote no {}", fragment.display()))?;
         splice(&workspace_root().join("BENCHMARKS.md"), name, &stamp(&command, &table)?)?;
+        copy_charts(&out, name)?;
         println!("xtask: BENCHMARKS.md, section {name}, updated");
+    }
+    Ok(())
+}
+
+/// Copies the charts a benchmark drew (`NAME-*.svg`) to `benchmarks/`, where BENCHMARKS.md
+/// shows them.
+fn copy_charts(out: &Path, name: &str) -> Result<()> {
+    let dest = workspace_root().join("benchmarks");
+    for entry in std::fs::read_dir(out)? {
+        let path = entry?.path();
+        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+        if file.starts_with(&format!("{name}-")) && file.ends_with(".svg") {
+            std::fs::create_dir_all(&dest)?;
+            std::fs::copy(&path, dest.join(file))?;
+        }
     }
     Ok(())
 }
@@ -52,6 +68,14 @@ fn run_one(name: &str, out: &Path) -> Result<String> {
         return Ok("cargo bench -p mirror-http --bench extract".into());
     }
     let bin = workspace_root().join("target/release/mirror");
+    // Old charts never pass for new ones.
+    for entry in std::fs::read_dir(out)? {
+        let path = entry?.path();
+        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+        if file.starts_with(&format!("{name}-")) && file.ends_with(".svg") {
+            std::fs::remove_file(&path)?;
+        }
+    }
     check(
         cargo()
             .args(["bench", "--locked", "-p", "mirror-tests", "--bench", name])
