@@ -206,9 +206,18 @@ fn is_request_start(s: &Segment) -> bool {
         && (s.payload.starts_with(b"GET ") || s.payload.starts_with(b"POST "))
 }
 
-/// Copies per second through `workers` workers, each with its own traffic and shadow (and
-/// its own counters, which tell it when its copies are all answered).
-fn copies_per_second(workers: usize, shadows: &[SocketAddr]) -> f64 {
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Through `workers` workers, each with its own traffic and shadow (and its own counters,
+/// which tell it when its copies are all answered): copies per second, and the workers' CPU
+/// per copy in microseconds (their threads' own time: what scales with cores).
+fn copies_per_second(workers: usize, shadows: &[SocketAddr]) -> (f64, f64) {
     let start = Arc::new(Barrier::new(workers + 1));
     let threads: Vec<_> = (0..workers)
         .map(|w| {
@@ -220,34 +229,44 @@ fn copies_per_second(workers: usize, shadows: &[SocketAddr]) -> f64 {
                 rt.block_on(async move {
                     let mut mirroring = Mirroring::worker(settings(shadow), &shared, w);
                     start.wait();
+                    let cpu = thread_cpu();
                     feed(&mut mirroring, segments, requests as u64).await;
-                    requests
+                    (requests, thread_cpu() - cpu)
                 })
             })
         })
         .collect();
     start.wait();
     let began = Instant::now();
-    let copies: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    copies as f64 / began.elapsed().as_secs_f64()
+    let done: Vec<(usize, Duration)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let elapsed = began.elapsed().as_secs_f64();
+    let copies: usize = done.iter().map(|(n, _)| n).sum();
+    let cpu: f64 = done.iter().map(|(_, t)| t.as_secs_f64()).sum();
+    (copies as f64 / elapsed, 1e6 * cpu / copies as f64)
 }
 
 fn main() {
     let shadows = [sink_shadow(), sink_shadow()];
     let allocs = Spread::of((0..3).map(|_| allocations_per_request(shadows[0])));
-    let one = Spread::of((0..3).map(|_| copies_per_second(1, &shadows) / 1000.0));
-    let two = Spread::of((0..3).map(|_| copies_per_second(2, &shadows) / 1000.0));
-    std::thread::sleep(Duration::from_millis(10));
+    let one: Vec<(f64, f64)> = (0..5).map(|_| copies_per_second(1, &shadows)).collect();
+    let two: Vec<(f64, f64)> = (0..5).map(|_| copies_per_second(2, &shadows)).collect();
+    let rate = |runs: &[(f64, f64)]| Spread::of(runs.iter().map(|(r, _)| r / 1000.0));
+    let cpu = |runs: &[(f64, f64)]| Spread::of(runs.iter().map(|(_, c)| *c));
+    let (rate1, rate2) = (rate(&one), rate(&two));
     let table = format!(
-        "| measurement | median (min-max) of 3 |\n|---|---|\n\
-         | heap allocations per request, warm (capture to answered copy, one worker) | {} |\n\
-         | copies per second, 1 worker (thousands) | {} |\n\
-         | copies per second, 2 workers (thousands) | {} |\n\
-         | 2 workers / 1 worker | {:.2} |\n",
+        "| measurement | median (min-max) |\n|---|---|\n\
+         | heap allocations per request, warm (capture to answered copy, one worker), 3 runs | {} |\n\
+         | copies per second, 1 worker (thousands), 5 runs | {} |\n\
+         | copies per second, 2 workers (thousands), 5 runs | {} |\n\
+         | 2 workers / 1 worker, copies per second | {:.2} |\n\
+         | worker CPU per copy, 1 worker (µs) | {} |\n\
+         | worker CPU per copy, 2 workers (µs) | {} |\n",
         allocs.show(2),
-        one.show(1),
-        two.show(1),
-        two.median / one.median,
+        rate1.show(1),
+        rate2.show(1),
+        rate2.median / rate1.median,
+        cpu(&one).show(2),
+        cpu(&two).show(2),
     );
     bench::report("userspace_path", &table);
 }

@@ -1,8 +1,8 @@
 //! Everything between a capture source and the shadow queues: segments -> reassembly +
 //! framing -> match -> sample (per shadow) -> rewrite -> shadow queues. One task runs it all,
-//! so a request costs no thread hand-off until its copy is queued; each shadow's dispatcher
-//! sends copies on its own. `mirror run` ([`crate::live`]) and `mirror replay`
-//! ([`crate::replay`]) drive it.
+//! and the shadow clients' connections run on the same thread, so a request never changes
+//! threads. `mirror run` ([`crate::live`]) runs one per worker, each on its own ring;
+//! `mirror replay` ([`crate::replay`]) runs one.
 use std::{
     collections::HashSet,
     fmt,
