@@ -75,7 +75,8 @@ pub struct TapSettings {
     /// Packets with this mark are ignored (0: none). The agent marks its own sockets.
     pub ignore_mark: u32,
     /// Bytes waiting in the ring before the kernel wakes the reader (0: every record).
-    /// Between wakeups the reader polls every [`RingSource::POLL_INTERVAL`].
+    /// Between wakeups the reader polls every [`RingSource::POLL_INTERVAL`], backing off to
+    /// [`RingSource::MAX_POLL_INTERVAL`] while the ring stays empty.
     pub wake_bytes: u32,
 }
 

@@ -32,13 +32,20 @@ pub struct RingSource {
     ring: AsyncFd<RingBuf<MapData>>,
     arena: BytesMut,
     malformed: u64,
+    /// Polls in a row that found the ring empty: the poll interval doubles with each, up to
+    /// [`RingSource::MAX_POLL_INTERVAL`].
+    idle_polls: u32,
     /// Added to the kernel's CLOCK_MONOTONIC timestamps to give wall-clock time.
     clock_offset_ns: u64,
 }
 
 impl RingSource {
-    /// How often the ring is read when the kernel has not woken us.
+    /// How often the ring is read when the kernel has not woken us, while records come.
     pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+    /// The longest poll interval, reached after polls that found nothing: an idle agent
+    /// (one reader per worker) wakes 30 times a second per ring rather than 500. A burst
+    /// wakes the reader at once (the kernel's wake-up); a trickle waits at most this long.
+    pub const MAX_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(32);
 
     pub(super) fn new(ring: RingBuf<MapData>) -> Result<Self> {
         // SAFETY: the fd belongs to the RingBuf, which the AsyncFd owns for its whole life;
@@ -47,7 +54,7 @@ impl RingSource {
             .map_err(|e| anyhow::anyhow!("registering the ring with tokio: {e}"))?;
         let clock_offset_ns =
             clock_ns(libc::CLOCK_REALTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
-        Ok(Self { ring, arena: BytesMut::new(), malformed: 0, clock_offset_ns })
+        Ok(Self { ring, arena: BytesMut::new(), malformed: 0, idle_polls: 0, clock_offset_ns })
     }
 
     /// Records that could not be decoded (never expected: both sides share the layout).
@@ -57,7 +64,7 @@ impl RingSource {
 
     /// Drains what is in the ring right now without waiting; returns the number added.
     pub fn drain_now(&mut self, out: &mut Vec<Segment>) -> usize {
-        let Self { ring, arena, malformed, clock_offset_ns } = self;
+        let Self { ring, arena, malformed, clock_offset_ns, .. } = self;
         drain(ring.get_mut(), arena, malformed, *clock_offset_ns, out)
     }
 }
@@ -66,14 +73,16 @@ impl CaptureSource for RingSource {
     async fn next_batch(&mut self, out: &mut Vec<Segment>) -> io::Result<bool> {
         loop {
             // The kernel wakes us only once enough bytes wait (see TapConfig::wake_bytes);
-            // a short poll picks up a quiet trickle.
+            // a poll picks up a quiet trickle, less often the longer nothing comes.
+            let interval =
+                (Self::POLL_INTERVAL * (1 << self.idle_polls.min(4))).min(Self::MAX_POLL_INTERVAL);
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     // Clear before draining: a record submitted after the drain raises a
                     // new edge.
                     guard?.clear_ready();
                 }
-                _ = tokio::time::sleep(Self::POLL_INTERVAL) => {}
+                _ = tokio::time::sleep(interval) => {}
             }
             let n = drain(
                 self.ring.get_mut(),
@@ -83,8 +92,10 @@ impl CaptureSource for RingSource {
                 out,
             );
             if n > 0 {
+                self.idle_polls = 0;
                 return Ok(true);
             }
+            self.idle_polls = self.idle_polls.saturating_add(1);
         }
     }
 }
