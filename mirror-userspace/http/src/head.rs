@@ -59,6 +59,8 @@ pub struct Head {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     version: u8,
     headers: FieldSpans,
+    /// Every span [`Head::text`] reads was found to be UTF-8 when the bytes were attached.
+    text_checked: bool,
 }
 
 impl Head {
@@ -110,9 +112,18 @@ impl Head {
         &self.bytes
     }
 
+    /// A name, method, target or reason. Looked up many times per head (every `header`
+    /// call walks the names), so the UTF-8 check is made once, when the bytes are attached.
     fn text(&self, span: Span) -> &str {
-        // httparse only accepts ASCII tokens for these parts.
-        std::str::from_utf8(&self.bytes[span.range()]).unwrap_or("")
+        let bytes = &self.bytes[span.range()];
+        if self.text_checked {
+            // SAFETY: `HeadParts::with_bytes` checked that every span `text` is called with
+            // (the head's own names, method, target, reason) is UTF-8 in these bytes; the
+            // bytes never change after (`unshare` copies them as they are).
+            unsafe { std::str::from_utf8_unchecked(bytes) }
+        } else {
+            std::str::from_utf8(bytes).unwrap_or("")
+        }
     }
 
     pub fn method(&self) -> Option<&str> {
@@ -226,7 +237,29 @@ pub struct HeadParts {
 impl HeadParts {
     /// Attaches the head bytes (exactly the `len` bytes that were parsed).
     pub fn with_bytes(self, bytes: Bytes) -> Head {
-        Head { bytes, start: self.start, version: self.version, headers: self.headers }
+        let HeadParts { mut start, version, mut headers } = self;
+        // Other bytes than those parsed (a caller's mistake) leave a head with no parts
+        // rather than spans past its end.
+        let fits = |span: Span| span.end as usize <= bytes.len();
+        let start_fits = match start {
+            StartLine::Request { method, target } => fits(method) && fits(target),
+            StartLine::Response { reason, .. } => fits(reason),
+        };
+        if !start_fits || !headers.iter().all(|&(n, v)| fits(n) && fits(v)) {
+            headers.clear();
+            let empty = Span { start: 0, end: 0 };
+            start = match start {
+                StartLine::Request { .. } => StartLine::Request { method: empty, target: empty },
+                StartLine::Response { status, .. } => StartLine::Response { status, reason: empty },
+            };
+        }
+        let utf8 = |span: Span| std::str::from_utf8(&bytes[span.range()]).is_ok();
+        let start_ok = match start {
+            StartLine::Request { method, target } => utf8(method) && utf8(target),
+            StartLine::Response { reason, .. } => utf8(reason),
+        };
+        let text_checked = start_ok && headers.iter().all(|&(name, _)| utf8(name));
+        Head { bytes, start, version, headers, text_checked }
     }
 }
 
@@ -362,6 +395,18 @@ mod tests {
         let bare = request("GET / HTTP/1.0\n\n");
         assert_eq!(bare.start_line(), b"GET / HTTP/1.0\n");
         assert_eq!(bare.field_lines().count(), 0);
+    }
+
+    /// Bytes attached that do not hold the parsed parts (a caller's mistake) give a head
+    /// without parts: no panic, never invalid text.
+    #[test]
+    fn mismatched_bytes_give_empty_text_not_a_panic() {
+        let text = "GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (_, parts) = Head::parse_request(text.as_bytes()).unwrap().unwrap();
+        let h = parts.with_bytes(Bytes::from_static(b"\xff\xfe"));
+        assert_eq!(h.method(), Some(""));
+        assert_eq!(h.headers().count(), 0);
+        assert_eq!(h.field_lines().count(), 0);
     }
 
     #[test]
