@@ -4,7 +4,10 @@ use std::{
     collections::HashSet,
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use http::Uri;
@@ -16,21 +19,55 @@ use crate::tls::server_name;
 
 /// Local addresses of the agent's own connections to shadows, so the capture can ignore
 /// them (loop prevention when a shadow sits behind a tapped interface).
-#[derive(Clone, Default)]
-pub struct OwnSockets(Arc<Mutex<HashSet<SocketAddr>>>);
+///
+/// Asked about every captured segment toward a shadow's port (on a node, often the service's
+/// own port), so the answer is usually given without the lock: a bitmap of the local ports in
+/// use, read with one atomic load, and only a port in it takes the lock and the set.
+#[derive(Clone)]
+pub struct OwnSockets(Arc<Own>);
+
+struct Own {
+    addrs: Mutex<HashSet<SocketAddr>>,
+    /// Bit `p` is set while some own socket has local port `p` (changed under the lock).
+    ports: Box<[AtomicU64]>,
+}
+
+impl Default for OwnSockets {
+    fn default() -> Self {
+        let ports = (0..(1usize << 16) / 64).map(|_| AtomicU64::new(0)).collect();
+        OwnSockets(Arc::new(Own { addrs: Mutex::default(), ports }))
+    }
+}
 
 impl OwnSockets {
     pub fn contains(&self, addr: &SocketAddr) -> bool {
-        self.0.lock().expect("not poisoned").contains(addr)
+        let (word, bit) = port_bit(addr.port());
+        if self.0.ports[word].load(Ordering::Relaxed) & bit == 0 {
+            return false;
+        }
+        self.0.addrs.lock().expect("not poisoned").contains(addr)
     }
 
     fn insert(&self, addr: SocketAddr) {
-        self.0.lock().expect("not poisoned").insert(addr);
+        let mut addrs = self.0.addrs.lock().expect("not poisoned");
+        addrs.insert(addr);
+        let (word, bit) = port_bit(addr.port());
+        self.0.ports[word].fetch_or(bit, Ordering::Relaxed);
     }
 
     fn remove(&self, addr: &SocketAddr) {
-        self.0.lock().expect("not poisoned").remove(addr);
+        let mut addrs = self.0.addrs.lock().expect("not poisoned");
+        addrs.remove(addr);
+        // Another own socket may use the same port on another local address.
+        if !addrs.iter().any(|a| a.port() == addr.port()) {
+            let (word, bit) = port_bit(addr.port());
+            self.0.ports[word].fetch_and(!bit, Ordering::Relaxed);
+        }
     }
+}
+
+fn port_bit(port: u16) -> (usize, u64) {
+    (port as usize / 64, 1 << (port % 64))
 }
 
 /// Where and how one shadow's connections are opened.
@@ -125,5 +162,26 @@ pub(crate) struct OwnGuard {
 impl Drop for OwnGuard {
     fn drop(&mut self) {
         self.own.remove(&self.local);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_sockets_are_found_by_address_and_forgotten_when_closed() {
+        let own = OwnSockets::default();
+        let a: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:40000".parse().unwrap(); // same port, other address
+        let c: SocketAddr = "10.0.0.1:40001".parse().unwrap();
+        own.insert(a);
+        own.insert(b);
+        assert!(own.contains(&a) && own.contains(&b) && !own.contains(&c));
+        own.remove(&a);
+        assert!(!own.contains(&a) && own.contains(&b), "the port stays while b uses it");
+        own.remove(&b);
+        assert!(!own.contains(&b));
+        assert_eq!(own.0.ports[40000 / 64].load(Ordering::Relaxed), 0);
     }
 }
