@@ -48,15 +48,24 @@ pub fn run(names: &[String]) -> Result<()> {
 /// shows them.
 fn copy_charts(out: &Path, name: &str) -> Result<()> {
     let dest = workspace_root().join("benchmarks");
-    for entry in std::fs::read_dir(out)? {
-        let path = entry?.path();
-        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
-        if file.starts_with(&format!("{name}-")) && file.ends_with(".svg") {
-            std::fs::create_dir_all(&dest)?;
-            std::fs::copy(&path, dest.join(file))?;
-        }
+    for (path, file) in charts(out, name)? {
+        std::fs::create_dir_all(&dest)?;
+        std::fs::copy(&path, dest.join(file))?;
     }
     Ok(())
+}
+
+/// The charts of benchmark `name` in `out` (`NAME-*.svg`): their paths and file names.
+fn charts(out: &Path, name: &str) -> Result<Vec<(std::path::PathBuf, String)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(out)? {
+        let path = entry?.path();
+        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("").to_owned();
+        if file.starts_with(&format!("{name}-")) && file.ends_with(".svg") {
+            found.push((path, file));
+        }
+    }
+    Ok(found)
 }
 
 /// Runs one benchmark; returns the command a reader would type to repeat it.
@@ -69,12 +78,8 @@ fn run_one(name: &str, out: &Path) -> Result<String> {
     }
     let bin = workspace_root().join("target/release/mirror");
     // Old charts never pass for new ones.
-    for entry in std::fs::read_dir(out)? {
-        let path = entry?.path();
-        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
-        if file.starts_with(&format!("{name}-")) && file.ends_with(".svg") {
-            std::fs::remove_file(&path)?;
-        }
+    for (path, _) in charts(out, name)? {
+        std::fs::remove_file(&path)?;
     }
     check(
         cargo()

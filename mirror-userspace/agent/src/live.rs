@@ -231,13 +231,13 @@ impl Worker {
                 let _ = ended.send(index);
                 summary
             })?;
-        match ready.await {
-            Ok(()) => Ok(Worker { control, stop, thread }),
-            Err(_) => Err(thread
-                .join()
-                .map_err(|_| anyhow!("worker panicked"))?
-                .err()
-                .unwrap_or_else(|| anyhow!("worker did not start"))),
+        if ready.await.is_ok() {
+            return Ok(Worker { control, stop, thread });
+        }
+        // The worker ended before its ring was read: its error says why.
+        match thread.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(anyhow!("a worker did not start")),
         }
     }
 

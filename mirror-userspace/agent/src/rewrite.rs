@@ -76,10 +76,7 @@ impl Rewriter {
     /// The copy of a captured request (`head`, and its `body` as sent) from `client`. The
     /// same copy goes to every shadow: it does not depend on where it is sent.
     pub fn copy(&mut self, head: &Head, body: &Bytes, client: IpAddr) -> ShadowRequest {
-        let needed = head.bytes().len() + 256;
-        if self.buf.capacity() < needed {
-            self.buf.reserve(needed.max(HEAD_BUFFER));
-        }
+        mirror_capture::arena::reserve(&mut self.buf, head.bytes().len() + 256, HEAD_BUFFER);
         self.request_line(head);
         self.set_done.clear();
         self.set_done.resize(self.edits.set.len(), false);

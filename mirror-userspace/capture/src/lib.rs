@@ -4,6 +4,7 @@
 //! (`mirror-tap`), a pcap file ([`pcap::PcapSource`]) or a test's hand-built segments feed
 //! the same reassembly. [`frame`] turns raw frames into segments and back (the same parsing
 //! rules as the kernel program); [`pcap`] reads and writes capture files.
+pub mod arena;
 pub mod frame;
 pub mod pcap;
 mod segment;

@@ -263,19 +263,13 @@ impl HeadParts {
     }
 }
 
-/// Arenas grow by this much: one allocation per this many bytes copied, not one per copy.
+/// Chunks of the framing arena: one allocation per this many bytes of heads and bodies.
 const ARENA_CHUNK: usize = 64 << 10;
 
-/// `data` copied into `arena` and split off it: the copies of many messages share one
-/// allocation, freed once the last of them is dropped (they are short-lived and made in
-/// order, so an arena holds little more than what is still in use).
+/// `data` copied into the framing arena (see `mirror_capture::arena`): the copies of many
+/// messages share one allocation, freed once the last of them is dropped.
 pub(crate) fn arena_copy(arena: &mut BytesMut, data: &[u8]) -> Bytes {
-    if arena.capacity() - arena.len() < data.len() {
-        // A fresh chunk (a uniquely held old one is reused in place).
-        arena.reserve(data.len().max(ARENA_CHUNK));
-    }
-    arena.extend_from_slice(data);
-    arena.split().freeze()
+    mirror_capture::arena::copy(arena, data, ARENA_CHUNK)
 }
 
 fn spans(buf: &[u8], headers: &[httparse::Header<'_>]) -> FieldSpans {

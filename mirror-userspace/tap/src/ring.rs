@@ -130,11 +130,7 @@ fn decode(record: &[u8], arena: &mut BytesMut) -> Option<Segment> {
     // valid for any bit pattern; read_unaligned imposes no alignment requirement.
     let header: SegmentHeader = unsafe { ptr::read_unaligned(record.as_ptr().cast()) };
     let payload = record.get(HEADER_LEN..HEADER_LEN + header.captured_len as usize)?;
-    if arena.capacity() - arena.len() < payload.len() {
-        *arena = BytesMut::with_capacity(ARENA_BYTES.max(payload.len()));
-    }
-    arena.extend_from_slice(payload);
-    Segment::from_record(&header, arena.split().freeze())
+    Segment::from_record(&header, mirror_capture::arena::copy(arena, payload, ARENA_BYTES))
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
