@@ -33,6 +33,13 @@ pub const MAP_NETS_V4: &str = "SERVICE_NETS_V4";
 pub const MAP_NETS_V6: &str = "SERVICE_NETS_V6";
 /// Per-CPU array with one [`CpuState`] (so the program looks it up once per packet).
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// LRU hash of [`SkipKey`] -> [`SkipRange`]: byte ranges of connections that the agent will
+/// not read (the rest of a response body nothing consumes), so the kernel leaves them out of
+/// the ring (see [`SegmentHeader::elided`]).
+pub const MAP_SKIPS: &str = "SKIPS";
+/// Entries of [`MAP_SKIPS`]; the least recently used goes first when it is full (a lost
+/// entry only means bytes are copied after all).
+pub const MAX_SKIPS: u32 = 16384;
 
 /// Program names in the object, one per tc hook so each record knows where it was seen.
 pub const PROG_INGRESS: &str = "mirror_ingress";
@@ -107,6 +114,8 @@ pub struct TapConfig {
     pub wake_bytes: u32,
     /// Rings in use, 1..=[`MAX_RINGS`] (0 is taken as 1).
     pub rings: u32,
+    /// Non-zero: leave out the byte ranges listed in [`MAP_SKIPS`].
+    pub elide: u32,
 }
 
 /// Which way a segment travels relative to the service.
@@ -201,6 +210,8 @@ named_enum! {
         /// Segments whose payload could not be copied whole (over the chunk bound, or a failed
         /// load); the copied prefix is still emitted.
         Truncated = "truncated",
+        /// Payload bytes left out on purpose: the agent said it would not read them.
+        Elided = "elided",
     }
 }
 
@@ -257,7 +268,57 @@ pub struct SegmentHeader {
     pub direction: u8,
     /// A [`Hook`] as u8.
     pub hook: u8,
-    pub _pad: [u8; 6],
+    /// Non-zero: the segment's bytes before `chunk_offset` were left out on purpose (they
+    /// lie in a range of [`MAP_SKIPS`]), not lost. Set on the segment's first record only.
+    pub elided: u8,
+    pub _pad: [u8; 5],
+}
+
+/// A key of [`MAP_SKIPS`]: one direction of a connection, as the segments travelling that
+/// way carry their addresses (network order, IPv4 in the first 4 bytes) and ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkipKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// A value of [`MAP_SKIPS`]: the sequence numbers `[from, until)` (wrapping) to leave out.
+/// The kernel removes the entry once a segment reaches `until`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkipRange {
+    pub from: u32,
+    pub until: u32,
+}
+
+impl SkipRange {
+    /// How many of the `len` bytes starting at sequence number `seq` to leave out: those
+    /// from `seq` up to `until`, if `seq` lies in the range (distances wrap with the
+    /// sequence space).
+    #[inline(always)]
+    pub fn elided(&self, seq: u32, len: u32) -> u32 {
+        let span = self.until.wrapping_sub(self.from);
+        let at = seq.wrapping_sub(self.from);
+        if at >= span {
+            return 0;
+        }
+        let rest = span - at;
+        if rest < len {
+            rest
+        } else {
+            len
+        }
+    }
+
+    /// Whether `len` bytes at `seq` reach the end of the range (the entry is spent).
+    #[inline(always)]
+    pub fn is_reached(&self, seq: u32, len: u32) -> bool {
+        let span = self.until.wrapping_sub(self.from);
+        seq.wrapping_add(len).wrapping_sub(self.from) >= span || seq.wrapping_sub(self.from) >= span
+    }
 }
 
 /// One ring record: a header and a payload area of a size class `N`.
@@ -277,6 +338,8 @@ mod pod {
     unsafe impl aya::Pod for super::TapConfig {}
     unsafe impl aya::Pod for super::CpuState {}
     unsafe impl aya::Pod for super::SegmentHeader {}
+    unsafe impl aya::Pod for super::SkipKey {}
+    unsafe impl aya::Pod for super::SkipRange {}
 }
 
 #[cfg(test)]
@@ -287,7 +350,20 @@ mod tests {
     fn header_layout_is_stable() {
         assert_eq!(HEADER_LEN, 80);
         assert_eq!(core::mem::align_of::<SegmentHeader>(), 8);
-        assert_eq!(core::mem::size_of::<TapConfig>(), 20);
+        assert_eq!(core::mem::size_of::<TapConfig>(), 24);
+        assert_eq!(core::mem::size_of::<SkipKey>(), 36);
+    }
+
+    #[test]
+    fn skip_ranges_wrap_with_the_sequence_space() {
+        let r = SkipRange { from: u32::MAX - 99, until: 100 }; // 200 bytes across the wrap
+        assert_eq!(r.elided(u32::MAX - 99, 50), 50);
+        assert_eq!(r.elided(u32::MAX - 9, 500), 110);
+        assert_eq!(r.elided(100, 10), 0, "at until: nothing left out");
+        assert_eq!(r.elided(u32::MAX - 100, 10), 0, "before from: nothing left out");
+        assert!(!r.is_reached(0, 99));
+        assert!(r.is_reached(0, 100));
+        assert!(r.is_reached(150, 1), "beyond the range: spent");
     }
 
     /// The kernel indexes its counter array with `counter as usize`.

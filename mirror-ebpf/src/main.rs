@@ -13,13 +13,13 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use mirror_common::{
-    tcp_flags, Counter, CpuState, Direction, Hook, Record, SegmentHeader, TapConfig,
-    CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, LARGE_CHUNK, MAX_CHUNKS, MAX_RINGS,
-    MEDIUM_CHUNK, SMALL_CHUNK,
+    tcp_flags, Counter, CpuState, Direction, Hook, Record, SegmentHeader, SkipKey, SkipRange,
+    TapConfig, CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, LARGE_CHUNK, MAX_CHUNKS,
+    MAX_RINGS, MAX_SKIPS, MEDIUM_CHUNK, SMALL_CHUNK,
 };
 use network_types::{
     eth::EthHdr,
@@ -103,6 +103,9 @@ static SERVICE_NETS_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, 0
 #[map(name = "SERVICE_NETS_V6")]
 static SERVICE_NETS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1024, 0);
 
+#[map(name = "SKIPS")]
+static SKIPS: LruHashMap<SkipKey, SkipRange> = LruHashMap::with_max_entries(MAX_SKIPS, 0);
+
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 
@@ -167,6 +170,8 @@ struct Selected {
     ring: u32,
     /// `TapConfig::wake_bytes`, read once per packet with the rest of the configuration.
     wake_bytes: u32,
+    /// `TapConfig::elide`: consult [`SKIPS`].
+    elide: bool,
 }
 
 #[inline(always)]
@@ -175,17 +180,43 @@ fn tap(ctx: &TcContext, hook: Hook) {
     counters.add(Counter::Seen, 1);
     if let Some(sel) = parse_and_select(ctx, hook) {
         counters.add(Counter::Selected, 1);
+        let elide = is_elided(&sel);
+        if elide {
+            counters.add(Counter::Elided, sel.header.payload_len as u64);
+        }
         match sel.ring {
-            0 => emit::<0>(ctx, &sel, &counters),
-            1 => emit::<1>(ctx, &sel, &counters),
-            2 => emit::<2>(ctx, &sel, &counters),
-            3 => emit::<3>(ctx, &sel, &counters),
-            4 => emit::<4>(ctx, &sel, &counters),
-            5 => emit::<5>(ctx, &sel, &counters),
-            6 => emit::<6>(ctx, &sel, &counters),
-            _ => emit::<7>(ctx, &sel, &counters),
+            0 => emit::<0>(ctx, &sel, &counters, elide),
+            1 => emit::<1>(ctx, &sel, &counters, elide),
+            2 => emit::<2>(ctx, &sel, &counters, elide),
+            3 => emit::<3>(ctx, &sel, &counters, elide),
+            4 => emit::<4>(ctx, &sel, &counters, elide),
+            5 => emit::<5>(ctx, &sel, &counters, elide),
+            6 => emit::<6>(ctx, &sel, &counters, elide),
+            _ => emit::<7>(ctx, &sel, &counters, elide),
         }
     }
+}
+
+/// Whether to leave the segment's payload out: all of it lies in a range the agent listed
+/// in [`SKIPS`] (the rest of a body it will not read). A segment only partly inside is
+/// copied whole, as are segments no larger than a small record (their copy costs less than
+/// the lookup): a variable start offset in the copy loop made the verifier explore too many
+/// states, and the segment straddling a range's end comes once per body.
+/// An entry is removed by the segment that reaches its end (or by any segment outside it:
+/// a stale entry of an earlier connection on the same addresses and ports goes too).
+#[inline(always)]
+fn is_elided(sel: &Selected) -> bool {
+    let h = &sel.header;
+    if !sel.elide || h.payload_len <= SMALL_CHUNK as u32 {
+        return false;
+    }
+    let key = SkipKey { saddr: h.saddr, daddr: h.daddr, sport: h.sport, dport: h.dport };
+    // SAFETY: the value is copied out at once, before any other map operation.
+    let Some(range) = (unsafe { SKIPS.get(key) }).copied() else { return false };
+    if range.is_reached(h.seq, h.payload_len) {
+        let _ = SKIPS.remove(key);
+    }
+    range.elided(h.seq, h.payload_len) == h.payload_len
 }
 
 /// Reads a header of type `T` at `offset`. Headers are almost always in the linear part of
@@ -269,7 +300,8 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
     // SAFETY: bpf_ktime_get_ns takes no arguments and has no preconditions.
     header.ts_ns = unsafe { bpf_ktime_get_ns() };
     let ring = ring_of(&header, cfg.rings);
-    Some(Selected { payload_offset, header, ring, wake_bytes: cfg.wake_bytes })
+    let elide = cfg.elide != 0;
+    Some(Selected { payload_offset, header, ring, wake_bytes: cfg.wake_bytes, elide })
 }
 
 #[inline(always)]
@@ -292,7 +324,8 @@ fn empty_header(ctx: &TcContext, hook: Hook) -> SegmentHeader {
         flags: 0,
         direction: 0,
         hook: hook as u8,
-        _pad: [0; 6],
+        elided: 0,
+        _pad: [0; 5],
     }
 }
 
@@ -388,19 +421,24 @@ fn is_service(cfg: &TapConfig, port: u16, addr: &[u8; 16], family: u8) -> bool {
 /// plus one reserve/submit per 16 KiB and an 80-byte header per record. The slack is held
 /// only until the reader consumes the record.
 #[inline(always)]
-fn emit<const R: u32>(ctx: &TcContext, sel: &Selected, counters: &Counters) {
+fn emit<const R: u32>(ctx: &TcContext, sel: &Selected, counters: &Counters, elide: bool) {
     let len = sel.header.payload_len;
+    if elide {
+        // Left out whole: metadata only, the reader still learns the bytes exist.
+        emit_chunk::<0, R>(ctx, sel, counters, len, 0, true);
+        return;
+    }
     if len == 0 {
         // SYN, FIN or RST (parse_and_select let no other empty segment through): metadata.
-        emit_chunk::<0, R>(ctx, sel, counters, 0, 0);
+        emit_chunk::<0, R>(ctx, sel, counters, 0, 0, false);
         return;
     }
     if len <= SMALL_CHUNK as u32 {
-        emit_chunk::<SMALL_CHUNK, R>(ctx, sel, counters, 0, len);
+        emit_chunk::<SMALL_CHUNK, R>(ctx, sel, counters, 0, len, false);
         return;
     }
     if len <= MEDIUM_CHUNK as u32 {
-        emit_chunk::<MEDIUM_CHUNK, R>(ctx, sel, counters, 0, len);
+        emit_chunk::<MEDIUM_CHUNK, R>(ctx, sel, counters, 0, len, false);
         return;
     }
     // Loop-carried state is only the chunk index: the offset and length of each chunk are
@@ -413,7 +451,7 @@ fn emit<const R: u32>(ctx: &TcContext, sel: &Selected, counters: &Counters) {
         }
         let offset = i * LARGE_CHUNK as u32;
         let n = if i + 1 == chunks { len - offset } else { LARGE_CHUNK as u32 };
-        if !emit_chunk::<LARGE_CHUNK, R>(ctx, sel, counters, offset, n) {
+        if !emit_chunk::<LARGE_CHUNK, R>(ctx, sel, counters, offset, n, false) {
             return;
         }
     }
@@ -423,7 +461,8 @@ fn emit<const R: u32>(ctx: &TcContext, sel: &Selected, counters: &Counters) {
 }
 
 /// Reserves one record of class `N`, fills it with the header and `n` payload bytes starting
-/// at `offset` in the payload, and submits it. Returns false if nothing more should be tried.
+/// at `offset` in the payload, and submits it; `elided`: the bytes before `offset` were
+/// left out on purpose. Returns false if nothing more should be tried.
 #[inline(always)]
 fn emit_chunk<const N: usize, const R: u32>(
     ctx: &TcContext,
@@ -431,6 +470,7 @@ fn emit_chunk<const N: usize, const R: u32>(
     counters: &Counters,
     offset: u32,
     n: u32,
+    elided: bool,
 ) -> bool {
     let Some(mut entry) = ring::<R>().reserve::<Record<N>>(0) else {
         counters.add(Counter::Lost, 1);
@@ -469,6 +509,7 @@ fn emit_chunk<const N: usize, const R: u32>(
         *h = sel.header;
         h.chunk_offset = offset;
         h.captured_len = copied;
+        h.elided = u8::from(elided);
     }
     let record_bytes = core::mem::size_of::<Record<N>>() as u64;
     entry.submit(counters.wakeup_flags(sel.wake_bytes, R, record_bytes));

@@ -880,7 +880,7 @@ fn pcapng_and_cooked_captures_read_like_tcpdump() {
         let ours =
             text(&run(Command::new(mirror_bin()).args(["dump", "-r", file, "-n", "-tt"])).unwrap());
         let ours: Vec<&str> = ours.lines().collect();
-        assert!(!ours.is_empty(), "{file}");
+        assert!(!ours.is_empty(), "{file}: tcpdump read {} lines; capture: {stats}", theirs.len());
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             assert_eq!(a, b, "{file} ({link}): line {i} differs");
         }

@@ -1088,3 +1088,65 @@ fn reassembly_caps_come_from_the_config() {
     assert!(summary.contains("oversized_requests 1"), "{summary}");
     assert_eq!(mirrored(&summary), 2, "{summary}");
 }
+
+/// The number after `name` in the summary line starting with `prefix`, 0 if absent (the
+/// reassembly and http lines leave zero counters out).
+fn summary_count(summary: &str, prefix: &str, name: &str) -> u64 {
+    let line = summary.lines().find(|l| l.starts_with(prefix)).expect(summary);
+    let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+    words.iter().position(|w| *w == name).map_or(0, |i| words[i + 1].parse().unwrap())
+}
+
+/// Large response bodies are only measured by `mirror run`: once a response's head is read,
+/// the agent tells the kernel to leave the rest of its body out of the ring. Four 512 KiB
+/// responses (nginx, rate-limited so the body outlasts the agent's reaction) and a small
+/// one, on one keep-alive connection: most body bytes never reach the ring, yet every
+/// response is framed and paired and every request mirrored, the last one included.
+#[test]
+fn unread_response_bodies_stay_in_the_kernel() {
+    const BODY: usize = 512 * 1024;
+    let topo = Topology::new().unwrap();
+    let dir = std::env::temp_dir().join(format!("mirror-elide-{}", topo.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("big"), vec![b'z'; BODY]).unwrap();
+    let _primary = mirror_tests::bench::Nginx::start(
+        &topo.server,
+        &format!("elide-{}", topo.id),
+        &format!(
+            "server {{ listen {PORT}; root {}; limit_rate 4m; \
+             location = /small {{ return 200 \"small\\n\"; }} }}",
+            dir.display()
+        ),
+    );
+    let addr = SocketAddr::new(topo.server_addr(Family::V4), PORT);
+    mirror_tests::bench::wait_listening(&topo.client, addr);
+    let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let agent = agent(&topo, &shadow_url, &[]);
+    let (big, small) = (http_url(addr.ip(), PORT, "/big"), http_url(addr.ip(), PORT, "/small"));
+    let mut args = vec!["-w", "%{size_download} %{num_connects}\\n"];
+    for url in [&big, &big, &big, &big, &small] {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    let out = curl(&topo.client, &args).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[..4].iter().all(|l| l.starts_with(&format!("{BODY} "))), "{out}");
+    assert_eq!(lines.iter().filter(|l| l.ends_with(" 1")).count(), 1, "one connection: {out}");
+    let got = shadow.wait_for(5, WAIT);
+    let summary = agent.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(got.len(), 5, "{summary}");
+    assert_eq!(got[4].target, "/small", "{summary}");
+    let bodies = 4 * BODY as u64;
+    let elided = summary_count(&summary, "captured:", "elided");
+    let copied = summary_count(&summary, "captured:", "bytes");
+    assert!(elided > bodies / 2, "most body bytes left out: {summary}");
+    assert!(copied < bodies / 2, "{summary}");
+    assert_eq!(summary_count(&summary, "reassembly:", "elided_bytes"), elided, "{summary}");
+    assert_eq!(summary_count(&summary, "reassembly:", "gap_bytes"), 0, "{summary}");
+    assert_eq!(summary_count(&summary, "http:", "responses"), 5, "{summary}");
+    for lost in ["lost_messages", "unpaired_responses", "malformed_responses"] {
+        assert_eq!(summary_count(&summary, "http:", lost), 0, "{lost}: {summary}");
+    }
+}

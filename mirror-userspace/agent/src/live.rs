@@ -82,6 +82,8 @@ impl LiveAgent {
             directions: Directions::BOTH,
             ignore_mark: OWN_MARK,
             rings: workers,
+            // Only what the framers say they will not read: bodies measured, not kept.
+            leave_out: true,
             ..opts.tap
         })?;
         let (ended_tx, ended) = mpsc::unbounded_channel();

@@ -121,6 +121,7 @@ pub fn decode(
         window: be16(frame, l4 + 14)?,
         segment_len: payload_len as u32,
         chunk_offset: 0,
+        elided: 0,
         payload: Bytes::copy_from_slice(&frame[start..start + captured]),
     })
 }
@@ -277,6 +278,7 @@ mod tests {
             window: 502,
             segment_len: payload.len() as u32,
             chunk_offset: 0,
+            elided: 0,
             payload: Bytes::copy_from_slice(payload),
         }
     }

@@ -12,7 +12,7 @@ mod source;
 
 pub use mirror_common::{tcp_flags, Direction, Hook};
 pub use segment::{ChunkMerger, Segment};
-pub use source::CaptureSource;
+pub use source::{CaptureSource, SkipHint};
 
 /// Nanoseconds since the Unix epoch: the clock of segment timestamps (the tap converts the
 /// kernel's monotonic clock to it).

@@ -29,6 +29,10 @@ pub struct Segment {
     pub segment_len: u32,
     /// Where `payload` starts within the segment's payload.
     pub chunk_offset: u32,
+    /// Bytes just before `payload` that the source left out on purpose, because the
+    /// consumers said they would not read them ([`crate::SkipHint`]): known, not lost. Only
+    /// on a segment's first chunk (the kernel then sets it to `chunk_offset`).
+    pub elided: u32,
     /// The captured bytes: all of `[chunk_offset, chunk_offset + payload.len())`.
     pub payload: Bytes,
 }
@@ -60,6 +64,7 @@ impl Segment {
             window: h.window,
             segment_len: h.payload_len,
             chunk_offset: h.chunk_offset,
+            elided: if h.elided != 0 { h.chunk_offset } else { 0 },
             payload,
         })
     }
@@ -82,6 +87,12 @@ impl Segment {
     /// True if bytes of this chunk are missing (the kernel could not copy them all).
     pub fn is_truncated(&self) -> bool {
         (self.payload.len() as u32) < self.expected_len()
+    }
+
+    /// Whether this is the first record of its segment (its start, or what follows the
+    /// bytes left out of it).
+    pub fn is_first_chunk(&self) -> bool {
+        self.chunk_offset == self.elided
     }
 
     /// True if this is the last (or only) chunk of its segment; FIN belongs after it. A
@@ -122,18 +133,18 @@ impl ChunkMerger {
 
     /// Returns the segment once complete.
     pub fn push(&mut self, seg: Segment) -> Option<Segment> {
-        if seg.chunk_offset == 0 && seg.is_last_chunk() {
+        if seg.is_first_chunk() && seg.is_last_chunk() {
             return Some(seg);
         }
         let at = self.open.iter().position(|(s, buf)| {
             s.src == seg.src
                 && s.dst == seg.dst
                 && s.seq == seg.seq
-                && buf.len() as u32 == seg.chunk_offset
+                && s.chunk_offset + buf.len() as u32 == seg.chunk_offset
         });
         let index = match at {
             Some(i) => i,
-            None if seg.chunk_offset == 0 => {
+            None if seg.is_first_chunk() => {
                 if self.open.len() >= Self::MAX_OPEN {
                     self.open.remove(0);
                 }
@@ -184,7 +195,8 @@ mod tests {
             flags: tcp_flags::ACK | tcp_flags::PSH,
             direction: Direction::Request as u8,
             hook: Hook::Egress as u8,
-            _pad: [0; 6],
+            elided: 0,
+            _pad: [0; 5],
         }
     }
 
@@ -198,6 +210,17 @@ mod tests {
         assert_eq!(s.payload_seq(), 16382);
         assert!(!s.is_last_chunk());
         assert!(!s.is_truncated());
+    }
+
+    #[test]
+    fn elided_bytes_precede_the_first_record() {
+        let mut h = header(4);
+        h.elided = 1;
+        let s = Segment::from_record(&h, Bytes::from(vec![0u8; 16384])).unwrap();
+        assert_eq!(s.elided, 16384);
+        assert!(s.is_first_chunk());
+        h.elided = 0;
+        assert!(!Segment::from_record(&h, Bytes::new()).unwrap().is_first_chunk());
     }
 
     #[test]

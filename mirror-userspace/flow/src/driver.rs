@@ -2,9 +2,9 @@
 //! run`, `mirror dump`, `mirror replay` and the tests all drive reassembly through it.
 use std::{future::Future, io, time::Duration};
 
-use mirror_capture::{CaptureSource, Segment};
+use mirror_capture::{CaptureSource, Segment, SkipHint};
 
-use crate::{FlowTable, StreamConsumer};
+use crate::{FlowTable, StreamConsumer, MIN_SKIP_HINT};
 
 /// The seam after the flow table's consumers `C`: for HTTP, every request and response with
 /// its connection, timestamps and request id, in order.
@@ -53,11 +53,12 @@ pub struct FlowDriver<C: StreamConsumer> {
     table: FlowTable<C>,
     events: Vec<C::Event>,
     batch: Vec<Segment>,
+    hints: Vec<SkipHint>,
 }
 
 impl<C: StreamConsumer> FlowDriver<C> {
     pub fn new(table: FlowTable<C>) -> Self {
-        Self { table, events: Vec::new(), batch: Vec::new() }
+        Self { table, events: Vec::new(), batch: Vec::new(), hints: Vec::new() }
     }
 
     pub fn table(&self) -> &FlowTable<C> {
@@ -96,7 +97,8 @@ impl<C: StreamConsumer> FlowDriver<C> {
 
     /// Reads `source` until it ends, `stop` completes or the sink is done. With `tick`, every
     /// period expires timeouts by the wall clock (live sources only: a file's segments carry
-    /// the clock of their capture) and calls [`FlowSink::tick`].
+    /// the clock of their capture) and calls [`FlowSink::tick`]. A source that can leave
+    /// bytes out is told, after each batch, what the consumers will not read.
     pub async fn run<T>(
         &mut self,
         source: &mut impl CaptureSource,
@@ -106,12 +108,20 @@ impl<C: StreamConsumer> FlowDriver<C> {
     ) -> io::Result<Ended<T>> {
         let mut batch = std::mem::take(&mut self.batch);
         let mut timer = tokio::time::interval(tick.unwrap_or(Duration::from_secs(3600)));
+        self.table.set_skip_hints(if source.can_leave_out() { MIN_SKIP_HINT } else { 0 });
         tokio::pin!(stop);
         let ended = loop {
             tokio::select! {
                 value = &mut stop => break Ok(Ended::Stopped(value)),
                 more = source.next_batch(&mut batch) => match more {
-                    Ok(true) => self.feed(&mut batch, sink),
+                    Ok(true) => {
+                        self.feed(&mut batch, sink);
+                        self.table.take_hints(&mut self.hints);
+                        if !self.hints.is_empty() {
+                            source.leave_out(&self.hints);
+                            self.hints.clear();
+                        }
+                    }
                     Ok(false) => break Ok(Ended::Source),
                     Err(e) => break Err(e),
                 },

@@ -5,7 +5,7 @@ use super::{
     ConnId, ReassemblyConfig, ReassemblyStats, SegmentIn, StreamConsumer, StreamEvent,
     StreamReassembler,
 };
-use mirror_capture::{tcp_flags, Direction, Segment};
+use mirror_capture::{tcp_flags, Direction, Segment, SkipHint};
 
 struct Connection<C> {
     streams: [StreamReassembler; 2],
@@ -24,6 +24,9 @@ pub struct FlowTable<C: StreamConsumer> {
     stats: ReassemblyStats,
     buffered_total: usize,
     scratch: Vec<StreamEvent>,
+    /// Unneeded ranges at least this long become [`SkipHint`]s (0: none are worked out).
+    skip_hint_min: u64,
+    hints: Vec<SkipHint>,
 }
 
 fn index(dir: Direction) -> usize {
@@ -42,7 +45,20 @@ impl<C: StreamConsumer> FlowTable<C> {
             stats: ReassemblyStats::default(),
             buffered_total: 0,
             scratch: Vec::new(),
+            skip_hint_min: 0,
+            hints: Vec::new(),
         }
+    }
+
+    /// Works out [`SkipHint`]s for unneeded ranges of at least `min_bytes` (0: stop), to be
+    /// collected with [`FlowTable::take_hints`].
+    pub fn set_skip_hints(&mut self, min_bytes: u64) {
+        self.skip_hint_min = min_bytes;
+    }
+
+    /// The hints worked out since the last call, appended to `out`.
+    pub fn take_hints(&mut self, out: &mut Vec<SkipHint>) {
+        out.append(&mut self.hints);
     }
 
     /// New caps, in force from the next segment (connections over them are evicted then).
@@ -101,6 +117,7 @@ impl<C: StreamConsumer> FlowTable<C> {
             fin: seg.has(tcp_flags::FIN) && seg.is_last_chunk(),
             rst: seg.has(tcp_flags::RST),
             segment_start: seg.chunk_offset == 0,
+            elided: seg.elided,
         };
         let rst = input.rst;
         let mut events = std::mem::take(&mut self.scratch);
@@ -120,6 +137,15 @@ impl<C: StreamConsumer> FlowTable<C> {
         deliver(conn, &mut self.shared, &id, dir.opposite(), &mut other_events, out);
         deliver(conn, &mut self.shared, &id, dir, &mut events, out);
         self.scratch = events;
+        if self.skip_hint_min > 0 {
+            let ahead = conn.consumer.unneeded_ahead(dir);
+            if ahead >= self.skip_hint_min {
+                if let Some((from_seq, until_seq)) = conn.streams[index(dir)].skip_hint(ahead) {
+                    let hint = SkipHint { src: seg.src, dst: seg.dst, from_seq, until_seq };
+                    self.hints.push(hint);
+                }
+            }
+        }
         self.account(&id, out);
     }
 

@@ -51,7 +51,19 @@ pub trait StreamConsumer {
 
     /// Bytes this consumer buffers (counted against the memory caps).
     fn buffered(&self) -> usize;
+
+    /// How many of direction `dir`'s next bytes, after all delivered so far, this consumer
+    /// will not read (the rest of a body it only measures). A source that can leave bytes
+    /// out is told about large ranges ([`mirror_capture::SkipHint`]) and delivers them as
+    /// [`StreamEvent::Elided`].
+    fn unneeded_ahead(&self, _dir: Direction) -> u64 {
+        0
+    }
 }
+
+/// Unneeded ranges shorter than this are not worth a hint: leaving bytes out costs the
+/// source a map update (a syscall), copying 32 KiB costs about as much.
+pub const MIN_SKIP_HINT: u64 = 32 * 1024;
 
 /// Limits of the flow table. Every one is a hard cap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +112,8 @@ mirror_common::counter_set! {
         unsynced_bytes,
         /// Bytes never captured (holes given up on).
         gap_bytes,
+        /// Bytes the source left out on purpose (known, unread: not a loss).
+        elided_bytes,
         /// Holes given up on because the out-of-order buffer was full.
         overflow_gaps,
         /// Bytes after a direction ended.

@@ -18,6 +18,9 @@ pub enum StreamEvent {
     Data { ts_ns: u64, bytes: Bytes, segment_start: bool },
     /// `len` bytes that were never captured and never will be.
     Gap { len: u64 },
+    /// `len` bytes the source left out on purpose: the consumer said it would not read
+    /// them ([`StreamConsumer::unneeded_ahead`](crate::StreamConsumer::unneeded_ahead)).
+    Elided { ts_ns: u64, len: u64 },
     /// The direction ended: its FIN was reached, or the connection was reset.
     End,
 }
@@ -35,6 +38,8 @@ pub(crate) struct SegmentIn<'a> {
     pub rst: bool,
     /// This is the start of a segment (not a later chunk of a GSO segment).
     pub segment_start: bool,
+    /// Bytes just before `seq` that the source left out on purpose.
+    pub elided: u32,
 }
 
 /// Segments further ahead than this are not from this stream (or the sync point was wrong).
@@ -60,6 +65,8 @@ pub(crate) struct StreamReassembler {
     /// Offset just past the last byte, once the FIN is known.
     fin_off: Option<u64>,
     ended: bool,
+    /// End of the last range hinted as unneeded ([`StreamReassembler::skip_hint`]).
+    hinted_until: u64,
 }
 
 impl StreamReassembler {
@@ -74,6 +81,19 @@ impl StreamReassembler {
 
     pub(crate) fn is_ended(&self) -> bool {
         self.ended
+    }
+
+    /// The sequence numbers of the next `ahead` bytes, which the consumer will not read, if
+    /// they reach beyond what was hinted before: `(from, until)`. At most 1 GiB ahead, far
+    /// inside the sequence space's half that makes wrapping distances unambiguous.
+    pub(crate) fn skip_hint(&mut self, ahead: u64) -> Option<(u32, u32)> {
+        let base = self.base_seq?;
+        let until = self.next_off + ahead.min(MAX_AHEAD);
+        if self.ended || until <= self.hinted_until {
+            return None;
+        }
+        self.hinted_until = until;
+        Some((base.wrapping_add(self.next_off as u32), base.wrapping_add(until as u32)))
     }
 
     /// Starts the stream at `seq` (the byte after a SYN, or a message start found mid-stream).
@@ -120,6 +140,9 @@ impl StreamReassembler {
         if off > self.next_off + MAX_AHEAD {
             stats.out_of_window_segments += 1;
             return;
+        }
+        if seg.elided > 0 {
+            self.elided(off, seg.elided as u64, seg.ts_ns, stats, out);
         }
         let end = off + seg.payload.len() as u64;
         if seg.fin && self.fin_off.is_none() {
@@ -185,6 +208,29 @@ impl StreamReassembler {
             return;
         }
         self.insert(off, Pending { ts_ns: seg.ts_ns, bytes, segment_start }, stats);
+        self.drain(out);
+    }
+
+    /// The `len` bytes before offset `off` were left out on purpose. In order (the usual
+    /// case: the kernel elides only what follows bytes already read), they are delivered as
+    /// [`StreamEvent::Elided`] and held data they cover is dropped. Out of order they are
+    /// not remembered: the hole is given up on later like any other, as a gap.
+    fn elided(
+        &mut self,
+        off: u64,
+        len: u64,
+        ts_ns: u64,
+        stats: &mut ReassemblyStats,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        let start = off.saturating_sub(len);
+        if start > self.next_off || off <= self.next_off {
+            return;
+        }
+        let n = off - self.next_off;
+        stats.elided_bytes += n;
+        out.push(StreamEvent::Elided { ts_ns, len: n });
+        self.next_off = off;
         self.drain(out);
     }
 
@@ -340,9 +386,31 @@ mod tests {
         }
 
         fn push_flags(&mut self, seq: u32, data: &[u8], syn: bool, fin: bool, rst: bool) {
+            self.push_elided(seq, 0, data, syn, fin, rst);
+        }
+
+        /// A segment whose `elided` bytes before `seq` were left out on purpose.
+        fn push_elided(
+            &mut self,
+            seq: u32,
+            elided: u32,
+            data: &[u8],
+            syn: bool,
+            fin: bool,
+            rst: bool,
+        ) {
             let payload = Bytes::copy_from_slice(data);
-            let seg =
-                SegmentIn { seq, payload: &payload, ts_ns: 0, syn, fin, rst, segment_start: true };
+            let segment_start = elided == 0;
+            let seg = SegmentIn {
+                seq,
+                payload: &payload,
+                ts_ns: 0,
+                syn,
+                fin,
+                rst,
+                segment_start,
+                elided,
+            };
             self.r.push(&seg, self.max_pending, &mut self.stats, &mut self.out);
         }
 
@@ -355,11 +423,33 @@ mod tests {
                         s.push_str(std::str::from_utf8(bytes).unwrap())
                     }
                     StreamEvent::Gap { len } => s.push_str(&"#".repeat(*len as usize)),
+                    StreamEvent::Elided { len, .. } => s.push_str(&"~".repeat(*len as usize)),
                     StreamEvent::End => s.push('$'),
                 }
             }
             s
         }
+    }
+
+    /// Bytes the source left out are delivered in place as `Elided`, not as a gap; a
+    /// segment left out whole carries its FIN; out of order, the range is a hole like any.
+    #[test]
+    fn elided_ranges_are_known_bytes() {
+        let mut h = Harness::new(100);
+        h.push(101, b"head");
+        assert_eq!(h.r.skip_hint(6), Some((105, 111)));
+        assert_eq!(h.r.skip_hint(6), None, "hinted once");
+        h.push_elided(108, 3, b"xyz", false, false, false); // 105..108 left out
+        h.push_elided(117, 6, b"", false, true, false); // 111..117 left out, FIN
+        assert_eq!(h.text(), "head~~~xyz~~~~~~$");
+        assert_eq!(h.stats.elided_bytes, 9);
+        assert_eq!(h.stats.gap_bytes, 0);
+
+        let mut h = Harness::new(0);
+        h.push_elided(11, 5, b"late", false, false, false); // 1..6 missing, 6..11 elided
+        h.r.skip_holes(&mut h.stats, &mut h.out);
+        assert_eq!(h.text(), "##########late");
+        assert_eq!(h.stats.gap_bytes, 10);
     }
 
     #[test]
@@ -483,6 +573,7 @@ mod tests {
             fin: false,
             rst: false,
             segment_start: true,
+            elided: 0,
         };
         r.push(&seg, 100, &mut stats, &mut out);
         assert!(out.is_empty());

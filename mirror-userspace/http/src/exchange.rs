@@ -157,4 +157,11 @@ impl StreamConsumer for HttpConnection {
     fn buffered(&self) -> usize {
         self.requests.buffered() + self.responses.buffered()
     }
+
+    fn unneeded_ahead(&self, dir: Direction) -> u64 {
+        match dir {
+            Direction::Request => self.requests.unneeded_ahead(),
+            Direction::Response => self.responses.unneeded_ahead(),
+        }
+    }
 }

@@ -134,6 +134,17 @@ impl HttpFramer {
         self.resyncs
     }
 
+    /// Bytes after everything pushed so far that this framer will not read: the rest of a
+    /// body it measures without keeping, or of a message it skips. A source may leave them
+    /// out ([`StreamEvent::Elided`]).
+    pub(crate) fn unneeded_ahead(&self) -> u64 {
+        match self.state {
+            State::Body { remaining } if !self.keep_body => remaining,
+            State::Skip { remaining } => remaining,
+            _ => 0,
+        }
+    }
+
     pub(crate) fn is_opaque(&self) -> bool {
         self.state == State::Opaque
     }
@@ -160,6 +171,10 @@ impl HttpFramer {
                 self.data(bytes, ts_ns, decide, Ctx { stats, arena }, out);
             }
             StreamEvent::Gap { len } => self.gap(len, stats),
+            StreamEvent::Elided { ts_ns, len } => {
+                self.last_ts_ns = ts_ns;
+                self.elided(len, stats, out)
+            }
             StreamEvent::End => self.end(stats, out),
         }
     }
@@ -394,6 +409,28 @@ impl HttpFramer {
                 stats.lost_messages += 1;
                 self.resync();
             }
+        }
+    }
+
+    /// Bytes left out because [`HttpFramer::unneeded_ahead`] said so: counted as body, or
+    /// skipped. Anywhere else (a source that elided more than it was told) they are a gap.
+    fn elided(&mut self, len: u64, stats: &mut HttpStats, out: &mut Vec<Frame>) {
+        match self.state {
+            State::Body { remaining } if !self.keep_body && len <= remaining => {
+                self.body_len += len;
+                self.state = State::Body { remaining: remaining - len };
+                if len == remaining {
+                    self.emit(out);
+                }
+            }
+            State::Skip { remaining } if len <= remaining => {
+                self.state = if len == remaining {
+                    State::Head
+                } else {
+                    State::Skip { remaining: remaining - len }
+                };
+            }
+            _ => self.gap(len, stats),
         }
     }
 

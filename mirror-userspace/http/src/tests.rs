@@ -439,3 +439,54 @@ fn a_connection_over_its_byte_cap_is_evicted() {
     assert_eq!(run.x.buffered(), 0);
     assert!(run.x.stats().unsynced_bytes > 0);
 }
+
+/// What the kernel does with a skip hint: a segment wholly inside the range is left out, its
+/// record says so.
+fn elide(seg: Segment, range: &mirror_common::SkipRange) -> Segment {
+    let n = range.elided(seg.payload_seq(), seg.payload.len() as u32);
+    let mut seg = seg;
+    if n > 0 && n == seg.payload.len() as u32 {
+        seg.payload = seg.payload.slice(n as usize..);
+        seg.chunk_offset += n;
+        seg.elided = n;
+    }
+    seg
+}
+
+/// A large response body that nothing keeps is hinted to the source once its head is read;
+/// the source leaves the rest out, and the response is still measured whole and paired, as
+/// is the next one on the connection.
+#[test]
+fn unread_response_bodies_are_hinted_and_may_be_left_out() {
+    let mut c = conv(9);
+    let mut run = Run::with(
+        ReassemblyConfig::default(),
+        HttpConfig { response_bodies: false, ..Default::default() },
+    );
+    run.x.set_skip_hints(mirror_flow::MIN_SKIP_HINT);
+    let body = "b".repeat(200_000);
+    run.feed(c.open()).feed(c.request(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n", MSS));
+    let mut segments = c.response(ok(&body).as_bytes(), 16384).into_iter();
+    run.feed(segments.next());
+    let mut hints = Vec::new();
+    run.x.take_hints(&mut hints);
+    assert_eq!(hints.len(), 1, "{hints:?}");
+    let hint = hints[0];
+    assert_eq!((hint.src, hint.dst), (c.server, c.client));
+    let range = mirror_common::SkipRange { from: hint.from_seq, until: hint.until_seq };
+    let head_len = ok(&body).len() - body.len();
+    assert_eq!(range.until.wrapping_sub(range.from) as usize, 200_000 - (16384 - head_len));
+    run.feed(segments.map(|s| elide(s, &range)));
+    run.x.take_hints(&mut hints);
+    assert_eq!(hints.len(), 1, "one hint per body");
+    run.feed(c.request(b"GET /small HTTP/1.1\r\nHost: h\r\n\r\n", MSS));
+    run.feed(c.response(ok("tail").as_bytes(), MSS)).feed(c.close());
+    let responses = run.responses();
+    assert_eq!(responses.len(), 2);
+    assert_eq!((responses[0].request_id, responses[0].body_len), (Some(0), 200_000));
+    assert_eq!((responses[1].request_id, responses[1].body_len), (Some(1), 4));
+    let flow = *run.x.stats();
+    assert_eq!(flow.elided_bytes, 200_000 - (16384 - head_len) as u64);
+    assert_eq!(flow.gap_bytes, 0);
+    assert_eq!(run.stats().lost_messages, 0);
+}

@@ -9,11 +9,11 @@ mod clsact;
 mod iface;
 mod ring;
 
-use std::{fmt, net::IpAddr};
+use std::{fmt, net::IpAddr, os::fd::AsFd};
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
     programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
@@ -21,13 +21,15 @@ use ipnet::IpNet;
 pub use mirror_common::MAX_RINGS;
 use mirror_common::{
     CpuState, Hook, TapConfig, CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, MAP_CONFIG,
-    MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_RINGS, PROG_EGRESS, PROG_INGRESS,
+    MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_RINGS, MAP_SKIPS, PROG_EGRESS,
+    PROG_INGRESS,
 };
 
 pub use attach::AttachMode;
 use attach::{Attachment, OwnQdiscs};
 pub use iface::ifindex as interface_index;
 pub use mirror_common::Counter;
+use ring::SkipMap;
 pub use ring::{RingReader, RingSource};
 
 /// The kernel object built from `mirror-ebpf` by this crate's build script; empty when the
@@ -78,6 +80,10 @@ pub struct TapSettings {
     /// Between wakeups the reader polls every [`RingSource::POLL_INTERVAL`], backing off to
     /// [`RingSource::MAX_POLL_INTERVAL`] while the ring stays empty.
     pub wake_bytes: u32,
+    /// Leave out the bytes the readers' consumers say they will not read (the rest of a
+    /// response body nothing keeps): [`mirror_capture::CaptureSource::leave_out`]. Off for
+    /// views that show every byte (`mirror dump`).
+    pub leave_out: bool,
 }
 
 impl Default for TapSettings {
@@ -93,6 +99,7 @@ impl Default for TapSettings {
             attach_mode: AttachMode::Auto,
             ignore_mark: 0,
             wake_bytes: mirror_common::DEFAULT_WAKE_BYTES,
+            leave_out: false,
         }
     }
 }
@@ -165,6 +172,9 @@ pub struct Tap {
     ebpf: Ebpf,
     /// The rings in use, until their readers are taken.
     rings: Vec<RingBuf<MapData>>,
+    /// The map of ranges to leave out, if [`TapSettings::leave_out`]: each reader gets a
+    /// handle of its own.
+    skips: Option<Map>,
     hooks: Vec<Hook>,
     attach_mode: AttachMode,
     attachments: Vec<Attachment>,
@@ -202,9 +212,14 @@ impl Tap {
             let map = ebpf.take_map(name).with_context(|| format!("ring map {name} missing"))?;
             rings.push(RingBuf::try_from(map)?);
         }
+        let skips = match settings.leave_out {
+            true => Some(ebpf.take_map(MAP_SKIPS).context("skip map missing")?),
+            false => None,
+        };
         let mut tap = Tap {
             ebpf,
             rings,
+            skips,
             hooks: settings.hooks.clone(),
             attach_mode: settings.attach_mode,
             attachments: Vec::new(),
@@ -262,7 +277,7 @@ impl Tap {
             bail!("this tap has {} rings: take them with ring_buffers", self.rings.len());
         }
         let ring = self.rings.pop().context("the segment stream was already taken")?;
-        RingSource::new(ring)
+        RingSource::new(ring, self.skip_map()?)
     }
 
     /// Takes every ring, for one reader each ([`RingReader::into_source`] within the
@@ -271,7 +286,20 @@ impl Tap {
         if self.rings.is_empty() {
             bail!("the rings were already taken");
         }
-        Ok(self.rings.drain(..).map(RingReader).collect())
+        let rings = std::mem::take(&mut self.rings);
+        rings.into_iter().map(|ring| Ok(RingReader { ring, skips: self.skip_map()? })).collect()
+    }
+
+    /// A handle of its own on the skip map, if ranges are left out.
+    fn skip_map(&self) -> Result<Option<SkipMap>> {
+        let Some(map) = &self.skips else { return Ok(None) };
+        let data = match map {
+            Map::LruHashMap(data) => data,
+            _ => bail!("{MAP_SKIPS} is not an LRU hash map"),
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().context("duplicating the skip map")?;
+        let own = Map::LruHashMap(MapData::from_fd(fd)?);
+        Ok(Some(SkipMap::new(HashMap::try_from(own)?)))
     }
 
     /// Reads the kernel counters, summed over CPUs.
@@ -328,6 +356,7 @@ fn configure(ebpf: &mut Ebpf, settings: &TapSettings) -> Result<()> {
         ignore_mark: settings.ignore_mark,
         wake_bytes: settings.wake_bytes,
         rings: settings.rings as u32,
+        elide: u32::from(settings.leave_out),
     };
     let mut config: Array<_, TapConfig> =
         ebpf.map_mut(MAP_CONFIG).context("config map")?.try_into()?;

@@ -2,13 +2,15 @@
 //! typed [`Segment`]s.
 use std::{io, ptr};
 
+use std::net::SocketAddr;
+
 use anyhow::Result;
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{HashMap, MapData, RingBuf};
 use bytes::BytesMut;
-use mirror_common::{SegmentHeader, HEADER_LEN};
+use mirror_common::{SegmentHeader, SkipKey, SkipRange, HEADER_LEN};
 use tokio::io::{unix::AsyncFd, Interest};
 
-use mirror_capture::{CaptureSource, Segment};
+use mirror_capture::{CaptureSource, Segment, SkipHint};
 
 /// Most records turned into segments per batch, so one busy wake-up cannot hold the
 /// consumer for long (the rest is picked up on the next call).
@@ -18,13 +20,57 @@ const MAX_BATCH: usize = 4096;
 const ARENA_BYTES: usize = 256 * 1024;
 
 /// One ring of the tap, not yet read: it may move to the thread that will read it.
-pub struct RingReader(pub(crate) RingBuf<MapData>);
+pub struct RingReader {
+    pub(crate) ring: RingBuf<MapData>,
+    pub(crate) skips: Option<SkipMap>,
+}
 
 impl RingReader {
     /// The ring as a capture source; must be called within the reader's tokio runtime.
     pub fn into_source(self) -> Result<RingSource> {
-        RingSource::new(self.0)
+        RingSource::new(self.ring, self.skips)
     }
+}
+
+/// The kernel's map of byte ranges to leave out (`MAP_SKIPS`), one handle per reader.
+pub(crate) struct SkipMap {
+    map: HashMap<MapData, SkipKey, SkipRange>,
+    /// An update failed (said once; the bytes of such a range are copied after all).
+    warned: bool,
+}
+
+impl SkipMap {
+    pub(crate) fn new(map: HashMap<MapData, SkipKey, SkipRange>) -> Self {
+        Self { map, warned: false }
+    }
+
+    fn insert(&mut self, hint: &SkipHint) {
+        let key = SkipKey {
+            saddr: address(hint.src),
+            daddr: address(hint.dst),
+            sport: hint.src.port(),
+            dport: hint.dst.port(),
+        };
+        let range = SkipRange { from: hint.from_seq, until: hint.until_seq };
+        if let Err(e) = self.map.insert(key, range, 0) {
+            if !std::mem::replace(&mut self.warned, true) {
+                tracing::warn!(
+                    "leaving unread bytes out of the capture failed ({e}): copying them"
+                );
+            }
+        }
+    }
+}
+
+/// An address as the kernel writes it into segment headers: network order, IPv4 in the
+/// first four bytes.
+fn address(addr: SocketAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match addr {
+        SocketAddr::V4(a) => out[..4].copy_from_slice(&a.ip().octets()),
+        SocketAddr::V6(a) => out = a.ip().octets(),
+    }
+    out
 }
 
 /// The live tap as a [`CaptureSource`].
@@ -37,6 +83,7 @@ pub struct RingSource {
     idle_polls: u32,
     /// Added to the kernel's CLOCK_MONOTONIC timestamps to give wall-clock time.
     clock_offset_ns: u64,
+    skips: Option<SkipMap>,
 }
 
 impl RingSource {
@@ -47,14 +94,21 @@ impl RingSource {
     /// wakes the reader at once (the kernel's wake-up); a trickle waits at most this long.
     pub const MAX_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(32);
 
-    pub(super) fn new(ring: RingBuf<MapData>) -> Result<Self> {
+    pub(super) fn new(ring: RingBuf<MapData>, skips: Option<SkipMap>) -> Result<Self> {
         // SAFETY: the fd belongs to the RingBuf, which the AsyncFd owns for its whole life;
         // it stays open and the same until the AsyncFd is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("registering the ring with tokio: {e}"))?;
         let clock_offset_ns =
             clock_ns(libc::CLOCK_REALTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
-        Ok(Self { ring, arena: BytesMut::new(), malformed: 0, idle_polls: 0, clock_offset_ns })
+        Ok(Self {
+            ring,
+            arena: BytesMut::new(),
+            malformed: 0,
+            idle_polls: 0,
+            clock_offset_ns,
+            skips,
+        })
     }
 
     /// Records that could not be decoded (never expected: both sides share the layout).
@@ -96,6 +150,21 @@ impl CaptureSource for RingSource {
                 return Ok(true);
             }
             self.idle_polls = self.idle_polls.saturating_add(1);
+        }
+    }
+
+    fn can_leave_out(&self) -> bool {
+        self.skips.is_some()
+    }
+
+    /// One map update per hint; hints come only for ranges of at least
+    /// `mirror_flow::MIN_SKIP_HINT` bytes, so this is a syscall per large body, not per
+    /// segment.
+    fn leave_out(&mut self, hints: &[SkipHint]) {
+        if let Some(skips) = &mut self.skips {
+            for hint in hints {
+                skips.insert(hint);
+            }
         }
     }
 }

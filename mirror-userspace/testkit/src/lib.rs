@@ -113,6 +113,7 @@ impl Conversation {
             window: 502,
             segment_len: payload.len() as u32,
             chunk_offset: 0,
+            elided: 0,
             payload,
         }
     }
@@ -176,6 +177,7 @@ pub fn segments_from_fuzz(data: &[u8]) -> Vec<Segment> {
             window: 0,
             segment_len: len as u32,
             chunk_offset: 0,
+            elided: 0,
             payload,
         });
     }
