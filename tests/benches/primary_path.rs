@@ -14,7 +14,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use mirror_tests::{
     agent::{self, AgentProcess},
-    bench::{self, CpuMeter, CpuUse, Load, Nginx, Spread},
+    bench::{self, CpuMeter, CpuUse, KernelRuns, Load, Nginx, Spread},
     http_url,
     server::{Behavior, RecordingServer},
     tls::{ServerCert, TestPki},
@@ -288,39 +288,6 @@ impl Drop for Profile {
         // SAFETY: kill(2) on our child; SIGINT makes perf write its data and exit.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
         let _ = self.0.wait();
-    }
-}
-
-/// Run count and run time of the tap's programs (`kernel.bpf_stats_enabled`).
-#[derive(Clone, Copy, Default)]
-struct KernelRuns {
-    ns: u64,
-    count: u64,
-}
-
-impl KernelRuns {
-    fn now() -> KernelRuns {
-        let mut k = KernelRuns::default();
-        for p in aya::programs::loaded_programs().flatten() {
-            if matches!(p.name_as_str(), Some("mirror_ingress" | "mirror_egress")) {
-                k.ns += p.run_time().as_nanos() as u64;
-                k.count += p.run_count();
-            }
-        }
-        k
-    }
-
-    /// Runs since `before`, which is taken once the fresh agent is ready: only the runs of
-    /// the measured load count, not whatever crossed the interface while it started.
-    fn since(&self, before: &KernelRuns) -> KernelRuns {
-        KernelRuns {
-            ns: self.ns.saturating_sub(before.ns),
-            count: self.count.saturating_sub(before.count),
-        }
-    }
-
-    fn ns_per_run(&self) -> f64 {
-        self.ns as f64 / self.count.max(1) as f64
     }
 }
 

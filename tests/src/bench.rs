@@ -274,3 +274,36 @@ pub fn oha(
         errors: count(&v["errorDistribution"]),
     }
 }
+
+/// Run count and run time of the tap's programs (`kernel.bpf_stats_enabled`).
+#[derive(Clone, Copy, Default)]
+pub struct KernelRuns {
+    pub ns: u64,
+    pub count: u64,
+}
+
+impl KernelRuns {
+    pub fn now() -> KernelRuns {
+        let mut k = KernelRuns::default();
+        for p in aya::programs::loaded_programs().flatten() {
+            if matches!(p.name_as_str(), Some("mirror_ingress" | "mirror_egress")) {
+                k.ns += p.run_time().as_nanos() as u64;
+                k.count += p.run_count();
+            }
+        }
+        k
+    }
+
+    /// Runs since `before`, which is taken once the fresh agent is ready: only the runs of
+    /// the measured load count, not whatever crossed the interface while it started.
+    pub fn since(&self, before: &KernelRuns) -> KernelRuns {
+        KernelRuns {
+            ns: self.ns.saturating_sub(before.ns),
+            count: self.count.saturating_sub(before.count),
+        }
+    }
+
+    pub fn ns_per_run(&self) -> f64 {
+        self.ns as f64 / self.count.max(1) as f64
+    }
+}

@@ -12,8 +12,15 @@ use anyhow::{bail, Context, Result};
 use crate::{cargo, check, setup, workspace_root};
 
 /// Every benchmark, in the order a full run takes them.
-pub const NAMES: &[&str] =
-    &["extract", "userspace_path", "kernel_cost", "agent_memory", "primary_path", "fidelity"];
+pub const NAMES: &[&str] = &[
+    "extract",
+    "userspace_path",
+    "kernel_cost",
+    "agent_memory",
+    "primary_path",
+    "large_responses",
+    "fidelity",
+];
 
 pub fn run(names: &[String]) -> Result<()> {
     let names: Vec<&str> = if names.is_empty() {
