@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["mirror-tap", "mirror-flow"],
     &["mirror-http"],
     &["mirror-shadow", "mirror-testkit"],
+    &["mirror-compare"],
     &["mirror-agent"],
     &["mirror-cli"],
     &["mirror-tests"],

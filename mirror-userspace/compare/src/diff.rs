@@ -1,0 +1,288 @@
+//! Differences between two answers, field by field, with Diffy's kinds.
+//!
+//! Fields are named by path: `status`, `header.NAME` (lower case), `body` for the body as a
+//! whole and `body/a/b` for a JSON body's members (JSON pointer tokens, `~0` and `~1`
+//! escaped; `*` for the elements of an array, which are all one field as in Diffy). Arrays
+//! follow Diffy: the same elements in another order are an `array_order` difference, arrays
+//! of one length otherwise differ element by element, arrays of different lengths by size.
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{body::Body, ignore::IgnoreRules};
+
+/// What kind of difference a field shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The same type, another value.
+    Primitive,
+    /// Another type (a number became a string; a JSON body became text).
+    Type,
+    /// In the first answer, not in the second.
+    Missing,
+    /// In the second answer, not in the first.
+    Extra,
+    /// Arrays of different lengths.
+    ArraySize,
+    /// The same elements in another order.
+    ArrayOrder,
+    /// Text bodies whose lines differ.
+    Text,
+    /// Other bodies whose length or hash differ.
+    Bytes,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Primitive => "primitive",
+            Kind::Type => "type",
+            Kind::Missing => "missing",
+            Kind::Extra => "extra",
+            Kind::ArraySize => "array_size",
+            Kind::ArrayOrder => "array_order",
+            Kind::Text => "text",
+            Kind::Bytes => "bytes",
+        }
+    }
+}
+
+/// One difference: a field and its kind (the key counters are kept by).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FieldDiff {
+    pub field: String,
+    pub kind: Kind,
+}
+
+/// Appends the differences between bodies `a` and `b` to `out`.
+pub(crate) fn bodies(a: &Body, b: &Body, rules: &IgnoreRules, out: &mut Vec<FieldDiff>) {
+    if rules.ignores_field("body") {
+        return;
+    }
+    let whole = |kind| FieldDiff { field: "body".into(), kind };
+    match (a, b) {
+        (Body::Json(x), Body::Json(y)) => {
+            let mut path = String::from("body");
+            values(&mut path, x, y, rules, out);
+        }
+        (Body::Text(x), Body::Text(y)) if x != y && !rules.ignores_value(x, y) => {
+            out.push(whole(Kind::Text))
+        }
+        (Body::Binary { .. }, Body::Binary { .. }) if a != b => out.push(whole(Kind::Bytes)),
+        (Body::Empty, Body::Empty)
+        | (Body::Text(_), Body::Text(_))
+        | (Body::Binary { .. }, Body::Binary { .. }) => {}
+        (Body::Empty, _) => out.push(whole(Kind::Extra)),
+        (_, Body::Empty) => out.push(whole(Kind::Missing)),
+        _ => out.push(whole(Kind::Type)),
+    }
+}
+
+/// JSON values at `path`; `path` is restored before returning.
+fn values(path: &mut String, a: &Value, b: &Value, rules: &IgnoreRules, out: &mut Vec<FieldDiff>) {
+    let mut push = |kind| out.push(FieldDiff { field: path.clone(), kind });
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            objects(path, x, y, rules, out);
+        }
+        (Value::Array(x), Value::Array(y)) => arrays(path, x, y, rules, out),
+        (Value::String(x), Value::String(y)) => {
+            if x != y && !rules.ignores_value(x, y) {
+                push(Kind::Primitive)
+            }
+        }
+        (Value::Number(_), Value::Number(_)) | (Value::Bool(_), Value::Bool(_)) => {
+            if a != b {
+                push(Kind::Primitive)
+            }
+        }
+        (Value::Null, Value::Null) => {}
+        _ => push(Kind::Type),
+    }
+}
+
+fn objects(
+    path: &mut String,
+    a: &serde_json::Map<String, Value>,
+    b: &serde_json::Map<String, Value>,
+    rules: &IgnoreRules,
+    out: &mut Vec<FieldDiff>,
+) {
+    let len = path.len();
+    for (key, x) in a {
+        push_token(path, key);
+        if !rules.ignores_field(path) {
+            match b.get(key) {
+                Some(y) => values(path, x, y, rules, out),
+                None => out.push(FieldDiff { field: path.clone(), kind: Kind::Missing }),
+            }
+        }
+        path.truncate(len);
+    }
+    for key in b.keys().filter(|k| !a.contains_key(*k)) {
+        push_token(path, key);
+        if !rules.ignores_field(path) {
+            out.push(FieldDiff { field: path.clone(), kind: Kind::Extra });
+        }
+        path.truncate(len);
+    }
+}
+
+fn arrays(
+    path: &mut String,
+    a: &[Value],
+    b: &[Value],
+    rules: &IgnoreRules,
+    out: &mut Vec<FieldDiff>,
+) {
+    if a.len() != b.len() {
+        out.push(FieldDiff { field: path.clone(), kind: Kind::ArraySize });
+        return;
+    }
+    // Most arrays are equal or differ in a few elements: compare in place first, and tell a
+    // reordering from changed elements by a structural hash of the mismatched ones only.
+    let mismatched: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    if mismatched.is_empty() {
+        return;
+    }
+    let mut x: Vec<u64> = mismatched.iter().map(|&i| hash_value(&a[i])).collect();
+    let mut y: Vec<u64> = mismatched.iter().map(|&i| hash_value(&b[i])).collect();
+    x.sort_unstable();
+    y.sort_unstable();
+    if x == y {
+        out.push(FieldDiff { field: path.clone(), kind: Kind::ArrayOrder });
+        return;
+    }
+    let len = path.len();
+    path.push_str("/*");
+    if !rules.ignores_field(path) {
+        // Every element is the same field: each (field, kind) is reported once.
+        let start = out.len();
+        for i in mismatched {
+            values(path, &a[i], &b[i], rules, out);
+        }
+        dedup_from(out, start);
+    }
+    path.truncate(len);
+}
+
+/// Removes repeated differences appended since `start` (arrays of a few elements: a scan).
+fn dedup_from(out: &mut Vec<FieldDiff>, start: usize) {
+    let mut i = start + 1;
+    while i < out.len() {
+        if out[start..i].contains(&out[i]) {
+            out.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// A structural hash of a JSON value (FNV-1a over a canonical walk; object members in key
+/// order, which serde_json's map keeps). Two arrays whose element hashes agree are taken as
+/// equal: a collision (one in 2^64) would hide a difference.
+fn hash_value(v: &Value) -> u64 {
+    fn mix(h: u64, bytes: &[u8]) -> u64 {
+        bytes.iter().fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    }
+    fn walk(h: u64, v: &Value) -> u64 {
+        match v {
+            Value::Null => mix(h, b"n"),
+            Value::Bool(b) => mix(h, if *b { b"t" } else { b"f" }),
+            Value::Number(n) => {
+                let bits = match (n.as_i64(), n.as_f64()) {
+                    (Some(i), _) => i as u64,
+                    (None, Some(f)) => f.to_bits() ^ 0x8000_0000_0000_0001,
+                    (None, None) => 0,
+                };
+                mix(mix(h, b"#"), &bits.to_le_bytes())
+            }
+            Value::String(s) => mix(mix(h, b"\""), s.as_bytes()),
+            Value::Array(items) => mix(items.iter().fold(mix(h, b"["), walk), b"]"),
+            Value::Object(m) => {
+                let h = m
+                    .iter()
+                    .fold(mix(h, b"{"), |h, (k, v)| walk(mix(mix(h, k.as_bytes()), b":"), v));
+                mix(h, b"}")
+            }
+        }
+    }
+    walk(0xcbf2_9ce4_8422_2325, v)
+}
+
+/// Appends `/token` with `~` and `/` escaped as in a JSON pointer.
+fn push_token(path: &mut String, token: &str) {
+    path.push('/');
+    for c in token.chars() {
+        match c {
+            '~' => path.push_str("~0"),
+            '/' => path.push_str("~1"),
+            c => path.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn diff(a: Value, b: Value) -> Vec<(String, Kind)> {
+        let mut out = Vec::new();
+        bodies(&Body::Json(a), &Body::Json(b), &IgnoreRules::default(), &mut out);
+        let mut v: Vec<_> = out.into_iter().map(|d| (d.field, d.kind)).collect();
+        v.sort();
+        v
+    }
+
+    fn f(field: &str, kind: Kind) -> (String, Kind) {
+        (field.to_string(), kind)
+    }
+
+    #[test]
+    fn diffys_kinds() {
+        let a = json!({"n": 1, "s": "x", "t": 1, "gone": true, "arr": [1, 2, 3], "ord": [1, 2],
+                       "nest": {"a/b": {"c": null}}, "same": [{"k": 1}]});
+        let b = json!({"n": 2, "s": "x", "t": "1", "new": 0, "arr": [1, 2], "ord": [2, 1],
+                       "nest": {"a/b": {"c": 0}}, "same": [{"k": 1}]});
+        assert_eq!(
+            diff(a, b),
+            vec![
+                f("body/arr", Kind::ArraySize),
+                f("body/gone", Kind::Missing),
+                f("body/n", Kind::Primitive),
+                f("body/nest/a~1b/c", Kind::Type),
+                f("body/new", Kind::Extra),
+                f("body/ord", Kind::ArrayOrder),
+                f("body/t", Kind::Type),
+            ]
+        );
+    }
+
+    #[test]
+    fn array_elements_are_one_field() {
+        let a = json!([{"id": 1, "v": "a"}, {"id": 2, "v": "b"}, {"id": 3, "v": "c"}]);
+        let b = json!([{"id": 1, "v": "x"}, {"id": 2, "v": "y"}, {"id": 3}]);
+        assert_eq!(diff(a, b), vec![f("body/*/v", Kind::Primitive), f("body/*/v", Kind::Missing)]);
+        assert!(diff(json!({"k": [1, 2]}), json!({"k": [1, 2]})).is_empty());
+    }
+
+    #[test]
+    fn bodies_of_other_types() {
+        let rules = IgnoreRules::default();
+        let run = |a: &Body, b: &Body| {
+            let mut out = Vec::new();
+            bodies(a, b, &rules, &mut out);
+            out.into_iter().map(|d| d.kind).collect::<Vec<_>>()
+        };
+        let text = |s: &str| Body::Text(s.into());
+        assert_eq!(run(&text("a\nb"), &text("a\nc")), vec![Kind::Text]);
+        assert_eq!(run(&text("a"), &Body::Json(json!(1))), vec![Kind::Type]);
+        assert_eq!(run(&Body::Empty, &text("a")), vec![Kind::Extra]);
+        assert_eq!(run(&text("a"), &Body::Empty), vec![Kind::Missing]);
+        let bin = |len, hash| Body::Binary { len, hash };
+        assert_eq!(run(&bin(3, 1), &bin(3, 2)), vec![Kind::Bytes]);
+        assert!(run(&bin(3, 1), &bin(3, 1)).is_empty());
+    }
+}
