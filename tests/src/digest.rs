@@ -6,7 +6,6 @@
 use std::{
     collections::HashMap,
     hash::{Hash, Hasher},
-    net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
@@ -14,9 +13,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::net::TcpListener;
 
-use crate::netns::Netns;
+use crate::{netns::Netns, server::ServerThread};
 
 /// What a `DigestServer` saw.
 #[derive(Clone, Debug, Default)]
@@ -45,31 +44,17 @@ pub type Edited = Vec<(&'static str, Option<String>)>;
 /// A running server; stops when dropped.
 pub struct DigestServer {
     digests: Arc<Mutex<Digests>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: ServerThread,
 }
 
 impl DigestServer {
     /// Listens on `port` (IPv4 and IPv6) in `ns`; returns once listening.
     pub fn start(ns: &Netns, port: u16, edited: Edited) -> DigestServer {
         let digests = Arc::new(Mutex::new(Digests::default()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let table = digests.clone();
-        let thread = ns.spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
-                let listener = TcpListener::bind(addr).await.expect("bind");
-                ready_tx.send(()).unwrap();
-                tokio::select! {
-                    _ = accept_loop(listener, table, Arc::new(edited)) => {}
-                    _ = shutdown_rx => {}
-                }
-            });
-        });
-        ready_rx.recv().expect("digest server failed to start");
-        DigestServer { digests, shutdown: Some(shutdown_tx), thread: Some(thread) }
+        let thread =
+            ServerThread::start(ns, port, move |l| accept_loop(l, table, Arc::new(edited)));
+        DigestServer { digests, _thread: thread }
     }
 
     /// A snapshot of the table so far.
@@ -80,17 +65,6 @@ impl DigestServer {
     /// Forgets everything seen so far (between runs).
     pub fn clear(&self) {
         *self.digests.lock().unwrap() = Digests::default();
-    }
-}
-
-impl Drop for DigestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod client;
 pub mod digest;
 pub mod frames;
+pub mod json_service;
 pub mod netns;
 pub mod server;
 pub mod streams;

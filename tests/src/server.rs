@@ -157,6 +157,50 @@ impl Drop for RecordingServer {
     }
 }
 
+/// A server's thread in a namespace: its own runtime, a listener on every address (IPv4 and
+/// IPv6) of `port`, and a stop signal; stopped and joined when dropped.
+pub struct ServerThread {
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Returns once the listener is bound: clients may connect right away.
+    pub fn start<F, Fut>(ns: &Netns, port: u16, serve: F) -> ServerThread
+    where
+        F: FnOnce(TcpListener) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (shutdown, stop) = oneshot::channel();
+        let thread = ns.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+                let listener = TcpListener::bind(addr).await.expect("bind");
+                ready_tx.send(()).unwrap();
+                tokio::select! {
+                    _ = stop => {}
+                    _ = serve(listener) => {}
+                }
+            });
+        });
+        ready_rx.recv().expect("server thread failed to start");
+        ServerThread { shutdown: Some(shutdown), thread: Some(thread) }
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The next connection. Accept errors (out of descriptors, a connection aborted in the
 /// backlog) are waited out: returning would close the listener and refuse every later client.
 pub(crate) async fn next_connection(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {

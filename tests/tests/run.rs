@@ -523,6 +523,21 @@ fn bad_flags_and_config_exit_2_before_attaching() {
         ),
         (vec!["run", "-i", iface, "--port", "8000"], &["mirrors", "--shadow"]),
         (
+            vec!["run", "-i", iface, "--port", "8000", "--candidate", "http://c:1"],
+            &["--candidate", "need --compare"],
+        ),
+        (
+            vec!["run", "-i", iface, "--port", "8000", "--compare"],
+            &["--compare", "--candidate URL"],
+        ),
+        (
+            vec!["run", "-i", iface, "--port", "8000", "--compare", "--candidate", "http://c:1"]
+                .into_iter()
+                .chain(["--compare-method", "DELETE"])
+                .collect(),
+            &["compare.methods", "DELETE", "side effects"],
+        ),
+        (
             vec!["run", "-i", iface, "--port", "8000", "--shadow", "http://s:1", "--bogus"],
             &["--bogus"],
         ),

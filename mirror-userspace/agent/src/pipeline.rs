@@ -21,6 +21,7 @@ use mirror_shadow::{ClientConfig, Limits, OwnSockets, ResultSink, ShadowClient, 
 use mirror_tap::KernelCounters;
 
 use crate::{
+    compare::{CompareSettings, Comparer, SharedVerdicts},
     metrics::{Metrics, ShadowMetrics, ShadowResults, Stage},
     rewrite::{HeaderEdits, HostRewrite, Rewriter},
     select::{MatchRule, RequestMatcher, Sampler},
@@ -59,6 +60,8 @@ pub struct MirrorSettings {
     pub limits: Limits,
     pub reassembly: ReassemblyConfig,
     pub http: HttpConfig,
+    /// Compare the candidate's answers with the primary's.
+    pub compare: Option<CompareSettings>,
 }
 
 struct Shadow {
@@ -77,6 +80,9 @@ pub struct Summary {
     pub captured_requests: u64,
     pub not_matched: u64,
     pub shadows: Vec<ShadowSummary>,
+    /// The comparison's verdict, when comparing.
+    pub compare: Option<mirror_compare::Report>,
+    pub compare_skipped: crate::compare::CompareSkips,
 }
 
 pub struct ShadowSummary {
@@ -114,6 +120,8 @@ pub struct Shared {
     results: Option<Arc<dyn ResultSink>>,
     /// Workers the per-shadow limits (in flight, queue, rate) are divided among.
     workers: usize,
+    /// What every worker's comparisons add to.
+    verdicts: SharedVerdicts,
 }
 
 impl Shared {
@@ -125,7 +133,12 @@ impl Shared {
             own: OwnSockets::default(),
             results,
             workers: workers.max(1),
+            verdicts: SharedVerdicts::default(),
         }
+    }
+
+    pub fn verdicts(&self) -> &SharedVerdicts {
+        &self.verdicts
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -145,28 +158,51 @@ impl Shared {
         }
     }
 
+    /// A client for `target` (started within a tokio runtime), its outcomes counted in its
+    /// metrics and then told to `next`; responses kept up to `keep_body` bytes if given.
+    fn client(
+        &self,
+        settings: &MirrorSettings,
+        target: &ShadowTarget,
+        next: Option<Arc<dyn ResultSink>>,
+        keep_body: Option<usize>,
+    ) -> (ShadowClient, Arc<ShadowMetrics>) {
+        let mut limits = self.worker_limits(&settings.limits);
+        if keep_body.is_some() {
+            // Compared copies one per connection: behind a pipelined slow answer, a copy's
+            // latency would be its wait, not the service's.
+            limits.pipeline = 1;
+        }
+        let metrics = Arc::new(self.metrics.shadow(&target.name));
+        metrics.pipeline_depth.set(limits.pipeline.min(settings.limits.max_in_flight) as i64);
+        let options = ShadowOptions {
+            queued_bytes: self.queued.clone(),
+            own: self.own.clone(),
+            mark: OWN_MARK,
+            tls: target.tls.clone(),
+            label_copies: next.is_some() && keep_body.is_none(),
+            keep_body,
+            sink: Arc::new(ShadowResults { metrics: metrics.clone(), next }),
+        };
+        (ShadowClient::start(&target.uri, &limits, options), metrics)
+    }
+
     /// A client per shadow of `settings` (started within a tokio runtime).
     fn shadows(&self, settings: &MirrorSettings) -> Vec<Shadow> {
-        let limits = self.worker_limits(&settings.limits);
         let start = |target: &ShadowTarget| {
-            let metrics = Arc::new(self.metrics.shadow(&target.name));
-            metrics
-                .pipeline_depth
-                .set(settings.limits.pipeline.min(settings.limits.max_in_flight) as i64);
-            let sink = ShadowResults { metrics: metrics.clone(), next: self.results.clone() };
-            let options = ShadowOptions {
-                queued_bytes: self.queued.clone(),
-                own: self.own.clone(),
-                mark: OWN_MARK,
-                tls: target.tls.clone(),
-                label_copies: self.results.is_some(),
-                keep_body: None,
-                sink: Arc::new(sink),
-            };
-            let client = ShadowClient::start(&target.uri, &limits, options);
+            let (client, metrics) = self.client(settings, target, self.results.clone(), None);
             Shadow { client, percent: target.percent, metrics, offered: 0 }
         };
         settings.shadows.iter().map(start).collect()
+    }
+
+    /// The candidate's and the secondary's clients, if comparing.
+    fn comparer(&self, settings: &MirrorSettings) -> Option<Comparer> {
+        let compare = settings.compare.clone()?;
+        let start = |target: &ShadowTarget, sink, keep| {
+            self.client(settings, target, Some(sink), Some(keep)).0
+        };
+        Some(Comparer::new(compare, self.verdicts.clone(), start))
     }
 
     fn dispatch(
@@ -176,9 +212,22 @@ impl Shared {
         worker: usize,
     ) -> Dispatch {
         let shadows = self.shadows(&settings);
-        let shadow_ports = shadows
+        let comparer = self.comparer(&settings);
+        let compare_targets = settings
+            .compare
             .iter()
-            .filter_map(|s| s.client.authority().rsplit(':').next()?.parse().ok())
+            .flat_map(|c| std::iter::once(&c.candidate).chain(c.secondary.as_ref()));
+        let shadow_ports = settings
+            .shadows
+            .iter()
+            .chain(compare_targets)
+            .filter_map(|t| {
+                t.uri.port_u16().or(Some(if t.uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                }))
+            })
             .collect();
         let stages = Stages {
             matcher: RequestMatcher::new(settings.rules),
@@ -196,6 +245,7 @@ impl Shared {
             shadow_ports,
             stages,
             shadows,
+            comparer,
             captured_requests: 0,
             worker,
         }
@@ -212,7 +262,7 @@ impl Mirroring {
     /// Worker number `worker` of those sharing `shared`: its own flow table and shadow
     /// clients (started within the worker's tokio runtime).
     pub fn worker(settings: MirrorSettings, shared: &Shared, worker: usize) -> Mirroring {
-        let table = extractor(settings.reassembly.clone(), settings.http.clone());
+        let table = extractor(settings.reassembly.clone(), http_config(&settings));
         let timeout = settings.limits.timeout;
         let dispatch = shared.dispatch(settings, None, worker);
         let shared = shared.clone();
@@ -225,7 +275,7 @@ impl Mirroring {
     pub fn replace(&mut self, settings: MirrorSettings) {
         let table = self.driver.table_mut();
         table.set_config(settings.reassembly.clone());
-        table.shared_mut().config = settings.http.clone();
+        table.shared_mut().config = http_config(&settings);
         self.timeout = self.timeout.max(settings.limits.timeout);
         let watch = self.dispatch.stages.watch.take();
         let captured = self.dispatch.captured_requests;
@@ -291,7 +341,7 @@ impl Mirroring {
     pub fn summary(&self, kernel: Option<KernelCounters>) -> Summary {
         let metrics = &self.shared.metrics;
         let x = self.driver.table();
-        Summary {
+        let mut summary = Summary {
             kernel,
             reassembly: *x.stats(),
             http: x.shared().stats,
@@ -310,8 +360,22 @@ impl Mirroring {
                     pipelining_off: s.metrics.pipelining_off(),
                 })
                 .collect(),
+            compare: None,
+            compare_skipped: Default::default(),
+        };
+        if let Some(c) = &self.dispatch.comparer {
+            let verdicts = self.shared.verdicts.lock().expect("not poisoned");
+            summary.compare = Some(verdicts.results.report(c.thresholds()));
+            summary.compare_skipped = verdicts.skipped;
         }
+        summary
     }
+}
+
+/// The framing settings: responses are kept whole when they are compared.
+fn http_config(settings: &MirrorSettings) -> HttpConfig {
+    let keep = settings.http.response_bodies || settings.compare.is_some();
+    HttpConfig { response_bodies: keep, ..settings.http.clone() }
 }
 
 /// What the flow table feeds: loop prevention on the way in, requests out to the stages
@@ -321,6 +385,7 @@ pub(crate) struct Dispatch {
     shadow_ports: HashSet<u16>,
     pub(crate) stages: Stages,
     shadows: Vec<Shadow>,
+    comparer: Option<Comparer>,
     captured_requests: u64,
     /// The worker's number, which its counters are synced into the metrics under.
     worker: usize,
@@ -336,19 +401,32 @@ impl FlowSink<HttpConnection> for Dispatch {
     }
 
     fn event(&mut self, event: HttpEvent) {
-        // Responses: the primary's answers, for the comparison to come.
-        if let HttpEvent::Request(req) = event {
-            self.captured_requests += 1;
-            self.stages.mirror(self.captured_requests, &req, &mut self.shadows);
+        match event {
+            HttpEvent::Request(req) => {
+                self.captured_requests += 1;
+                let id = self.captured_requests;
+                self.stages.mirror(id, &req, &mut self.shadows, self.comparer.as_mut());
+            }
+            HttpEvent::Response(resp) => {
+                if let Some(c) = &mut self.comparer {
+                    c.primary(&resp);
+                }
+            }
         }
     }
 
     fn tick(&mut self, table: &FlowTable<HttpConnection>) {
+        if let Some(c) = &mut self.comparer {
+            c.expire(COMPARE_WAIT);
+        }
         let metrics = &self.stages.metrics;
         metrics.sync(self.worker, Stage::Reassembly, &table.stats().fields());
         metrics.sync(self.worker, Stage::Http, &table.shared().stats.fields());
     }
 }
+
+/// How long a comparison waits for its answers (the shadows' own timeout is shorter).
+const COMPARE_WAIT: Duration = Duration::from_secs(30);
 
 /// The per-request stages after framing.
 pub(crate) struct Stages {
@@ -362,7 +440,13 @@ pub(crate) struct Stages {
 impl Stages {
     /// Mirrors request number `id` (counted from 1) to the shadows that sample it. The copy
     /// is written once, for the first shadow that samples it, and shared by the others.
-    fn mirror(&mut self, id: u64, req: &HttpRequest, shadows: &mut [Shadow]) {
+    fn mirror(
+        &mut self,
+        id: u64,
+        req: &HttpRequest,
+        shadows: &mut [Shadow],
+        comparer: Option<&mut Comparer>,
+    ) {
         let (head, client) = (&req.head, req.conn.client.ip());
         if !self.matcher.matches(head) {
             self.metrics.not_matched.inc();
@@ -382,6 +466,12 @@ impl Stages {
                 if watched {
                     sent_to.push(shadow.client.authority());
                 }
+            }
+        }
+        if let Some(c) = comparer.filter(|c| c.wants(req)) {
+            if self.sampler.sample(c.percent(), head) {
+                let copy = copy.get_or_insert_with(|| self.rewriter.copy(head, &req.body, client));
+                c.offer(id, req, copy);
             }
         }
         if let (Some(watch), false) = (&self.watch, sent_to.is_empty()) {
@@ -440,7 +530,68 @@ impl fmt::Display for Summary {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        if let Some(report) = &self.compare {
+            write_verdict(f, report, &nonzero(&self.compare_skipped.fields()))?;
+        }
         writeln!(f, "reassembly: {}", nonzero(&self.reassembly.fields()))?;
         write!(f, "http: {}", nonzero(&self.http.fields()))
+    }
+}
+
+/// The comparison's verdict: one line per endpoint, one per reported field or latency
+/// regression under it.
+fn write_verdict(
+    f: &mut fmt::Formatter<'_>,
+    report: &mirror_compare::Report,
+    skipped: &str,
+) -> fmt::Result {
+    let compared: u64 = report.endpoints.iter().map(|e| e.compared).sum();
+    let regressed =
+        report.endpoints.iter().filter(|e| !e.regressions.is_empty() || e.latency.regression);
+    writeln!(
+        f,
+        "compare: {compared} compared over {} endpoints, {} with regressions; not compared: {}",
+        report.endpoints.len(),
+        regressed.clone().count(),
+        if skipped.is_empty() { "none" } else { skipped }
+    )?;
+    for e in regressed {
+        for r in &e.regressions {
+            writeln!(
+                f,
+                "compare: {} {} {}: candidate {} noise {} of {}",
+                e.endpoint,
+                r.field,
+                r.kind.name(),
+                r.raw,
+                r.noise,
+                e.compared
+            )?;
+        }
+        if e.latency.regression {
+            let ms = |p: &mirror_compare::Percentiles| {
+                p.p50_ms.map_or("-".into(), |v| format!("{v:.1}"))
+            };
+            let base = if e.latency.secondary.count > 0 {
+                &e.latency.secondary
+            } else {
+                &e.latency.primary
+            };
+            writeln!(
+                f,
+                "compare: {} latency: candidate p50 {} ms, baseline {} ms",
+                e.endpoint,
+                ms(&e.latency.candidate),
+                ms(base)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+impl Summary {
+    /// Whether the comparison reported a regression.
+    pub fn has_regression(&self) -> bool {
+        self.compare.as_ref().is_some_and(mirror_compare::Report::has_regression)
     }
 }

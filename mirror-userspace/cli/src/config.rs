@@ -16,9 +16,11 @@ use anyhow::{bail, Context, Result};
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use mirror_agent::{
+    compare::{CompareSettings, SAFE_METHODS},
     pipeline::{MirrorSettings, ShadowTarget},
     rewrite, select,
 };
+use mirror_compare::{Caps, CompareRules, EndpointNamer, Template, Thresholds};
 use mirror_flow::ReassemblyConfig;
 use mirror_http::HttpConfig;
 use mirror_shadow::{ClientConfig, TlsOptions, MAX_PIPELINE};
@@ -71,6 +73,159 @@ pub(crate) struct MirrorConfig {
     /// Seed of the sampling random numbers (for reproducible runs).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Compare a candidate's answers with the primary's.
+    #[serde(default)]
+    pub compare: Option<CompareConfig>,
+}
+
+/// The comparison (Diffy's settings, by their names where Diffy has one).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct CompareConfig {
+    /// The new version: `http[s]://host:port`.
+    pub candidate: String,
+    /// A second instance of the primary's version, to tell noise from differences.
+    #[serde(default)]
+    pub secondary: Option<String>,
+    /// Share of the eligible requests compared (default 100).
+    #[serde(default)]
+    pub percentage: Option<Percentage>,
+    /// Methods compared (default GET, HEAD, OPTIONS).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Compare methods with side effects too (POST, PUT, DELETE...): the candidate and the
+    /// secondary then act on them.
+    #[serde(default)]
+    pub allow_side_effects: bool,
+    /// Endpoint templates, first match wins (`/users/{id}`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub ignore: mirror_compare::IgnoreSpec,
+    #[serde(default)]
+    pub thresholds: CompareThresholds,
+    #[serde(default)]
+    pub caps: CompareCaps,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub(crate) struct CompareThresholds {
+    pub relative_pct: f64,
+    pub absolute_pct: f64,
+    pub latency_ratio: f64,
+    pub latency_min_ms: f64,
+}
+
+impl Default for CompareThresholds {
+    fn default() -> Self {
+        let t = mirror_compare::Thresholds::default();
+        Self {
+            relative_pct: t.relative_pct,
+            absolute_pct: t.absolute_pct,
+            latency_ratio: t.latency_ratio,
+            latency_min_ms: t.latency_min_ms,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub(crate) struct CompareCaps {
+    pub max_endpoints: usize,
+    pub max_fields: usize,
+    pub max_pending: usize,
+    pub max_body_bytes: usize,
+    pub max_decoded_bytes: usize,
+}
+
+impl Default for CompareCaps {
+    fn default() -> Self {
+        let c = mirror_compare::Caps::default();
+        Self {
+            max_endpoints: c.max_endpoints,
+            max_fields: c.max_fields,
+            max_pending: 10_000,
+            max_body_bytes: 1 << 20,
+            max_decoded_bytes: mirror_compare::CompareRules::default().max_decoded_body,
+        }
+    }
+}
+
+impl CompareConfig {
+    /// The typed settings; `target` makes a shadow target of a URL (its TLS as for shadows).
+    fn convert(
+        &self,
+        target: &mut dyn FnMut(&str, &str) -> Result<ShadowTarget>,
+    ) -> Result<CompareSettings> {
+        let candidate = target("compare.candidate", &self.candidate)?;
+        let secondary = match &self.secondary {
+            Some(url) => Some(target("compare.secondary", url)?),
+            None => None,
+        };
+        let percent = self.percentage.map_or(100.0, |p| p.value);
+        check_percentage("compare.percentage", percent)?;
+        let methods = match (self.methods.is_empty(), self.allow_side_effects) {
+            (true, _) => SAFE_METHODS.iter().map(|m| m.to_string()).collect(),
+            (false, allow) => {
+                let methods: Vec<String> =
+                    self.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+                if let Some(m) =
+                    methods.iter().find(|m| !allow && !SAFE_METHODS.contains(&m.as_str()))
+                {
+                    bail!("compare.methods: {m} has side effects: set compare.allowSideEffects (--allow-side-effects) to compare it");
+                }
+                methods
+            }
+        };
+        let templates =
+            self.endpoints.iter().map(|t| Template::parse(t)).collect::<Result<Vec<_>, _>>();
+        let templates = templates.map_err(|e| anyhow::anyhow!("compare.endpoints: {e}"))?;
+        let ignore = mirror_compare::IgnoreRules::new(self.ignore.clone())
+            .map_err(|e| anyhow::anyhow!("compare.{e}"))?;
+        let t = &self.thresholds;
+        for (field, v) in [
+            ("relativePct", t.relative_pct),
+            ("absolutePct", t.absolute_pct),
+            ("latencyMinMs", t.latency_min_ms),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("compare.thresholds.{field}: {v} is not a non-negative number");
+            }
+        }
+        if !(t.latency_ratio >= 1.0 && t.latency_ratio.is_finite()) {
+            bail!("compare.thresholds.latencyRatio: {} is not at least 1", t.latency_ratio);
+        }
+        let c = &self.caps;
+        for (field, v) in [
+            ("maxEndpoints", c.max_endpoints),
+            ("maxFields", c.max_fields),
+            ("maxPending", c.max_pending),
+            ("maxBodyBytes", c.max_body_bytes),
+            ("maxDecodedBytes", c.max_decoded_bytes),
+        ] {
+            if v == 0 {
+                bail!("compare.caps.{field}: must be at least 1");
+            }
+        }
+        Ok(CompareSettings {
+            candidate,
+            secondary,
+            percent,
+            methods,
+            endpoints: EndpointNamer::new(templates),
+            rules: CompareRules { ignore, max_decoded_body: c.max_decoded_bytes },
+            thresholds: Thresholds {
+                relative_pct: t.relative_pct,
+                absolute_pct: t.absolute_pct,
+                latency_ratio: t.latency_ratio,
+                latency_min_ms: t.latency_min_ms,
+            },
+            caps: Caps { max_endpoints: c.max_endpoints, max_fields: c.max_fields },
+            max_pending: c.max_pending,
+            max_body: c.max_body_bytes,
+        })
+    }
 }
 
 /// A shadow service.
@@ -364,8 +519,8 @@ impl MirrorConfig {
     /// Everything about where and how requests are mirrored, converted to the stages'
     /// settings; errors name the field.
     pub(crate) fn mirror_settings(&self) -> Result<MirrorSettings> {
-        if self.mirrors.is_empty() {
-            bail!("mirrors: at least one shadow is required (--shadow URL)");
+        if self.mirrors.is_empty() && self.compare.is_none() {
+            bail!("mirrors: at least one shadow is required (--shadow URL), or a comparison (--compare --candidate URL)");
         }
         if let Some(p) = self.mirror_percentage {
             check_percentage("mirrorPercentage", p.value)?;
@@ -388,6 +543,21 @@ impl MirrorConfig {
             let percent = self.percentage(i);
             shadows.push(ShadowTarget { uri, name: m.url.clone(), percent, tls });
         }
+        let mut target = |field: &str, url: &str| -> Result<ShadowTarget> {
+            let uri = parse_shadow_url(url).with_context(|| field.to_string())?;
+            let tls = match uri.scheme_str() {
+                Some("https") => Some(match &tls {
+                    Some(config) => Arc::clone(config),
+                    None => tls.insert(self.shadow_tls.convert()?).clone(),
+                }),
+                _ => None,
+            };
+            Ok(ShadowTarget { uri, name: url.to_string(), percent: 100.0, tls })
+        };
+        let compare = match &self.compare {
+            Some(c) => Some(c.convert(&mut target)?),
+            None => None,
+        };
         let rules = self.match_rules.iter().enumerate().map(|(i, r)| r.convert(i));
         let rules = rules.collect::<Result<_>>()?;
         let host = match &self.host_rewrite {
@@ -411,6 +581,7 @@ impl MirrorConfig {
             limits: self.limits.convert()?,
             reassembly: self.reassembly.reassembly(),
             http: self.reassembly.http(),
+            compare,
         })
     }
 }
@@ -630,5 +801,54 @@ metrics: 127.0.0.1:9100
         c.reassembly.max_connection_bytes = c.reassembly.max_buffered_bytes + 1;
         let e = format!("{:#}", c.validate().unwrap_err());
         assert!(e.contains("reassembly.maxConnectionBytes"), "{e}");
+    }
+
+    const COMPARE: &str =
+        "interfaces: [lo]\nports: [8000]\ncompare:\n  candidate: http://cand:8000\n\
+        \x20 secondary: http://sec:8000\n  percentage: {value: 25}\n  endpoints: ['/users/{id}']\n\
+        \x20 ignore: {fields: [meta.requestId], headers: [x-trace], values: ['^\\d+$']}\n\
+        \x20 thresholds: {latencyRatio: 2}\n  caps: {maxEndpoints: 50}\n";
+
+    /// A comparison alone needs no shadow; its section converts with Diffy's defaults where
+    /// it sets nothing, and safe methods only.
+    #[test]
+    fn compare_section() {
+        let s = MirrorConfig::from_yaml(COMPARE).unwrap().mirror_settings().unwrap();
+        assert!(s.shadows.is_empty());
+        let c = s.compare.unwrap();
+        assert_eq!(c.candidate.uri.host(), Some("cand"));
+        assert_eq!(c.secondary.unwrap().uri.host(), Some("sec"));
+        assert_eq!((c.percent, c.methods.join(",")), (25.0, "GET,HEAD,OPTIONS".into()));
+        assert_eq!(c.endpoints.name("GET", "/users/7?x"), "GET /users/{id}");
+        assert!(c.rules.ignore.ignores_field("body/meta/requestId"));
+        assert!(c.rules.ignore.ignores_header("x-trace"));
+        assert_eq!((c.thresholds.latency_ratio, c.thresholds.relative_pct), (2.0, 20.0));
+        assert_eq!(c.caps.max_endpoints, 50);
+    }
+
+    #[test]
+    fn compare_errors_name_the_field() {
+        let e = |edit: &dyn Fn(&mut CompareConfig)| {
+            let mut c = MirrorConfig::from_yaml(COMPARE).unwrap();
+            edit(c.compare.as_mut().unwrap());
+            format!("{:#}", c.mirror_settings().unwrap_err())
+        };
+        assert!(e(&|c| c.candidate = "ftp://x".into()).contains("compare.candidate"));
+        assert!(e(&|c| c.secondary = Some("nohost".into())).contains("compare.secondary"));
+        assert!(e(&|c| c.methods = vec!["post".into()])
+            .contains("compare.methods: POST has side effects"));
+        assert!(e(&|c| c.endpoints = vec!["users".into()]).contains("compare.endpoints"));
+        assert!(e(&|c| c.ignore.values = vec!["(".into()]).contains("compare.ignore.values"));
+        assert!(
+            e(&|c| c.thresholds.latency_ratio = 0.5).contains("compare.thresholds.latencyRatio")
+        );
+        assert!(e(&|c| c.caps.max_pending = 0).contains("compare.caps.maxPending"));
+        assert!(
+            e(&|c| c.percentage = Some(Percentage { value: -1.0 })).contains("compare.percentage")
+        );
+        let mut allowed = MirrorConfig::from_yaml(COMPARE).unwrap();
+        let cmp = allowed.compare.as_mut().unwrap();
+        (cmp.methods, cmp.allow_side_effects) = (vec!["POST".into()], true);
+        assert_eq!(allowed.mirror_settings().unwrap().compare.unwrap().methods, ["POST"]);
     }
 }

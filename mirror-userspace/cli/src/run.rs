@@ -6,7 +6,9 @@ use clap::Args;
 use ipnet::IpNet;
 use mirror_agent::live::{default_workers, LiveAgent, RunOptions};
 
-use crate::config::{HostRewrite, MatchRule, Mirror, MirrorConfig, Percentage, StringMatch};
+use crate::config::{
+    CompareConfig, HostRewrite, MatchRule, Mirror, MirrorConfig, Percentage, StringMatch,
+};
 
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
@@ -113,6 +115,31 @@ pub(crate) struct MirrorArgs {
     /// Print a line per copy when its shadow answers.
     #[arg(long)]
     pub log_requests: bool,
+    /// Compare the candidate's answers with the primary's (with --candidate).
+    #[arg(long)]
+    compare: bool,
+    /// The new version the primary is compared with: http[s]://host:port.
+    #[arg(long, value_name = "URL")]
+    candidate: Option<String>,
+    /// A second instance of the primary's version: what differs between it and the primary
+    /// is noise.
+    #[arg(long, value_name = "URL")]
+    secondary: Option<String>,
+    /// Percentage of the eligible requests compared (default 100).
+    #[arg(long)]
+    compare_percent: Option<f64>,
+    /// Compare this method (repeatable; default GET, HEAD, OPTIONS).
+    #[arg(long = "compare-method")]
+    compare_methods: Vec<String>,
+    /// Compare methods with side effects too: the candidate and the secondary act on them.
+    #[arg(long)]
+    allow_side_effects: bool,
+    /// Endpoint template, e.g. /users/{id} (repeatable; first match wins).
+    #[arg(long = "compare-endpoint")]
+    compare_endpoints: Vec<String>,
+    /// Leave a field out of the comparison: body/user/id, user.*.id, header/x-req (repeatable).
+    #[arg(long = "compare-ignore")]
+    compare_ignore: Vec<String>,
 }
 
 impl RunArgs {
@@ -175,7 +202,41 @@ impl MirrorArgs {
         l.pipeline = self.pipeline.unwrap_or(l.pipeline);
         c.metrics = self.metrics.or(c.metrics);
         c.seed = self.seed.or(c.seed);
+        self.compare_config(&mut c)?;
         Ok(c)
+    }
+
+    /// `--compare` and its flags, over the file's `compare:` section.
+    fn compare_config(&self, c: &mut MirrorConfig) -> Result<()> {
+        let flags = self.candidate.is_some()
+            || self.secondary.is_some()
+            || self.compare_percent.is_some()
+            || !self.compare_methods.is_empty()
+            || self.allow_side_effects
+            || !self.compare_endpoints.is_empty()
+            || !self.compare_ignore.is_empty();
+        if flags && !self.compare && c.compare.is_none() {
+            bail!("--candidate, --secondary and the --compare-* flags need --compare");
+        }
+        if !self.compare && c.compare.is_none() {
+            return Ok(());
+        }
+        let cmp = c.compare.get_or_insert_with(CompareConfig::default);
+        if let Some(url) = &self.candidate {
+            cmp.candidate = url.clone();
+        }
+        if cmp.candidate.is_empty() {
+            bail!("--compare: a candidate is required (--candidate URL)");
+        }
+        cmp.secondary = self.secondary.clone().or(cmp.secondary.take());
+        if let Some(p) = self.compare_percent {
+            cmp.percentage = Some(Percentage { value: p });
+        }
+        cmp.methods.extend(self.compare_methods.iter().cloned());
+        cmp.allow_side_effects |= self.allow_side_effects;
+        cmp.endpoints.extend(self.compare_endpoints.iter().cloned());
+        cmp.ignore.fields.extend(self.compare_ignore.iter().cloned());
+        Ok(())
     }
 
     fn match_rule(&self) -> Result<Option<MatchRule>> {

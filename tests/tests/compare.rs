@@ -1,0 +1,121 @@
+//! `mirror run --compare` end to end: the primary, the secondary and the candidate are real
+//! JSON services in their namespaces, all emitting noise (request ids, times, counters, keys
+//! in random order, Date, a random header); the agent taps the primary's node-side veth.
+use mirror_tests::{
+    agent::AgentProcess,
+    client::curl,
+    http_url,
+    json_service::{Build, JsonService},
+    topology::{Family, Topology},
+};
+
+const PORT: u16 = 8000;
+const SECONDARY: u16 = 8001;
+const CANDIDATE: u16 = 8002;
+
+struct Services {
+    topo: Topology,
+    _primary: JsonService,
+    secondary: JsonService,
+    candidate: JsonService,
+}
+
+fn services(candidate: Build) -> Services {
+    let topo = Topology::new().unwrap();
+    let primary = JsonService::start(&topo.server, PORT, Build::Current);
+    let secondary = JsonService::start(&topo.shadow, SECONDARY, Build::Current);
+    let candidate = JsonService::start(&topo.shadow, CANDIDATE, candidate);
+    Services { topo, _primary: primary, secondary, candidate }
+}
+
+fn compare_agent(s: &Services) -> AgentProcess {
+    let shadow = s.topo.shadow_addr(Family::V4);
+    let args: Vec<String> = [
+        "run",
+        "-i",
+        &s.topo.server_host_if,
+        "--port",
+        "8000",
+        "--watch-socket",
+        "none",
+        "--compare",
+        "--candidate",
+        &http_url(shadow, CANDIDATE, ""),
+        "--secondary",
+        &http_url(shadow, SECONDARY, ""),
+        "--compare-endpoint",
+        "/users/{id}",
+        "--compare-endpoint",
+        "/orders/{id}",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    AgentProcess::start(&args, "mirror run: ready")
+}
+
+/// GETs over keep-alive connections: `n` of each endpoint (curl's URL ranges).
+fn traffic(s: &Services, n: usize, paths: &[&str]) {
+    let addr = s.topo.server_addr(Family::V4);
+    for path in paths {
+        let url = http_url(addr, PORT, &format!("{path}[1-{n}]"));
+        curl(&s.topo.client, &["-o", "/dev/null", &url]).unwrap();
+    }
+}
+
+/// The "compare: ..." lines of the summary, regressions only.
+fn regressions(summary: &str) -> Vec<String> {
+    summary
+        .lines()
+        .filter(|l| l.starts_with("compare: ") && !l.contains(" compared over "))
+        .map(|l| l.trim_start_matches("compare: ").to_string())
+        .collect()
+}
+
+fn compared(summary: &str) -> u64 {
+    let line = summary.lines().find(|l| l.contains(" compared over ")).expect(summary);
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The candidate changed a type on one endpoint, dropped a field on a second and is 200 ms
+/// slower on a third: exactly those are reported, none of the noise. A POST is neither
+/// compared nor sent to the candidate or the secondary.
+#[test]
+fn regressions_are_reported_and_noise_is_not() {
+    let s = services(Build::Candidate);
+    let agent = compare_agent(&s);
+    traffic(&s, 30, &["/users/", "/orders/", "/slow?", "/other/"]);
+    let post = http_url(s.topo.server_addr(Family::V4), PORT, "/users/1");
+    curl(&s.topo.client, &["-o", "/dev/null", "-d", "x=1", &post]).unwrap();
+    let summary = agent.stop();
+    let mut found = regressions(&summary);
+    found.sort();
+    assert_eq!(found.len(), 3, "{summary}");
+    assert!(
+        found[0].starts_with("GET /orders/{id} body/total missing: candidate 30 noise 0"),
+        "{summary}"
+    );
+    let slow: f64 = found[1]
+        .strip_prefix("GET /slow latency: candidate p50 ")
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .expect(&summary);
+    assert!((150.0..400.0).contains(&slow), "{summary}");
+    assert!(
+        found[2].starts_with("GET /users/{id} body/id type: candidate 30 noise 0"),
+        "{summary}"
+    );
+    assert_eq!(compared(&summary), 120, "{summary}");
+    assert_eq!((s.secondary.unsafe_requests(), s.candidate.unsafe_requests()), (0, 0));
+}
+
+/// A candidate that is the primary's build, noise aside: nothing over 2000 requests.
+#[test]
+fn an_identical_candidate_has_no_regressions() {
+    let s = services(Build::Same);
+    let agent = compare_agent(&s);
+    traffic(&s, 500, &["/users/", "/orders/", "/slow?", "/other/"]);
+    let summary = agent.stop();
+    assert!(regressions(&summary).is_empty(), "{summary}");
+    assert_eq!(compared(&summary), 2000, "{summary}");
+    assert!(summary.contains("0 with regressions"), "{summary}");
+}
