@@ -3,7 +3,9 @@
 # joined through the root namespace like pods on a Kubernetes node. The agent taps the
 # host side of the primary's veth and mirrors every request to the shadow, rewriting
 # `Host: httpbin:8000` to `httpbin-shadow:8000` as Istio does. Each mirrored request is shown
-# when the shadow answers; Ctrl-C (or the end of the traffic) prints the summary.
+# when the shadow answers; Ctrl-C (or the end of the traffic) prints the summary. The same
+# agent compares a candidate build (a changed page) with the primary, a second instance of
+# the primary's build telling noise apart, and prints the verdict with the summary.
 set -euo pipefail
 MIRROR=${1:?usage: demo.sh path/to/mirror}
 id=$$
@@ -31,24 +33,30 @@ link "$PRI" "$HP" 10.251.2
 link "$SHA" "$HS" 10.251.3
 sysctl -qw net.ipv4.ip_forward=1
 echo "== client 10.251.1.2 -> node -> primary 10.251.2.2:8000; shadow 10.251.3.2:8000"
+echo "   candidate 10.251.3.2:8001 (a changed page), secondary 10.251.3.2:8002 (the primary's build)"
 
-mkdir -p "$WWW/primary" "$WWW/shadow"
+mkdir -p "$WWW/primary" "$WWW/shadow" "$WWW/candidate"
 echo "primary" > "$WWW/primary/index.html"; echo "shadow" > "$WWW/shadow/index.html"
-for pair in "$PRI:primary" "$SHA:shadow"; do
-    ip netns exec "${pair%%:*}" python3 -m http.server 8000 --protocol HTTP/1.1 \
-        --directory "$WWW/${pair##*:}" >/dev/null 2>&1 &
+echo "primary, version 2" > "$WWW/candidate/index.html"
+touch -r "$WWW/primary/index.html" "$WWW/candidate/index.html" # the same Last-Modified
+for server in "$PRI:8000:primary" "$SHA:8000:shadow" "$SHA:8001:candidate" "$SHA:8002:primary"; do
+    IFS=: read -r ns port dir <<<"$server"
+    ip netns exec "$ns" python3 -m http.server "$port" --protocol HTTP/1.1 \
+        --directory "$WWW/$dir" >/dev/null 2>&1 &
     SERVERS="${SERVERS:-} $!"
 done
 
-for ip in 10.251.2.2 10.251.3.2; do # wait for both servers to listen
+for url in 10.251.2.2:8000 10.251.3.2:8000 10.251.3.2:8001 10.251.3.2:8002; do # all listening?
     for _ in $(seq 100); do
-        ip netns exec "$CLI" curl -sf -o /dev/null "http://$ip:8000/" && break
+        ip netns exec "$CLI" curl -sf -o /dev/null "http://$url/" && break
         sleep 0.1
     done
 done
 
-echo "== mirror run -i $HP --port 8000 --shadow http://10.251.3.2:8000 --log-requests"
+echo "== mirror run -i $HP --port 8000 --shadow http://10.251.3.2:8000 --log-requests \\"
+echo "       --compare --candidate http://10.251.3.2:8001 --secondary http://10.251.3.2:8002"
 "$MIRROR" run -i "$HP" --port 8000 --shadow http://10.251.3.2:8000 --log-requests \
+    --compare --candidate http://10.251.3.2:8001 --secondary http://10.251.3.2:8002 \
     2> >(tee "$WWW/agent.log" | sed -u 's/^/   [agent] /' >&2) &
 AGENT=$!
 for _ in $(seq 200); do # the agent prints "ready" once its programs are attached

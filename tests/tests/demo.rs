@@ -1,6 +1,6 @@
 //! The README's first command: `cargo xtask demo` runs xtask/demo.sh with the built agent.
 //! It must show each mirrored request with its rewritten Host and the shadow's status, print
-//! the summary, and leave no namespace or link behind.
+//! the summary with the comparison's verdict, and leave no namespace or link behind.
 use std::{collections::BTreeSet, path::Path, process::Command};
 
 use mirror_tests::mirror_bin;
@@ -34,6 +34,14 @@ fn the_demo_mirrors_every_request_and_cleans_up() {
         .any(|l| l.starts_with("mirrored GET /missing ") && l.contains(": 404 ")));
     assert!(stderr.contains("requests: 7 captured"), "{stderr}");
     assert!(stderr.contains(": 7 mirrored, 0 not sampled"), "{stderr}");
+    // The verdict: six GETs compared (the POST is not); the changed page is reported where
+    // it is served, the 404 page is the same.
+    assert!(
+        stderr.contains("compare: 6 compared over 3 endpoints, 2 with regressions"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("compare: GET / body text: candidate 4 noise 0 of 4"), "{stderr}");
+    assert!(stderr.contains("compare: GET /index.html body text: candidate 1 noise 0"), "{stderr}");
 
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let netns = String::from_utf8_lossy(&netns.stdout);
