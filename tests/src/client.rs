@@ -144,3 +144,20 @@ pub fn hyper_client(ns: &Netns, server: SocketAddr, count: usize) -> Result<Sock
         })
     })
 }
+
+/// A loopback address with a port nothing listens on right now (for an agent's listener).
+pub fn free_local_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// `GET path` from this namespace, the connection closed after: the status and the whole
+/// response as text.
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, text)
+}

@@ -1,11 +1,14 @@
 //! `mirror run --compare` end to end: the primary, the secondary and the candidate are real
 //! JSON services in their namespaces, all emitting noise (request ids, times, counters, keys
 //! in random order, Date, a random header); the agent taps the primary's node-side veth.
+use std::{net::SocketAddr, process::Command, time::Duration};
+
 use mirror_tests::{
     agent::AgentProcess,
-    client::curl,
+    client::{curl, free_local_addr, get},
     http_url,
     json_service::{Build, JsonService},
+    mirror_bin,
     topology::{Family, Topology},
 };
 
@@ -28,10 +31,13 @@ fn services(candidate: Build) -> Services {
     Services { topo, _primary: primary, secondary, candidate }
 }
 
-fn compare_agent(s: &Services) -> AgentProcess {
+fn compare_agent(s: &Services, admin: SocketAddr) -> AgentProcess {
     let shadow = s.topo.shadow_addr(Family::V4);
+    let admin = admin.to_string();
     let args: Vec<String> = [
         "run",
+        "--admin",
+        &admin,
         "-i",
         &s.topo.server_host_if,
         "--port",
@@ -52,6 +58,31 @@ fn compare_agent(s: &Services) -> AgentProcess {
     .map(|a| a.to_string())
     .collect();
     AgentProcess::start(&args, "mirror run: ready")
+}
+
+/// Waits until the agent at `admin` has compared `n` requests (its API says so).
+fn wait_compared(admin: SocketAddr, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = get(admin, "/api/overview");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        if status == 200 && v["compared"].as_u64() >= Some(n) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} never compared: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `mirror diff report ARGS --agent ADMIN`: exit code and stdout.
+fn report(admin: SocketAddr, args: &[&str]) -> (i32, String) {
+    let out = Command::new(mirror_bin())
+        .args(["diff", "report", "--agent", &admin.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// GETs over keep-alive connections: `n` of each endpoint (curl's URL ranges).
@@ -83,10 +114,34 @@ fn compared(summary: &str) -> u64 {
 #[test]
 fn regressions_are_reported_and_noise_is_not() {
     let s = services(Build::Candidate);
-    let agent = compare_agent(&s);
+    let admin = free_local_addr();
+    let agent = compare_agent(&s, admin);
     traffic(&s, 30, &["/users/", "/orders/", "/slow?", "/other/"]);
     let post = http_url(s.topo.server_addr(Family::V4), PORT, "/users/1");
     curl(&s.topo.client, &["-o", "/dev/null", "-d", "x=1", &post]).unwrap();
+    wait_compared(admin, 120);
+    // The verdict for CI, from the running agent: text, JSON, exit codes.
+    let (code, text) = report(admin, &["--fail-on-regression"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("verdict: 3 of 4 endpoints with regressions"), "{text}");
+    assert!(text.contains("  body/id type: candidate 30, noise 0"), "{text}");
+    assert_eq!(report(admin, &[]).0, 0, "without --fail-on-regression");
+    let (_, json) = report(admin, &["--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let users =
+        doc["endpoints"].as_array().unwrap().iter().find(|e| e["endpoint"] == "GET /users/{id}");
+    let users = users.expect(&json);
+    assert_eq!((users["requests"].as_u64(), users["compared"].as_u64()), (Some(30), Some(30)));
+    let field = &users["regressions"][0];
+    assert_eq!(
+        (&field["field"], &field["kind"], &field["raw"], &field["noise"]),
+        (&"body/id".into(), &"type".into(), &30.into(), &0.into())
+    );
+    assert!(doc["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["latency"]["regression"] == true));
     let summary = agent.stop();
     let mut found = regressions(&summary);
     found.sort();
@@ -112,8 +167,16 @@ fn regressions_are_reported_and_noise_is_not() {
 #[test]
 fn an_identical_candidate_has_no_regressions() {
     let s = services(Build::Same);
-    let agent = compare_agent(&s);
+    let admin = free_local_addr();
+    let agent = compare_agent(&s, admin);
     traffic(&s, 500, &["/users/", "/orders/", "/slow?", "/other/"]);
+    wait_compared(admin, 2000);
+    let (code, text) = report(admin, &["--fail-on-regression"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("verdict: 0 of 4 endpoints with regressions (2000 requests compared)"),
+        "{text}"
+    );
     let summary = agent.stop();
     assert!(regressions(&summary).is_empty(), "{summary}");
     assert_eq!(compared(&summary), 2000, "{summary}");

@@ -71,8 +71,14 @@ async fn interfaces_and_settings_change_while_the_agent_runs() {
     };
     let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     // Two workers: new settings reach both.
-    let opts =
-        RunOptions { tap, metrics: Some(metrics), watch_socket: None, results: None, workers: 2 };
+    let opts = RunOptions {
+        tap,
+        metrics: Some(metrics),
+        admin: None,
+        watch_socket: None,
+        results: None,
+        workers: 2,
+    };
     let agent = LiveAgent::start(settings(&shadow_url, 100.0), opts).await.unwrap();
     let control = agent.control();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

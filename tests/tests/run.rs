@@ -9,7 +9,7 @@ use std::{
 
 use mirror_tests::{
     agent::AgentProcess,
-    client::{curl, keep_alive, pipelined, RawRequest},
+    client::{curl, free_local_addr, get, keep_alive, pipelined, RawRequest},
     http_url,
     server::{expected_body, Behavior, RecordingServer, SeenRequest},
     topology::{Family, Topology},
@@ -327,20 +327,6 @@ fn own_copies_are_never_mirrored_again() {
 }
 
 /// A loopback address with a port nobody listens on (for the agent's metrics endpoint).
-fn free_local_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, text)
-}
-
 fn metric(text: &str, name_and_labels: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(name_and_labels))

@@ -7,6 +7,7 @@
 //! [`watch`] the stream `mirror dump --watch` reads. Settings arrive typed and valid
 //! ([`pipeline::MirrorSettings`]); nothing here prints.
 mod accept;
+pub mod admin;
 pub mod compare;
 pub mod control;
 pub mod live;

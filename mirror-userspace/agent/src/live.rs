@@ -25,6 +25,7 @@ use mirror_tap::{Directions, KernelCounters, RingReader, Tap, TapSettings, MAX_R
 use tokio::sync::{mpsc, oneshot, Barrier};
 
 use crate::{
+    admin::Api,
     control::{run_controlled, Command, Commands, Control, Taps},
     metrics::{self, Stage},
     pipeline::{MirrorSettings, Mirroring, Shared, Summary, OWN_MARK},
@@ -40,6 +41,8 @@ pub struct RunOptions {
     pub tap: TapSettings,
     /// Serve Prometheus metrics, /healthz and /readyz here.
     pub metrics: Option<SocketAddr>,
+    /// Serve the metrics and, when comparing, the comparison's JSON API (`admin`) here.
+    pub admin: Option<SocketAddr>,
     /// Serve watchers (`mirror dump --watch`) on this unix socket.
     pub watch_socket: Option<PathBuf>,
     /// Also told every copy's outcome (the request log).
@@ -74,6 +77,10 @@ impl LiveAgent {
             Some(addr) => Some(metrics::bind(addr).await?),
             None => None,
         };
+        let admin = match opts.admin {
+            Some(addr) => Some(metrics::bind(addr).await.map_err(|e| anyhow!("admin: {e}"))?),
+            None => None,
+        };
         let workers = opts.workers.clamp(1, MAX_RINGS);
         let shared = Shared::new(opts.results.clone(), workers);
         let publisher = opts.watch_socket.as_deref().and_then(serve_watchers);
@@ -86,6 +93,7 @@ impl LiveAgent {
             leave_out: true,
             ..opts.tap
         })?;
+        let compare_thresholds = settings.compare.as_ref().map(|c| c.thresholds);
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let drained = Arc::new(Barrier::new(workers));
         let mut started = Vec::new();
@@ -103,7 +111,11 @@ impl LiveAgent {
         }
         let ready = Arc::new(AtomicBool::new(true));
         if let Some(listener) = listener {
-            tokio::spawn(metrics::serve(listener, shared.metrics().clone(), ready.clone()));
+            tokio::spawn(metrics::serve(listener, shared.metrics().clone(), ready.clone(), None));
+        }
+        if let Some(listener) = admin {
+            let api = settings_api(&shared, &compare_thresholds);
+            tokio::spawn(metrics::serve(listener, shared.metrics().clone(), ready.clone(), api));
         }
         let (control, commands) = Control::channel();
         Ok(LiveAgent {
@@ -300,6 +312,11 @@ impl Taps for NoTaps {
     fn counters(&self) -> Option<KernelCounters> {
         None
     }
+}
+
+/// The comparison's API, when comparing.
+fn settings_api(shared: &Shared, thresholds: &Option<mirror_compare::Thresholds>) -> Option<Api> {
+    thresholds.map(|t| Api::new(shared.verdicts().clone(), t))
 }
 
 /// Watching is an aid, not the job: without its socket the agent still mirrors.

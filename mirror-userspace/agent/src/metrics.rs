@@ -252,8 +252,14 @@ impl ResultSink for ShadowResults {
     }
 }
 
-/// Serves /metrics, /healthz and /readyz (ready once the tap is attached).
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+/// Serves /metrics, /healthz and /readyz (ready once the tap is attached), and with `api` the
+/// comparison's JSON API under /api/.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    api: Option<crate::admin::Api>,
+) {
     let mut backoff = AcceptBackoff::new("metrics");
     loop {
         let stream = match listener.accept().await {
@@ -264,31 +270,46 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Atom
             }
         };
         backoff.accepted();
-        let (metrics, ready) = (metrics.clone(), ready.clone());
+        let (metrics, ready, api) = (metrics.clone(), ready.clone(), api.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = match req.uri().path() {
-                    "/metrics" => Response::builder()
-                        .header(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )
-                        .body(Full::new(Bytes::from(metrics.encode()))),
-                    "/healthz" => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
-                    "/readyz" if ready.load(Ordering::Relaxed) => {
-                        Response::builder().body(Full::new(Bytes::from_static(b"ready\n")))
-                    }
-                    "/readyz" => Response::builder()
-                        .status(StatusCode::SERVICE_UNAVAILABLE)
-                        .body(Full::new(Bytes::from_static(b"not ready\n"))),
-                    _ => Response::builder()
-                        .status(StatusCode::NOT_FOUND)
-                        .body(Full::new(Bytes::from_static(b"not found\n"))),
+                let (path, query) = (req.uri().path(), req.uri().query());
+                let answer =
+                    api.as_ref().and_then(|a| a.handle(req.method().as_str(), path, query));
+                let response = match (answer, path) {
+                    (Some(r), _) => Response::builder()
+                        .status(r.status)
+                        .header("content-type", "application/json")
+                        .body(Full::new(r.body)),
+                    (None, path) => plain(path, &metrics, &ready),
                 };
                 async move { response }
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
+    }
+}
+
+/// The metrics, health and readiness endpoints.
+fn plain(
+    path: &str,
+    metrics: &Metrics,
+    ready: &AtomicBool,
+) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
+    match path {
+        "/metrics" => Response::builder()
+            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(Full::new(Bytes::from(metrics.encode()))),
+        "/healthz" => Response::builder().body(Full::new(Bytes::from_static(b"ok\n"))),
+        "/readyz" if ready.load(Ordering::Relaxed) => {
+            Response::builder().body(Full::new(Bytes::from_static(b"ready\n")))
+        }
+        "/readyz" => Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .body(Full::new(Bytes::from_static(b"not ready\n"))),
+        _ => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from_static(b"not found\n"))),
     }
 }
 

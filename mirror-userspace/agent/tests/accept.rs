@@ -33,7 +33,7 @@ async fn out_of_descriptors_the_metrics_endpoint_waits_then_serves_again() {
     let listener = metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let ready = Arc::new(AtomicBool::new(true));
-    tokio::spawn(metrics::serve(listener, Arc::new(Metrics::default()), ready));
+    tokio::spawn(metrics::serve(listener, Arc::new(Metrics::default()), ready, None));
     assert!(healthz(addr).await.unwrap().ends_with("ok\n"));
 
     let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;

@@ -70,6 +70,9 @@ pub(crate) struct MirrorConfig {
     /// Serve Prometheus metrics, /healthz and /readyz here.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Serve the metrics and the comparison's JSON API here.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
     /// Seed of the sampling random numbers (for reproducible runs).
     #[serde(default)]
     pub seed: Option<u64>,

@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod config;
+mod diff;
 mod dump;
 mod format;
 mod replay;
@@ -32,6 +33,8 @@ enum Command {
     Dump(Box<dump::DumpArgs>),
     /// Attach the tap and print the captured segments (one line each) until interrupted.
     Tap(tap::TapArgs),
+    /// The comparison's verdict (`mirror diff report`), from running agents.
+    Diff(diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,5 +70,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tap(args) => rt.block_on(tap::run(args)),
         Command::Dump(args) => rt.block_on(dump::run(*args)),
         Command::Replay(args) => rt.block_on(replay::run(*args)),
+        Command::Diff(args) => rt.block_on(diff::run(args)),
     }
 }

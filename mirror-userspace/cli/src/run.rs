@@ -105,6 +105,10 @@ pub(crate) struct MirrorArgs {
     /// Serve Prometheus metrics, /healthz and /readyz on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Serve the metrics and the comparison's JSON API (/api/...) on this address, e.g.
+    /// 127.0.0.1:9180 (results of anything but loopback can be read by whoever reaches it).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// YAML configuration (Istio-like names); flags extend and override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -201,6 +205,7 @@ impl MirrorArgs {
         l.rate_limit = self.rate_limit.or(l.rate_limit);
         l.pipeline = self.pipeline.unwrap_or(l.pipeline);
         c.metrics = self.metrics.or(c.metrics);
+        c.admin = self.admin.or(c.admin);
         c.seed = self.seed.or(c.seed);
         self.compare_config(&mut c)?;
         Ok(c)
@@ -286,9 +291,9 @@ fn split_header(flag: &str, h: &str) -> Result<(String, String)> {
 pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let settings = args.config().and_then(|c| {
         let tap = c.tap_settings(args.ring_bytes)?;
-        Ok((tap, c.mirror_settings()?, c.metrics))
+        Ok((tap, c.mirror_settings()?, c.metrics, c.admin))
     });
-    let (tap, settings, metrics) = match settings {
+    let (tap, settings, metrics, admin) = match settings {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mirror run: {e:#}");
@@ -299,6 +304,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let opts = RunOptions {
         tap,
         metrics,
+        admin,
         watch_socket,
         results: crate::signals::request_log(args.mirror.log_requests),
         workers: args.threads.map_or_else(default_workers, usize::from),
