@@ -32,6 +32,10 @@ fn services(candidate: Build) -> Services {
 }
 
 fn compare_agent(s: &Services, admin: SocketAddr) -> AgentProcess {
+    compare_agent_with(s, admin, &[])
+}
+
+fn compare_agent_with(s: &Services, admin: SocketAddr, extra: &[&str]) -> AgentProcess {
     let shadow = s.topo.shadow_addr(Family::V4);
     let admin = admin.to_string();
     let args: Vec<String> = [
@@ -55,6 +59,7 @@ fn compare_agent(s: &Services, admin: SocketAddr) -> AgentProcess {
         "/orders/{id}",
     ]
     .iter()
+    .chain(extra)
     .map(|a| a.to_string())
     .collect();
     AgentProcess::start(&args, "mirror run: ready")
@@ -77,11 +82,12 @@ fn wait_compared(admin: SocketAddr, n: u64) {
 
 /// `mirror diff report ARGS --agent ADMIN`: exit code and stdout.
 fn report(admin: SocketAddr, args: &[&str]) -> (i32, String) {
-    let out = Command::new(mirror_bin())
-        .args(["diff", "report", "--agent", &admin.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
+    diff_report(&[&["--agent", &admin.to_string()], args].concat())
+}
+
+/// `mirror diff report ARGS`: exit code and stdout.
+fn diff_report(args: &[&str]) -> (i32, String) {
+    let out = Command::new(mirror_bin()).args(["diff", "report"]).args(args).output().unwrap();
     (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -181,4 +187,33 @@ fn an_identical_candidate_has_no_regressions() {
     assert!(regressions(&summary).is_empty(), "{summary}");
     assert_eq!(compared(&summary), 2000, "{summary}");
     assert!(summary.contains("0 with regressions"), "{summary}");
+}
+
+/// Results are saved: `mirror diff report --store` reads them offline, equal to what the
+/// running agent reported, and a restarted agent goes on from them.
+#[test]
+fn results_survive_a_restart_and_are_read_offline() {
+    let s = services(Build::Candidate);
+    let dir = std::env::temp_dir().join(format!("mirror-compare-store-{}", s.topo.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = dir.join("results.redb").display().to_string();
+    let admin = free_local_addr();
+    let agent = compare_agent_with(&s, admin, &["--compare-store", &store]);
+    traffic(&s, 10, &["/users/"]);
+    wait_compared(admin, 10);
+    let (_, live) = report(admin, &["--json"]);
+    agent.stop();
+    let (code, offline) = diff_report(&["--store", &store, "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(offline, live);
+    let admin = free_local_addr();
+    let agent = compare_agent_with(&s, admin, &["--compare-store", &store]);
+    traffic(&s, 10, &["/users/"]);
+    wait_compared(admin, 20);
+    agent.stop();
+    let (_, text) = diff_report(&["--store", &store]);
+    assert!(text.contains("GET /users/{id}: 20 compared of 20"), "{text}");
+    let (code, _) = diff_report(&["--store", &dir.join("none").display().to_string()]);
+    assert_eq!(code, 2, "a missing store is an error");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

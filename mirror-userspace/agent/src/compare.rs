@@ -38,7 +38,13 @@ pub struct CompareSettings {
     pub max_pending: usize,
     /// Response bodies kept for the comparison, each (a longer one is compared by length).
     pub max_body: usize,
+    /// Where the results are saved (every [`SAVE_EVERY`] and at the end) and loaded from
+    /// at the start.
+    pub store: Option<mirror_compare::Store>,
 }
+
+/// How often a live agent saves its results to the store.
+pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 mirror_common::counter_set! {
     /// Requests that were to be compared and were not, by reason.
@@ -170,6 +176,7 @@ impl Comparer {
         verdicts: SharedVerdicts,
         start: impl Fn(&ShadowTarget, Arc<dyn ResultSink>, usize) -> shadow::ShadowClient,
     ) -> Comparer {
+        verdicts.lock().expect("not poisoned").results.set_caps(settings.caps);
         let joiner = Arc::new(Mutex::new(Joiner {
             pending: HashMap::new(),
             by_request: HashMap::new(),

@@ -67,6 +67,8 @@ pub struct LiveAgent {
     watch_socket: Option<PathBuf>,
     control: Control,
     commands: Commands,
+    /// Where the comparison's results are saved.
+    store: Option<mirror_compare::Store>,
 }
 
 impl LiveAgent {
@@ -94,6 +96,13 @@ impl LiveAgent {
             ..opts.tap
         })?;
         let compare_thresholds = settings.compare.as_ref().map(|c| c.thresholds);
+        let store = settings.compare.as_ref().and_then(|c| c.store.clone());
+        if let Some(store) = &store {
+            // What an earlier run saved, before anything is attached.
+            if let Some(saved) = store.load().map_err(|e| anyhow!("compare.store: {e}"))? {
+                shared.verdicts().lock().expect("not poisoned").results = saved;
+            }
+        }
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let drained = Arc::new(Barrier::new(workers));
         let mut started = Vec::new();
@@ -127,6 +136,7 @@ impl LiveAgent {
             watch_socket,
             control,
             commands,
+            store,
         })
     }
 
@@ -141,6 +151,7 @@ impl LiveAgent {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Summary> {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut save = tokio::time::interval(crate::compare::SAVE_EVERY);
         let failed = loop {
             tokio::select! {
                 () = &mut shutdown => break None,
@@ -149,6 +160,7 @@ impl LiveAgent {
                 }
                 Some(i) = self.ended.recv() => break Some(i),
                 _ = tick.tick() => self.sync_kernel_counters(),
+                _ = save.tick(), if self.store.is_some() => self.save_results().await,
             }
         };
         self.ready.store(false, Ordering::Relaxed);
@@ -163,6 +175,7 @@ impl LiveAgent {
                 .collect::<Vec<_>>()
         })
         .await?;
+        self.save_results().await;
         let kernel = self.tap.counters()?;
         self.tap.detach();
         if let Some(path) = self.watch_socket {
@@ -197,6 +210,19 @@ impl LiveAgent {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Saves a copy of the comparison's results, off the main task (a failed save is said
+    /// and the next one tried: the results in memory are whole).
+    async fn save_results(&self) {
+        let Some(store) = self.store.clone() else { return };
+        let results = self.shared.verdicts().lock().expect("not poisoned").results.clone();
+        let saved = tokio::task::spawn_blocking(move || store.save(&results)).await;
+        match saved {
+            Ok(Err(e)) => tracing::warn!("saving the comparison's results: {e}"),
+            Err(e) => tracing::warn!("saving the comparison's results: {e}"),
+            Ok(Ok(())) => {}
         }
     }
 

@@ -109,6 +109,9 @@ pub(crate) struct CompareConfig {
     pub thresholds: CompareThresholds,
     #[serde(default)]
     pub caps: CompareCaps,
+    /// Save the results here (a redb file), and start from what it holds.
+    #[serde(default)]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -227,6 +230,7 @@ impl CompareConfig {
             caps: Caps { max_endpoints: c.max_endpoints, max_fields: c.max_fields },
             max_pending: c.max_pending,
             max_body: c.max_body_bytes,
+            store: self.store.clone().map(mirror_compare::Store::new),
         })
     }
 }

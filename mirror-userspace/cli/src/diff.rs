@@ -1,7 +1,7 @@
 //! `mirror diff report`: the comparison's verdict for CI, from running agents (`--agent`,
-//! their admin addresses). Several sources are merged exactly (counts add), so a cluster's
-//! verdict comes from all its nodes' agents at once.
-use std::{fmt::Write as _, process::ExitCode};
+//! their admin addresses) and saved results (`--store`). Several sources are merged exactly
+//! (counts add), so a cluster's verdict comes from all its nodes' agents at once.
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -24,8 +24,11 @@ enum DiffCommand {
 #[derive(Args, Debug)]
 struct ReportArgs {
     /// An agent's admin address (`mirror run --admin ADDR`), repeatable: results merged.
-    #[arg(long = "agent", value_name = "ADDR", required = true)]
+    #[arg(long = "agent", value_name = "ADDR", required_unless_present = "stores")]
     agents: Vec<String>,
+    /// Results saved by an agent (`--compare-store FILE`), repeatable: merged with the rest.
+    #[arg(long = "store", value_name = "FILE")]
+    stores: Vec<PathBuf>,
     /// Print the report as JSON (schema in the README).
     #[arg(long)]
     json: bool,
@@ -62,6 +65,19 @@ pub(crate) async fn run(args: DiffArgs) -> Result<ExitCode> {
             Ok(results) => merged.merge(&results),
             Err(e) => {
                 eprintln!("mirror diff report: --agent {agent}: {e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    for path in &args.stores {
+        match mirror_compare::Store::new(path).load() {
+            Ok(Some(results)) => merged.merge(&results),
+            Ok(None) => {
+                eprintln!("mirror diff report: --store {}: no such file", path.display());
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => {
+                eprintln!("mirror diff report: --store {e}");
                 return Ok(ExitCode::from(2));
             }
         }

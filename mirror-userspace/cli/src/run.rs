@@ -144,6 +144,10 @@ pub(crate) struct MirrorArgs {
     /// Leave a field out of the comparison: body/user/id, user.*.id, header/x-req (repeatable).
     #[arg(long = "compare-ignore")]
     compare_ignore: Vec<String>,
+    /// Save the comparison's results in this file (and start from what it holds); `mirror
+    /// diff report --store FILE` reads it.
+    #[arg(long, value_name = "FILE")]
+    compare_store: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -219,7 +223,8 @@ impl MirrorArgs {
             || !self.compare_methods.is_empty()
             || self.allow_side_effects
             || !self.compare_endpoints.is_empty()
-            || !self.compare_ignore.is_empty();
+            || !self.compare_ignore.is_empty()
+            || self.compare_store.is_some();
         if flags && !self.compare && c.compare.is_none() {
             bail!("--candidate, --secondary and the --compare-* flags need --compare");
         }
@@ -241,6 +246,7 @@ impl MirrorArgs {
         cmp.allow_side_effects |= self.allow_side_effects;
         cmp.endpoints.extend(self.compare_endpoints.iter().cloned());
         cmp.ignore.fields.extend(self.compare_ignore.iter().cloned());
+        cmp.store = self.compare_store.clone().or(cmp.store.take());
         Ok(())
     }
 

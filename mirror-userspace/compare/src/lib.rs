@@ -15,6 +15,7 @@ mod exchange;
 pub mod ignore;
 pub mod latency;
 mod results;
+mod store;
 
 pub use diff::{FieldDiff, Kind};
 pub use endpoint::{EndpointNamer, Template, TemplateError};
@@ -24,3 +25,4 @@ pub use results::{
     Caps, EndpointReport, EndpointStats, FieldCounts, FieldReport, LatencyReport, Percentiles,
     Report, Results, Thresholds,
 };
+pub use store::{Store, StoreError};

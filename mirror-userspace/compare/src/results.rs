@@ -125,6 +125,12 @@ impl Results {
         Self { caps, ..Self::default() }
     }
 
+    /// The caps new endpoints and fields are held to (results loaded from a store are kept
+    /// whole).
+    pub fn set_caps(&mut self, caps: Caps) {
+        self.caps = caps;
+    }
+
     fn endpoint(&mut self, name: &str) -> Option<&mut EndpointStats> {
         if !self.endpoints.contains_key(name) {
             if self.endpoints.len() >= self.caps.max_endpoints {
