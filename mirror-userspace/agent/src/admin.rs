@@ -35,6 +35,8 @@ struct Overview {
     regressed_endpoints: usize,
     untracked_requests: u64,
     not_compared: std::collections::BTreeMap<&'static str, u64>,
+    /// Copies the candidate or the secondary did not answer, by reason.
+    replay_drops: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize)]
@@ -67,6 +69,7 @@ impl Api {
                 let mut v = self.verdicts.lock().expect("not poisoned");
                 v.results.clear();
                 v.skipped = Default::default();
+                v.replay_drops.clear();
                 json(&serde_json::json!({"cleared": true}))
             }
             (_, "/api/clear") => error(405, "use POST"),
@@ -91,6 +94,7 @@ impl Api {
                 .count(),
             untracked_requests: report.untracked_requests,
             not_compared: v.skipped.fields().into_iter().collect(),
+            replay_drops: v.replay_drops.clone(),
         }
     }
 

@@ -51,7 +51,8 @@ mirror_common::counter_set! {
     pub struct CompareSkips {
         /// Too many comparisons waiting for answers.
         pending_full,
-        /// The candidate or the secondary did not answer (dropped, timed out).
+        /// The candidate or the secondary did not answer (dropped, timed out: the reasons
+        /// are in [`Verdicts::replay_drops`]).
         replay_failed,
         /// The primary's answer was not captured in time.
         primary_missing,
@@ -65,6 +66,8 @@ mirror_common::counter_set! {
 pub struct Verdicts {
     pub results: Results,
     pub skipped: CompareSkips,
+    /// Copies the candidate or the secondary did not answer, by drop reason.
+    pub replay_drops: std::collections::BTreeMap<&'static str, u64>,
 }
 
 pub type SharedVerdicts = Arc<Mutex<Verdicts>>;
@@ -155,8 +158,18 @@ impl ResultSink for JoinSink {
         }
     }
 
-    fn dropped(&self, _: &str, copy: &CopyInfo, _: DropReason, _: &dyn std::fmt::Display) {
-        self.joiner.lock().expect("not poisoned").skip(copy.id, |s| &mut s.replay_failed);
+    fn dropped(&self, _: &str, copy: &CopyInfo, reason: DropReason, _: &dyn std::fmt::Display) {
+        let mut joiner = self.joiner.lock().expect("not poisoned");
+        if joiner.pending.contains_key(&copy.id) {
+            *joiner
+                .verdicts
+                .lock()
+                .expect("not poisoned")
+                .replay_drops
+                .entry(reason.name())
+                .or_default() += 1;
+        }
+        joiner.skip(copy.id, |s| &mut s.replay_failed);
     }
 }
 

@@ -83,6 +83,8 @@ pub struct Summary {
     /// The comparison's verdict, when comparing.
     pub compare: Option<mirror_compare::Report>,
     pub compare_skipped: crate::compare::CompareSkips,
+    /// Copies the candidate or the secondary did not answer, by drop reason.
+    pub compare_drops: Vec<(&'static str, u64)>,
 }
 
 pub struct ShadowSummary {
@@ -362,11 +364,13 @@ impl Mirroring {
                 .collect(),
             compare: None,
             compare_skipped: Default::default(),
+            compare_drops: Vec::new(),
         };
         if let Some(c) = &self.dispatch.comparer {
             let verdicts = self.shared.verdicts.lock().expect("not poisoned");
             summary.compare = Some(verdicts.results.report(c.thresholds()));
             summary.compare_skipped = verdicts.skipped;
+            summary.compare_drops = verdicts.replay_drops.iter().map(|(k, v)| (*k, *v)).collect();
         }
         summary
     }
@@ -531,7 +535,11 @@ impl fmt::Display for Summary {
                 .join(", ")
         };
         if let Some(report) = &self.compare {
-            write_verdict(f, report, &nonzero(&self.compare_skipped.fields()))?;
+            let mut skipped = nonzero(&self.compare_skipped.fields());
+            if !self.compare_drops.is_empty() {
+                skipped.push_str(&format!(" ({})", nonzero(&self.compare_drops)));
+            }
+            write_verdict(f, report, &skipped)?;
         }
         writeln!(f, "reassembly: {}", nonzero(&self.reassembly.fields()))?;
         write!(f, "http: {}", nonzero(&self.http.fields()))
