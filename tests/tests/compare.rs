@@ -157,6 +157,16 @@ fn regressions_are_reported_and_noise_is_not() {
         .unwrap()
         .iter()
         .any(|e| e["latency"]["regression"] == true));
+    // The same counts in Prometheus, for a cluster-wide verdict.
+    let (_, metrics) = get(admin, "/metrics");
+    for line in [
+        "mirror_compare_field_differences_total{endpoint=\"GET /users/{id}\",field=\"body/id\",kind=\"type\",side=\"candidate\"} 30",
+        "mirror_compare_field_differences_total{endpoint=\"GET /users/{id}\",field=\"body/id\",kind=\"type\",side=\"noise\"} 0",
+        "mirror_compare_requests_total{endpoint=\"GET /orders/{id}\",count=\"compared\"} 30",
+        "mirror_compare_skipped_total{reason=\"pending_full\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+    }
     let summary = agent.stop();
     let mut found = regressions(&summary);
     found.sort();

@@ -9,6 +9,7 @@
 mod accept;
 pub mod admin;
 pub mod compare;
+mod compare_metrics;
 pub mod control;
 pub mod live;
 pub mod metrics;

@@ -56,6 +56,16 @@ pub struct Metrics {
     last: Mutex<HashMap<(usize, &'static str, &'static str), u64>>,
 }
 
+impl Metrics {
+    /// The metrics, with the comparison's counts read from `verdicts` at each scrape.
+    pub fn with_compare(verdicts: crate::compare::SharedVerdicts) -> Metrics {
+        let mut metrics = Metrics::default();
+        let collector = crate::compare_metrics::CompareCollector(verdicts);
+        metrics.registry.register_collector(Box::new(collector));
+        metrics
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("mirror");

@@ -129,13 +129,14 @@ pub struct Shared {
 impl Shared {
     /// `results`, if given, is told every copy's outcome after the metrics.
     pub fn new(results: Option<Arc<dyn ResultSink>>, workers: usize) -> Shared {
+        let verdicts = SharedVerdicts::default();
         Shared {
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics::with_compare(verdicts.clone())),
             queued: Arc::new(AtomicUsize::new(0)),
             own: OwnSockets::default(),
             results,
             workers: workers.max(1),
-            verdicts: SharedVerdicts::default(),
+            verdicts,
         }
     }
 
