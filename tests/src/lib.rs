@@ -30,6 +30,19 @@ pub fn mirror_bin() -> std::path::PathBuf {
     bin
 }
 
+/// HTTP messages (requests and responses) in a capture file of port 8000's traffic, as
+/// `mirror dump -r FILE --http` reads them: how a test knows a capture is complete.
+pub fn messages_in(file: &std::path::Path) -> usize {
+    let out = std::process::Command::new(mirror_bin())
+        .arg("dump")
+        .arg("-r")
+        .arg(file)
+        .args(["--http", "--port", "8000"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 /// `http://addr:port/path`, with IPv6 addresses in brackets.
 pub fn http_url(addr: std::net::IpAddr, port: u16, path: &str) -> String {
     format!("http://{}{path}", std::net::SocketAddr::new(addr, port))

@@ -8,7 +8,7 @@ use mirror_tests::{
     client::{curl, free_local_addr, get},
     http_url,
     json_service::{Build, JsonService},
-    mirror_bin,
+    messages_in, mirror_bin,
     topology::{Family, Topology},
 };
 
@@ -237,5 +237,51 @@ fn results_survive_a_restart_and_are_read_offline() {
     assert!(text.contains("GET /users/{id}: 20 compared of 20"), "{text}");
     let (code, _) = diff_report(&["--store", &dir.join("none").display().to_string()]);
     assert_eq!(code, 2, "a missing store is an error");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Offline: the primary's answers recorded by real tcpdump, the candidate's and the
+/// secondary's replayed now (`mirror replay -r --compare`): the same verdict as live.
+#[test]
+fn a_tcpdump_capture_is_compared_offline() {
+    use std::io::BufRead;
+    let s = services(Build::Candidate);
+    let dir = std::env::temp_dir().join(format!("mirror-compare-pcap-{}", s.topo.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcap = dir.join("primary.pcap").display().to_string();
+    let mut tcpdump = Command::new("tcpdump")
+        .args(["-i", &s.topo.server_host_if, "--immediate-mode", "-U", "-n", "-w", &pcap])
+        .args(["tcp", "port", "8000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(tcpdump.stderr.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().contains("listening on")), "tcpdump did not start");
+    traffic(&s, 10, &["/users/", "/orders/", "/slow?", "/other/"]);
+    // tcpdump writes asynchronously: stop it once the file holds the 40 exchanges.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while messages_in(pcap.as_ref()) < 80 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our child; SIGINT makes tcpdump flush and exit.
+    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
+    tcpdump.wait().unwrap();
+    let shadow = s.topo.shadow_addr(Family::V4);
+    let out = Command::new(mirror_bin())
+        .args(["replay", "-r", &pcap, "--compare"])
+        .args(["--candidate", &http_url(shadow, CANDIDATE, "")])
+        .args(["--secondary", &http_url(shadow, SECONDARY, "")])
+        .args(["--compare-endpoint", "/users/{id}", "--compare-endpoint", "/orders/{id}"])
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{summary}");
+    assert_eq!(compared(&summary), 40, "{summary}");
+    let mut found = regressions(&summary);
+    found.sort();
+    assert_eq!(found.len(), 3, "{summary}");
+    assert!(found[0].starts_with("GET /orders/{id} body/total missing: candidate 10 noise 0"));
+    assert!(found[1].starts_with("GET /slow latency: candidate p50 "), "{summary}");
+    assert!(found[2].starts_with("GET /users/{id} body/id type: candidate 10 noise 0"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,7 +13,7 @@ use mirror_testkit::Conversation;
 use mirror_tests::{
     agent::AgentProcess,
     client::{keep_alive, RawRequest},
-    mirror_bin,
+    messages_in, mirror_bin,
     netns::run,
     server::RecordingServer,
     topology::{Family, Topology},
@@ -329,15 +329,6 @@ fn golden_output_formats() {
         }
     }
     std::fs::remove_file(&pcap).unwrap();
-}
-
-/// HTTP messages `mirror dump --http` finds in a (possibly still growing) capture file.
-fn messages_in(file: &Path) -> usize {
-    let out = Command::new(mirror_bin())
-        .args(["dump", "-r", &file.display().to_string(), "--http", "--port", "8000"])
-        .output()
-        .unwrap();
-    text(&out).lines().count()
 }
 
 /// Ctrl-C ends a live dump with tcpdump's three closing lines, counting what it printed.
