@@ -157,6 +157,16 @@ fn regressions_are_reported_and_noise_is_not() {
         .unwrap()
         .iter()
         .any(|e| e["latency"]["regression"] == true));
+    // Samples show the field: the candidate's id is a string, the primary's a number.
+    let (status, text) = get(admin, "/api/samples?endpoint=GET%20/users/%7Bid%7D&field=body/id");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let samples: serde_json::Value = serde_json::from_str(body).unwrap();
+    let first = &samples[0];
+    assert_eq!(status, 200, "{text}");
+    assert!(first["request"].as_str().unwrap().starts_with("GET /users/"), "{first}");
+    assert!(first["candidate"]["body"].as_str().unwrap().contains("\"id\": \""), "{first}");
+    assert!(!first["primary"]["body"].as_str().unwrap().contains("\"id\": \""), "{first}");
+    assert_eq!(first["fields"][0]["field"], "body/id", "{first}");
     // The same counts in Prometheus, for a cluster-wide verdict.
     let (_, metrics) = get(admin, "/metrics");
     for line in [

@@ -8,6 +8,8 @@
 //!   report --agent` merges across agents;
 //! - `GET /api/endpoints`: every endpoint with its counts, most regressed first;
 //! - `GET /api/endpoint?name=GET%20/users/{id}`: one endpoint's report and field counts;
+//! - `GET /api/samples?endpoint=...[&field=body/id]`: an endpoint's samples (the request and
+//!   the three answers side by side), those showing a field if one is given;
 //! - `POST /api/clear`: forgets the results.
 use bytes::Bytes;
 use mirror_compare::{Report, Thresholds};
@@ -65,6 +67,10 @@ impl Api {
             ("GET", "/api/results") => json(&self.verdicts.lock().expect("not poisoned").results),
             ("GET", "/api/endpoints") => self.endpoints(),
             ("GET", "/api/endpoint") => self.endpoint(query.and_then(|q| param(q, "name"))),
+            ("GET", "/api/samples") => self.samples(
+                query.and_then(|q| param(q, "endpoint")),
+                query.and_then(|q| param(q, "field")),
+            ),
             ("POST", "/api/clear") => {
                 let mut v = self.verdicts.lock().expect("not poisoned");
                 v.results.clear();
@@ -115,6 +121,19 @@ impl Api {
         let rate = |r: &EndpointRow| r.differing as f64 / r.compared.max(1) as f64;
         rows.sort_by(|a, b| rate(b).total_cmp(&rate(a)).then(a.endpoint.cmp(b.endpoint)));
         json(&rows)
+    }
+
+    fn samples(&self, endpoint: Option<String>, field: Option<String>) -> ApiResponse {
+        let Some(endpoint) = endpoint else { return error(400, "endpoint= is required") };
+        let v = self.verdicts.lock().expect("not poisoned");
+        let Some(stats) = v.results.endpoints.get(&endpoint) else {
+            return error(404, "no such endpoint");
+        };
+        let shows = |s: &&mirror_compare::Sample| {
+            field.as_ref().is_none_or(|f| s.fields.iter().any(|d| &d.field == f))
+        };
+        let samples: Vec<_> = stats.samples.iter().filter(shows).collect();
+        json(&samples)
     }
 
     fn endpoint(&self, name: Option<String>) -> ApiResponse {

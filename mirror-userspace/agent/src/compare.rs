@@ -8,7 +8,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use mirror_compare::{compare, Answer, Caps, CompareRules, EndpointNamer, Results, Thresholds};
+use mirror_compare::{
+    compare, Answer, Caps, CompareRules, EndpointNamer, Results, Sample, SampleAnswer, Thresholds,
+};
 use mirror_flow::ConnId;
 use mirror_http::{Head, HttpRequest, HttpResponse};
 use mirror_shadow::{self as shadow, CopyInfo, DropReason, ResultSink, ShadowRequest};
@@ -87,6 +89,8 @@ impl Owned {
 
 struct Pending {
     endpoint: String,
+    /// The request's head as captured, for a sample.
+    request: Bytes,
     key: (ConnId, u64),
     started: Instant,
     /// The request's last byte on the wire, for the primary's latency.
@@ -120,10 +124,21 @@ impl Joiner {
 
     fn compare(&self, p: Pending) {
         let [Some(primary), secondary, Some(candidate)] = &p.answers else { return };
+        let (primary, candidate) = (primary.answer(), candidate.answer());
         let secondary = secondary.as_ref().map(Owned::answer);
-        let found =
-            compare(&primary.answer(), secondary.as_ref(), &candidate.answer(), &self.rules);
-        self.verdicts.lock().expect("not poisoned").results.record(&p.endpoint, &found);
+        let found = compare(&primary, secondary.as_ref(), &candidate, &self.rules);
+        let mut verdicts = self.verdicts.lock().expect("not poisoned");
+        verdicts.results.record(&p.endpoint, &found);
+        if !found.candidate.is_empty() {
+            let max = self.rules.max_decoded_body;
+            verdicts.results.offer_sample(&p.endpoint, fastrand::f64(), || Sample {
+                request: String::from_utf8_lossy(&p.request).into_owned(),
+                primary: SampleAnswer::of(&primary, max),
+                secondary: secondary.as_ref().map(|s| SampleAnswer::of(s, max)),
+                candidate: SampleAnswer::of(&candidate, max),
+                fields: found.candidate.clone(),
+            });
+        }
     }
 
     fn remove(&mut self, copy: u64) -> Option<Pending> {
@@ -237,6 +252,7 @@ impl Comparer {
         let started = Instant::now();
         let pending = Pending {
             endpoint,
+            request: req.head.bytes().clone(),
             key,
             started,
             request_ts_ns: req.last_ts_ns,

@@ -140,6 +140,9 @@ impl Default for CompareThresholds {
 pub(crate) struct CompareCaps {
     pub max_endpoints: usize,
     pub max_fields: usize,
+    /// Samples kept per endpoint (0: none), and the bytes of all samples together.
+    pub samples: usize,
+    pub sample_bytes: usize,
     pub max_pending: usize,
     pub max_body_bytes: usize,
     pub max_decoded_bytes: usize,
@@ -151,6 +154,8 @@ impl Default for CompareCaps {
         Self {
             max_endpoints: c.max_endpoints,
             max_fields: c.max_fields,
+            samples: c.samples,
+            sample_bytes: c.sample_bytes,
             max_pending: 10_000,
             max_body_bytes: 1 << 20,
             max_decoded_bytes: mirror_compare::CompareRules::default().max_decoded_body,
@@ -227,7 +232,12 @@ impl CompareConfig {
                 latency_ratio: t.latency_ratio,
                 latency_min_ms: t.latency_min_ms,
             },
-            caps: Caps { max_endpoints: c.max_endpoints, max_fields: c.max_fields },
+            caps: Caps {
+                max_endpoints: c.max_endpoints,
+                max_fields: c.max_fields,
+                samples: c.samples,
+                sample_bytes: c.sample_bytes,
+            },
             max_pending: c.max_pending,
             max_body: c.max_body_bytes,
             store: self.store.clone().map(mirror_compare::Store::new),

@@ -15,6 +15,7 @@ mod exchange;
 pub mod ignore;
 pub mod latency;
 mod results;
+pub mod sample;
 mod store;
 
 pub use diff::{FieldDiff, Kind};
@@ -25,4 +26,5 @@ pub use results::{
     Caps, EndpointReport, EndpointStats, FieldCounts, FieldReport, LatencyReport, Percentiles,
     Report, Results, Thresholds,
 };
+pub use sample::{Sample, SampleAnswer};
 pub use store::{Store, StoreError};

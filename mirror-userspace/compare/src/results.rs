@@ -14,6 +14,7 @@ use crate::{
     diff::{FieldDiff, Kind},
     exchange::{Comparison, Problems},
     latency::{Histogram, Latencies},
+    sample::Sample,
 };
 
 /// Thresholds of the verdict.
@@ -35,16 +36,19 @@ impl Default for Thresholds {
     }
 }
 
-/// How much is kept: endpoints, and fields per endpoint. What does not fit is counted.
+/// How much is kept: endpoints, fields per endpoint, samples per endpoint and the bytes of
+/// all samples. What does not fit is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caps {
     pub max_endpoints: usize,
     pub max_fields: usize,
+    pub samples: usize,
+    pub sample_bytes: usize,
 }
 
 impl Default for Caps {
     fn default() -> Self {
-        Self { max_endpoints: 10_000, max_fields: 256 }
+        Self { max_endpoints: 10_000, max_fields: 256, samples: 3, sample_bytes: 16 << 20 }
     }
 }
 
@@ -82,6 +86,9 @@ pub struct EndpointStats {
     pub untracked_fields: u64,
     pub latency: Latencies,
     pub problems: Problems,
+    /// A few differing requests with their answers ([`crate::sample`]).
+    #[serde(default)]
+    pub samples: Vec<Sample>,
 }
 
 impl EndpointStats {
@@ -116,8 +123,14 @@ pub struct Results {
     pub endpoints: BTreeMap<String, EndpointStats>,
     /// Requests of endpoints beyond the cap.
     pub untracked_requests: u64,
+    /// Samples not kept because all samples together reached their byte cap.
+    #[serde(default)]
+    pub samples_dropped: u64,
     #[serde(skip)]
     caps: Caps,
+    /// Bytes of every endpoint's samples.
+    #[serde(skip)]
+    sample_bytes: usize,
 }
 
 impl Results {
@@ -129,6 +142,35 @@ impl Results {
     /// whole).
     pub fn set_caps(&mut self, caps: Caps) {
         self.caps = caps;
+        self.sample_bytes =
+            self.endpoints.values().flat_map(|e| &e.samples).map(Sample::size).sum();
+    }
+
+    /// Offers a sample of the differing request of `endpoint` just recorded; `random` is
+    /// uniform in [0, 1). `make` is called only if the sample is kept (reservoir sampling
+    /// over the endpoint's differing requests, within the byte cap).
+    pub fn offer_sample(&mut self, endpoint: &str, random: f64, make: impl FnOnce() -> Sample) {
+        let n = self.caps.samples;
+        let Some(e) = self.endpoints.get_mut(endpoint) else { return };
+        let slot = if e.samples.len() < n {
+            e.samples.len()
+        } else {
+            match (random * e.differing as f64) as usize {
+                j if j < n => j,
+                _ => return,
+            }
+        };
+        let sample = make();
+        let (old, new) = (e.samples.get(slot).map_or(0, Sample::size), sample.size());
+        if self.sample_bytes - old + new > self.caps.sample_bytes {
+            self.samples_dropped += 1;
+            return;
+        }
+        self.sample_bytes = self.sample_bytes - old + new;
+        match e.samples.get_mut(slot) {
+            Some(kept) => *kept = sample,
+            None => e.samples.push(sample),
+        }
     }
 
     fn endpoint(&mut self, name: &str) -> Option<&mut EndpointStats> {
@@ -175,14 +217,26 @@ impl Results {
     /// agent that saw all the traffic (caps are not applied to what is merged).
     pub fn merge(&mut self, other: &Results) {
         for (name, stats) in &other.endpoints {
-            self.endpoints.entry(name.clone()).or_default().merge(stats);
+            let mine = self.endpoints.entry(name.clone()).or_default();
+            mine.merge(stats);
+            // Samples are unioned up to the per-endpoint cap (at least the default's).
+            let room = self.caps.samples.max(Caps::default().samples);
+            for s in &stats.samples {
+                if mine.samples.len() < room {
+                    self.sample_bytes += s.size();
+                    mine.samples.push(s.clone());
+                }
+            }
         }
         self.untracked_requests += other.untracked_requests;
+        self.samples_dropped += other.samples_dropped;
     }
 
     pub fn clear(&mut self) {
         self.endpoints.clear();
         self.untracked_requests = 0;
+        self.samples_dropped = 0;
+        self.sample_bytes = 0;
     }
 
     /// The verdict, endpoint by endpoint (in name order).
@@ -397,9 +451,51 @@ mod tests {
         assert_eq!(back.endpoints, a.endpoints);
     }
 
+    fn sample(body: &str) -> Sample {
+        let answer = crate::sample::SampleAnswer {
+            status: 200,
+            headers: vec![],
+            body: body.into(),
+            truncated: false,
+            latency_ms: None,
+        };
+        Sample {
+            request: "GET / HTTP/1.1\r\n\r\n".into(),
+            primary: answer.clone(),
+            secondary: None,
+            candidate: answer,
+            fields: vec![d("status", Kind::Primitive)],
+        }
+    }
+
+    #[test]
+    fn samples_are_a_bounded_reservoir() {
+        let caps = Caps { samples: 2, sample_bytes: 200, ..Caps::default() };
+        let mut r = Results::new(caps);
+        let diff = [d("status", Kind::Primitive)];
+        let mut made = 0;
+        for i in 0..100 {
+            r.offered("GET /a");
+            r.record("GET /a", &comparison(&diff, &[]));
+            r.offer_sample("GET /a", (i % 10) as f64 / 10.0, || {
+                made += 1;
+                sample(&format!("{i}"))
+            });
+        }
+        let kept = &r.endpoints["GET /a"].samples;
+        assert_eq!(kept.len(), 2);
+        assert!(made < 20, "replacements get rarer: {made}");
+        assert_eq!(r.samples_dropped, 0);
+        r.offered("GET /b");
+        r.record("GET /b", &comparison(&diff, &[]));
+        r.offer_sample("GET /b", 0.0, || sample(&"x".repeat(150)));
+        assert!(r.endpoints["GET /b"].samples.is_empty(), "over the byte cap");
+        assert_eq!(r.samples_dropped, 1);
+    }
+
     #[test]
     fn endpoints_and_fields_are_capped_and_the_rest_counted() {
-        let mut r = Results::new(Caps { max_endpoints: 2, max_fields: 1 });
+        let mut r = Results::new(Caps { max_endpoints: 2, max_fields: 1, ..Caps::default() });
         let two = [d("a", Kind::Missing), d("b", Kind::Extra)];
         for ep in ["GET /1", "GET /2", "GET /3"] {
             r.offered(ep);
