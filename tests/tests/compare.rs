@@ -295,3 +295,104 @@ fn a_tcpdump_capture_is_compared_offline() {
     assert!(found[2].starts_with("GET /users/{id} body/id type: candidate 10 noise 0"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One agent per node: two agents, each on its own tapped interface, merged by `mirror diff
+/// report` into the report of one agent that tapped both.
+#[test]
+fn two_agents_merge_into_the_report_of_one() {
+    let a = services(Build::Candidate);
+    let b = Topology::new().unwrap();
+    let _b_primary = JsonService::start(&b.server, PORT, Build::Current);
+    let shadow = a.topo.shadow_addr(Family::V4);
+    let args = |ifaces: &[&str], admin: SocketAddr| -> Vec<String> {
+        let mut v: Vec<String> = vec!["run".into(), "--admin".into(), admin.to_string()];
+        for i in ifaces {
+            v.extend(["-i".to_string(), i.to_string()]);
+        }
+        v.extend(
+            [
+                "--port",
+                "8000",
+                "--watch-socket",
+                "none",
+                "--compare",
+                "--compare-endpoint",
+                "/users/{id}",
+            ]
+            .map(String::from),
+        );
+        v.extend(["--candidate".into(), http_url(shadow, CANDIDATE, "")]);
+        v.extend(["--secondary".into(), http_url(shadow, SECONDARY, "")]);
+        v
+    };
+    let (one, two, both) = (free_local_addr(), free_local_addr(), free_local_addr());
+    let agents = [
+        AgentProcess::start(&args(&[&a.topo.server_host_if], one), "mirror run: ready"),
+        AgentProcess::start(&args(&[&b.server_host_if], two), "mirror run: ready"),
+        AgentProcess::start(
+            &args(&[&a.topo.server_host_if, &b.server_host_if], both),
+            "mirror run: ready",
+        ),
+    ];
+    traffic(&a, 20, &["/users/", "/orders/"]);
+    let url = http_url(b.server_addr(Family::V4), PORT, "/users/[1-15]");
+    curl(&b.client, &["-o", "/dev/null", &url]).unwrap();
+    wait_compared(one, 40);
+    wait_compared(two, 15);
+    wait_compared(both, 55);
+    // Latencies differ from one agent to another (each replays on its own); the counts and
+    // the verdict must not.
+    let verdict = |args: &[&str]| {
+        let (_, json) = diff_report(&[args, &["--json"]].concat());
+        let mut doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for e in doc["endpoints"].as_array_mut().unwrap() {
+            e.as_object_mut().unwrap().remove("latency");
+        }
+        doc
+    };
+    let merged = verdict(&["--agent", &one.to_string(), "--agent", &two.to_string()]);
+    assert_eq!(merged, verdict(&["--agent", &both.to_string()]));
+    assert_eq!(merged["endpoints"][1]["endpoint"], "GET /users/{id}", "{merged}");
+    assert_eq!(merged["endpoints"][1]["compared"], 35, "{merged}");
+    drop(agents);
+}
+
+/// A candidate that is down changes nothing for the primary or for mirroring to a shadow:
+/// its copies are counted as not compared, by reason.
+#[test]
+fn a_candidate_that_is_down_is_counted_and_harms_nothing() {
+    let topo = Topology::new().unwrap();
+    let _primary = JsonService::start(&topo.server, PORT, Build::Current);
+    let shadow = mirror_tests::server::RecordingServer::start(&topo.shadow, &[PORT]);
+    let admin = free_local_addr();
+    let dead = http_url(topo.shadow_addr(Family::V4), 9, ""); // nothing listens on port 9
+    let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let args: Vec<String> = [
+        "run",
+        "--admin",
+        &admin.to_string(),
+        "-i",
+        &topo.server_host_if,
+        "--port",
+        "8000",
+        "--watch-socket",
+        "none",
+        "--shadow",
+        &shadow_url,
+        "--compare",
+        "--candidate",
+        &dead,
+    ]
+    .map(String::from)
+    .to_vec();
+    let agent = AgentProcess::start(&args, "mirror run: ready");
+    let url = http_url(topo.server_addr(Family::V4), PORT, "/users/[1-20]");
+    curl(&topo.client, &["-o", "/dev/null", &url]).unwrap();
+    let overview = wait_accounted(admin, 20);
+    assert_eq!(overview["compared"], 0, "{overview}");
+    assert_eq!(overview["not_compared"]["replay_failed"], 20, "{overview}");
+    assert_eq!(overview["replay_drops"]["error"], 20, "{overview}");
+    assert_eq!(shadow.wait_for(20, Duration::from_secs(20)).len(), 20);
+    let summary = agent.stop();
+    assert!(summary.contains("not compared: replay_failed 20 (error 20)"), "{summary}");
+}

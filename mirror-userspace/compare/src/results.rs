@@ -493,6 +493,28 @@ mod tests {
         assert_eq!(r.samples_dropped, 1);
     }
 
+    /// 20 000 distinct endpoints, each with a field and a sample: what is kept stays within
+    /// the caps (10 000 endpoints, the sample bytes), what is not is counted.
+    #[test]
+    fn memory_is_bounded_with_many_endpoints() {
+        let caps = Caps { sample_bytes: 1 << 20, ..Caps::default() };
+        let mut r = Results::new(caps);
+        let diff = [d("body/x", Kind::Primitive)];
+        for i in 0..20_000 {
+            let ep = format!("GET /e{i}");
+            r.offered(&ep);
+            r.record(&ep, &comparison(&diff, &diff));
+            r.offer_sample(&ep, 0.0, || sample(&"b".repeat(200)));
+        }
+        assert_eq!(r.endpoints.len(), 10_000);
+        assert_eq!(r.untracked_requests, 20_000, "offered and recorded beyond the cap");
+        let kept: usize = r.endpoints.values().flat_map(|e| &e.samples).map(Sample::size).sum();
+        assert!(kept <= 1 << 20, "{kept}");
+        assert!(r.samples_dropped > 0);
+        let json = serde_json::to_vec(&r).unwrap();
+        assert!(json.len() < 8 << 20, "{} bytes", json.len());
+    }
+
     #[test]
     fn endpoints_and_fields_are_capped_and_the_rest_counted() {
         let mut r = Results::new(Caps { max_endpoints: 2, max_fields: 1, ..Caps::default() });
