@@ -14,6 +14,7 @@ use crate::{cargo, check, setup, workspace_root};
 /// Every benchmark, in the order a full run takes them.
 pub const NAMES: &[&str] = &[
     "extract",
+    "compare",
     "userspace_path",
     "kernel_cost",
     "agent_memory",
@@ -77,11 +78,28 @@ fn charts(out: &Path, name: &str) -> Result<Vec<(std::path::PathBuf, String)>> {
 
 /// Runs one benchmark; returns the command a reader would type to repeat it.
 fn run_one(name: &str, out: &Path) -> Result<String> {
-    if name == "extract" {
-        // criterion, one core; its estimates are read back from target/criterion.
-        check(cargo().args(["bench", "--locked", "-p", "mirror-http", "--bench", "extract"]))?;
-        std::fs::write(out.join("extract.md"), criterion_table()?)?;
-        return Ok("cargo bench -p mirror-http --bench extract".into());
+    // criterion, one core; its estimates are read back from target/criterion.
+    let criterion: Option<(&str, &[CriterionRow])> = match name {
+        "extract" => Some((
+            "mirror-http",
+            &[
+                ("small_get/10000", "small_get", 10_000.0, "M requests/s"),
+                ("post_64k/128", "post_64k", 8_388_608.0, "GB/s"),
+            ],
+        )),
+        "compare" => Some((
+            "mirror-compare",
+            &[
+                ("json/1k", "three 1 KiB JSON answers", 1.0, "k comparisons/s"),
+                ("json/64k", "three 64 KiB JSON answers", 1.0, "k comparisons/s"),
+            ],
+        )),
+        _ => None,
+    };
+    if let Some((package, rows)) = criterion {
+        check(cargo().args(["bench", "--locked", "-p", package, "--bench", name]))?;
+        std::fs::write(out.join(format!("{name}.md")), criterion_table(name, rows)?)?;
+        return Ok(format!("cargo bench -p {package} --bench {name}"));
     }
     let bin = workspace_root().join("target/release/mirror");
     // Old charts never pass for new ones.
@@ -97,16 +115,17 @@ fn run_one(name: &str, out: &Path) -> Result<String> {
     Ok(format!("MIRROR_BIN=target/release/mirror cargo bench -p mirror-tests --bench {name}"))
 }
 
-/// The criterion results of `extract`: mean and 95 % interval per benchmark.
-fn criterion_table() -> Result<String> {
-    let dir = workspace_root().join("target/criterion/extract");
+/// A criterion benchmark as reported: its id, its label, what one iteration processes, and
+/// the unit of that throughput.
+type CriterionRow = (&'static str, &'static str, f64, &'static str);
+
+/// The criterion results of group `group`: mean and 95 % interval per benchmark.
+fn criterion_table(group: &str, rows: &[CriterionRow]) -> Result<String> {
+    let dir = workspace_root().join("target/criterion").join(group);
     let mut table = String::from(
         "| benchmark | time per iteration, mean (95 % CI) | throughput |\n|---|---|---|\n",
     );
-    // (criterion id, what one iteration processes, unit)
-    for (id, per_iter, unit) in
-        [("small_get/10000", 10_000.0, "M requests/s"), ("post_64k/128", 8_388_608.0, "GB/s")]
-    {
+    for &(id, label, per_iter, unit) in rows {
         let path = dir.join(id).join("new/estimates.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -119,14 +138,17 @@ fn criterion_table() -> Result<String> {
             ns(&mean["confidence_interval"]["upper_bound"]),
         );
         // Items per ns are G items per second.
-        let rate = per_iter / avg * if unit.starts_with('M') { 1000.0 } else { 1.0 };
-        table.push_str(&format!(
-            "| {} | {:.3} ms ({:.3}-{:.3}) | {rate:.2} {unit} |\n",
-            id.split('/').next().unwrap_or(id),
-            avg / 1e6,
-            lo / 1e6,
-            hi / 1e6
-        ));
+        let rate = per_iter / avg * match unit.chars().next() {
+            Some('M') => 1e3,
+            Some('k') => 1e6,
+            _ => 1.0,
+        };
+        let time = if avg < 1e6 {
+            format!("{:.1} µs ({:.1}-{:.1})", avg / 1e3, lo / 1e3, hi / 1e3)
+        } else {
+            format!("{:.3} ms ({:.3}-{:.3})", avg / 1e6, lo / 1e6, hi / 1e6)
+        };
+        table.push_str(&format!("| {label} | {time} | {rate:.2} {unit} |\n"));
     }
     Ok(table)
 }
