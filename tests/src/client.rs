@@ -154,8 +154,22 @@ pub fn free_local_addr() -> SocketAddr {
 /// `GET path` from this namespace, the connection closed after: the status and the whole
 /// response as text.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"))
+}
+
+/// `POST path` with a JSON `body`, as [`get`].
+pub fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    request(addr, &(head + body))
+}
+
+fn request(addr: SocketAddr, text: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(text.as_bytes()).unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text.split(' ').nth(1).unwrap().parse().unwrap();

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 
 use mirror_tests::{
     agent::AgentProcess,
-    client::{curl, free_local_addr, get},
+    client::{curl, free_local_addr, get, post},
     http_url,
     json_service::{Build, JsonService},
     messages_in, mirror_bin,
@@ -233,7 +233,12 @@ fn results_survive_a_restart_and_are_read_offline() {
     let agent = compare_agent_with(&s, admin, &["--compare-store", &store]);
     traffic(&s, 10, &["/users/"]);
     wait_compared(admin, 10);
+    assert!(report(admin, &[]).1.contains("body/id type"));
+    // An ignore rule set through the API: in force at once, saved with the results.
+    let (status, text) = post(admin, "/api/ignore", r#"{"fields": ["body/id"]}"#);
+    assert_eq!(status, 200, "{text}");
     let (_, live) = report(admin, &["--json"]);
+    assert!(!live.contains("body/id"), "{live}");
     agent.stop();
     let (code, offline) = diff_report(&["--store", &store, "--json"]);
     assert_eq!(code, 0);
@@ -242,9 +247,11 @@ fn results_survive_a_restart_and_are_read_offline() {
     let agent = compare_agent_with(&s, admin, &["--compare-store", &store]);
     traffic(&s, 10, &["/users/"]);
     wait_compared(admin, 20);
+    assert!(get(admin, "/api/ignore").1.contains("body/id"), "the rule survived the restart");
     agent.stop();
     let (_, text) = diff_report(&["--store", &store]);
     assert!(text.contains("GET /users/{id}: 20 compared of 20"), "{text}");
+    assert!(!text.contains("body/id"), "{text}");
     let (code, _) = diff_report(&["--store", &dir.join("none").display().to_string()]);
     assert_eq!(code, 2, "a missing store is an error");
     std::fs::remove_dir_all(&dir).unwrap();

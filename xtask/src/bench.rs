@@ -138,11 +138,12 @@ fn criterion_table(group: &str, rows: &[CriterionRow]) -> Result<String> {
             ns(&mean["confidence_interval"]["upper_bound"]),
         );
         // Items per ns are G items per second.
-        let rate = per_iter / avg * match unit.chars().next() {
-            Some('M') => 1e3,
-            Some('k') => 1e6,
-            _ => 1.0,
-        };
+        let rate = per_iter / avg
+            * match unit.chars().next() {
+                Some('M') => 1e3,
+                Some('k') => 1e6,
+                _ => 1.0,
+            };
         let time = if avg < 1e6 {
             format!("{:.1} µs ({:.1}-{:.1})", avg / 1e3, lo / 1e3, hi / 1e3)
         } else {

@@ -10,17 +10,26 @@
 //! - `GET /api/endpoint?name=GET%20/users/{id}`: one endpoint's report and field counts;
 //! - `GET /api/samples?endpoint=...[&field=body/id]`: an endpoint's samples (the request and
 //!   the three answers side by side), those showing a field if one is given;
+//! - `GET /api/ignore`: the ignore rules in force (configured and added);
+//! - `POST /api/ignore` with `{"fields": [...], "headers": [...], "values": [...]}`: adds
+//!   rules to the running comparison (checked first; saved with the results), and forgets
+//!   the counts of the fields they leave out;
 //! - `POST /api/clear`: forgets the results.
 use bytes::Bytes;
 use mirror_compare::{Report, Thresholds};
 use serde::Serialize;
 
-use crate::compare::SharedVerdicts;
+use crate::compare::{SharedRules, SharedVerdicts};
 
-/// What the API reads: the verdicts every worker adds to, and the thresholds of the report.
+/// Bytes of a request body the API reads at most.
+pub const MAX_API_BODY: usize = 64 * 1024;
+
+/// What the API reads: the verdicts every worker adds to, the rules they compare with, and
+/// the thresholds of the report.
 #[derive(Clone)]
 pub struct Api {
     verdicts: SharedVerdicts,
+    rules: SharedRules,
     thresholds: Thresholds,
 }
 
@@ -52,12 +61,19 @@ struct EndpointRow<'a> {
 }
 
 impl Api {
-    pub fn new(verdicts: SharedVerdicts, thresholds: Thresholds) -> Api {
-        Api { verdicts, thresholds }
+    pub fn new(verdicts: SharedVerdicts, rules: SharedRules, thresholds: Thresholds) -> Api {
+        Api { verdicts, rules, thresholds }
     }
 
-    /// The response to `method path?query`, or None for a path that is not the API's.
-    pub fn handle(&self, method: &str, path: &str, query: Option<&str>) -> Option<ApiResponse> {
+    /// The response to `method path?query` with request body `body`, or None for a path
+    /// that is not the API's.
+    pub fn handle(
+        &self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Option<ApiResponse> {
         if !path.starts_with("/api/") {
             return None;
         }
@@ -79,8 +95,41 @@ impl Api {
                 json(&serde_json::json!({"cleared": true}))
             }
             (_, "/api/clear") => error(405, "use POST"),
+            ("GET", "/api/ignore") => self.ignore_rules(),
+            ("POST", "/api/ignore") => self.ignore(body),
             _ => error(404, "no such API path"),
         })
+    }
+
+    fn ignore_rules(&self) -> ApiResponse {
+        let rules = self.rules.read().expect("not poisoned");
+        let v = self.verdicts.lock().expect("not poisoned");
+        json(&serde_json::json!({"in_force": rules.ignore.spec(), "added": v.added_ignore}))
+    }
+
+    /// Adds ignore rules: all of them or, if one is bad, none (400, naming it).
+    fn ignore(&self, body: &[u8]) -> ApiResponse {
+        let spec: mirror_compare::IgnoreSpec = match serde_json::from_slice(body) {
+            Ok(s) => s,
+            Err(e) => {
+                return error(
+                    400,
+                    &format!(
+                    "expected {{\"fields\": [...], \"headers\": [...], \"values\": [...]}}: {e}"
+                ),
+                )
+            }
+        };
+        let mut rules = self.rules.write().expect("not poisoned");
+        let ignore = match rules.ignore.with(&spec) {
+            Ok(i) => i,
+            Err(e) => return error(400, &e.to_string()),
+        };
+        let mut v = self.verdicts.lock().expect("not poisoned");
+        v.added_ignore.add(&spec);
+        v.results.forget_ignored(&ignore);
+        rules.ignore = ignore;
+        json(&serde_json::json!({"in_force": rules.ignore.spec()}))
     }
 
     fn report(&self) -> Report {
@@ -193,9 +242,9 @@ mod tests {
             let diff = FieldDiff { field: "status".into(), kind: Kind::Primitive };
             v.results.record("GET /a", &Comparison { candidate: vec![diff], ..Default::default() });
         }
-        let api = Api::new(verdicts, Thresholds::default());
+        let api = Api::new(verdicts, SharedRules::default(), Thresholds::default());
         let get = |path: &str, query: Option<&str>| {
-            let r = api.handle("GET", path, query).unwrap();
+            let r = api.handle("GET", path, query, b"").unwrap();
             (r.status, serde_json::from_slice::<serde_json::Value>(&r.body).unwrap())
         };
         let (status, overview) = get("/api/overview", None);
@@ -208,9 +257,20 @@ mod tests {
         assert_eq!(get("/api/endpoint", Some("name=GET+/b")).0, 404);
         assert_eq!(get("/api/endpoint", None).0, 400);
         assert_eq!(get("/api/nope", None).0, 404);
-        assert!(api.handle("GET", "/metrics", None).is_none());
-        assert_eq!(api.handle("GET", "/api/clear", None).unwrap().status, 405);
-        assert_eq!(api.handle("POST", "/api/clear", None).unwrap().status, 200);
+        assert!(api.handle("GET", "/metrics", None, b"").is_none());
+        let post =
+            |path: &str, body: &str| api.handle("POST", path, None, body.as_bytes()).unwrap();
+        assert_eq!(post("/api/ignore", r#"{"values": ["("]}"#).status, 400, "a bad regex");
+        assert_eq!(post("/api/ignore", "nope").status, 400);
+        assert_eq!(post("/api/ignore", r#"{"fields": ["status"]}"#).status, 200);
+        assert_eq!(
+            get("/api/overview", None).1["regressed_endpoints"].as_u64(),
+            Some(0),
+            "forgotten"
+        );
+        assert_eq!(get("/api/ignore", None).1["added"]["fields"][0], "status");
+        assert_eq!(api.handle("GET", "/api/clear", None, b"").unwrap().status, 405);
+        assert_eq!(post("/api/clear", "").status, 200);
         assert_eq!(get("/api/report", None).1["endpoints"].as_array().unwrap().len(), 0);
     }
 }

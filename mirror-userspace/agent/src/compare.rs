@@ -67,12 +67,19 @@ mirror_common::counter_set! {
 #[derive(Debug, Default)]
 pub struct Verdicts {
     pub results: Results,
+    /// Ignore rules added at run time (the API), on top of the configured ones; saved with
+    /// the results.
+    pub added_ignore: mirror_compare::IgnoreSpec,
     pub skipped: CompareSkips,
     /// Copies the candidate or the secondary did not answer, by drop reason.
     pub replay_drops: std::collections::BTreeMap<&'static str, u64>,
 }
 
 pub type SharedVerdicts = Arc<Mutex<Verdicts>>;
+
+/// The rules of every worker's comparisons, which the API may change at run time (read once
+/// per comparison; written only when a rule is added).
+pub type SharedRules = Arc<std::sync::RwLock<CompareRules>>;
 
 /// An answer owned until the comparison.
 struct Owned {
@@ -107,7 +114,7 @@ struct Joiner {
     pending: HashMap<u64, Pending>,
     by_request: HashMap<(ConnId, u64), u64>,
     with_secondary: bool,
-    rules: CompareRules,
+    rules: SharedRules,
     verdicts: SharedVerdicts,
 }
 
@@ -126,11 +133,12 @@ impl Joiner {
         let [Some(primary), secondary, Some(candidate)] = &p.answers else { return };
         let (primary, candidate) = (primary.answer(), candidate.answer());
         let secondary = secondary.as_ref().map(Owned::answer);
-        let found = compare(&primary, secondary.as_ref(), &candidate, &self.rules);
+        let rules = self.rules.read().expect("not poisoned");
+        let found = compare(&primary, secondary.as_ref(), &candidate, &rules);
         let mut verdicts = self.verdicts.lock().expect("not poisoned");
         verdicts.results.record(&p.endpoint, &found);
         if !found.candidate.is_empty() {
-            let max = self.rules.max_decoded_body;
+            let max = rules.max_decoded_body;
             verdicts.results.offer_sample(&p.endpoint, fastrand::f64(), || Sample {
                 request: String::from_utf8_lossy(&p.request).into_owned(),
                 primary: SampleAnswer::of(&primary, max),
@@ -202,14 +210,23 @@ impl Comparer {
     pub(crate) fn new(
         settings: CompareSettings,
         verdicts: SharedVerdicts,
+        rules: SharedRules,
         start: impl Fn(&ShadowTarget, Arc<dyn ResultSink>, usize) -> shadow::ShadowClient,
     ) -> Comparer {
-        verdicts.lock().expect("not poisoned").results.set_caps(settings.caps);
+        {
+            let mut v = verdicts.lock().expect("not poisoned");
+            v.results.set_caps(settings.caps);
+            // The configured rules and those added at run time (checked when added).
+            let ignore = settings.rules.ignore.with(&v.added_ignore);
+            let ignore = ignore.unwrap_or_else(|_| settings.rules.ignore.clone());
+            *rules.write().expect("not poisoned") =
+                CompareRules { ignore, ..settings.rules.clone() };
+        }
         let joiner = Arc::new(Mutex::new(Joiner {
             pending: HashMap::new(),
             by_request: HashMap::new(),
             with_secondary: settings.secondary.is_some(),
-            rules: settings.rules.clone(),
+            rules,
             verdicts: verdicts.clone(),
         }));
         let sink =

@@ -100,7 +100,9 @@ impl LiveAgent {
         if let Some(store) = &store {
             // What an earlier run saved, before anything is attached.
             if let Some(saved) = store.load().map_err(|e| anyhow!("compare.store: {e}"))? {
-                shared.verdicts().lock().expect("not poisoned").results = saved;
+                let mut verdicts = shared.verdicts().lock().expect("not poisoned");
+                verdicts.results = saved.results;
+                verdicts.added_ignore = saved.ignore;
             }
         }
         let (ended_tx, ended) = mpsc::unbounded_channel();
@@ -217,8 +219,11 @@ impl LiveAgent {
     /// and the next one tried: the results in memory are whole).
     async fn save_results(&self) {
         let Some(store) = self.store.clone() else { return };
-        let results = self.shared.verdicts().lock().expect("not poisoned").results.clone();
-        let saved = tokio::task::spawn_blocking(move || store.save(&results)).await;
+        let (results, ignore) = {
+            let v = self.shared.verdicts().lock().expect("not poisoned");
+            (v.results.clone(), v.added_ignore.clone())
+        };
+        let saved = tokio::task::spawn_blocking(move || store.save(&results, &ignore)).await;
         match saved {
             Ok(Err(e)) => tracing::warn!("saving the comparison's results: {e}"),
             Err(e) => tracing::warn!("saving the comparison's results: {e}"),
@@ -342,7 +347,7 @@ impl Taps for NoTaps {
 
 /// The comparison's API, when comparing.
 fn settings_api(shared: &Shared, thresholds: &Option<mirror_compare::Thresholds>) -> Option<Api> {
-    thresholds.map(|t| Api::new(shared.verdicts().clone(), t))
+    thresholds.map(|t| Api::new(shared.verdicts().clone(), shared.compare_rules().clone(), t))
 }
 
 /// Watching is an aid, not the job: without its socket the agent still mirrors.

@@ -283,20 +283,42 @@ pub async fn serve(
         let (metrics, ready, api) = (metrics.clone(), ready.clone(), api.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (path, query) = (req.uri().path(), req.uri().query());
-                let answer =
-                    api.as_ref().and_then(|a| a.handle(req.method().as_str(), path, query));
-                let response = match (answer, path) {
-                    (Some(r), _) => Response::builder()
-                        .status(r.status)
-                        .header("content-type", "application/json")
-                        .body(Full::new(r.body)),
-                    (None, path) => plain(path, &metrics, &ready),
-                };
-                async move { response }
+                let (metrics, ready, api) = (metrics.clone(), ready.clone(), api.clone());
+                async move { respond(req, &metrics, &ready, api.as_ref()).await }
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
+    }
+}
+
+/// The API's answer if it has one, else the metrics, health and readiness endpoints. A
+/// request body (the API's POSTs) is read up to [`crate::admin::MAX_API_BODY`] bytes.
+async fn respond(
+    req: Request<hyper::body::Incoming>,
+    metrics: &Metrics,
+    ready: &AtomicBool,
+    api: Option<&crate::admin::Api>,
+) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
+    let (parts, body) = req.into_parts();
+    let Some(api) = api.filter(|_| parts.uri.path().starts_with("/api/")) else {
+        return plain(parts.uri.path(), metrics, ready);
+    };
+    let limited = http_body_util::Limited::new(body, crate::admin::MAX_API_BODY);
+    let body = match http_body_util::BodyExt::collect(limited).await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Response::builder()
+                .status(StatusCode::PAYLOAD_TOO_LARGE)
+                .body(Full::new(Bytes::from_static(b"{\"error\": \"body too large\"}")))
+        }
+    };
+    let (path, query) = (parts.uri.path(), parts.uri.query());
+    match api.handle(parts.method.as_str(), path, query, &body) {
+        Some(r) => Response::builder()
+            .status(r.status)
+            .header("content-type", "application/json")
+            .body(Full::new(r.body)),
+        None => plain(path, metrics, ready),
     }
 }
 

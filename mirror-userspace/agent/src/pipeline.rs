@@ -21,7 +21,7 @@ use mirror_shadow::{ClientConfig, Limits, OwnSockets, ResultSink, ShadowClient, 
 use mirror_tap::KernelCounters;
 
 use crate::{
-    compare::{CompareSettings, Comparer, SharedVerdicts},
+    compare::{CompareSettings, Comparer, SharedRules, SharedVerdicts},
     metrics::{Metrics, ShadowMetrics, ShadowResults, Stage},
     rewrite::{HeaderEdits, HostRewrite, Rewriter},
     select::{MatchRule, RequestMatcher, Sampler},
@@ -124,6 +124,7 @@ pub struct Shared {
     workers: usize,
     /// What every worker's comparisons add to.
     verdicts: SharedVerdicts,
+    compare_rules: SharedRules,
 }
 
 impl Shared {
@@ -137,11 +138,16 @@ impl Shared {
             results,
             workers: workers.max(1),
             verdicts,
+            compare_rules: SharedRules::default(),
         }
     }
 
     pub fn verdicts(&self) -> &SharedVerdicts {
         &self.verdicts
+    }
+
+    pub fn compare_rules(&self) -> &SharedRules {
+        &self.compare_rules
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -205,7 +211,7 @@ impl Shared {
         let start = |target: &ShadowTarget, sink, keep| {
             self.client(settings, target, Some(sink), Some(keep)).0
         };
-        Some(Comparer::new(compare, self.verdicts.clone(), start))
+        Some(Comparer::new(compare, self.verdicts.clone(), self.compare_rules.clone(), start))
     }
 
     fn dispatch(

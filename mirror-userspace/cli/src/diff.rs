@@ -71,7 +71,7 @@ pub(crate) async fn run(args: DiffArgs) -> Result<ExitCode> {
     }
     for path in &args.stores {
         match mirror_compare::Store::new(path).load() {
-            Ok(Some(results)) => merged.merge(&results),
+            Ok(Some(saved)) => merged.merge(&saved.results),
             Ok(None) => {
                 eprintln!("mirror diff report: --store {}: no such file", path.display());
                 return Ok(ExitCode::from(2));

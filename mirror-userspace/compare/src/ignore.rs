@@ -34,6 +34,27 @@ pub struct IgnoreSpec {
     pub values: Vec<String>,
 }
 
+impl IgnoreSpec {
+    /// Adds the rules of `more` not already here.
+    pub fn add(&mut self, more: &IgnoreSpec) {
+        for (mine, theirs) in [
+            (&mut self.fields, &more.fields),
+            (&mut self.headers, &more.headers),
+            (&mut self.values, &more.values),
+        ] {
+            for rule in theirs {
+                if !mine.contains(rule) {
+                    mine.push(rule.clone());
+                }
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.headers.is_empty() && self.values.is_empty()
+    }
+}
+
 /// A rule that cannot be one, with the offending text.
 #[derive(Debug, thiserror::Error)]
 pub enum IgnoreError {
@@ -83,6 +104,14 @@ impl IgnoreRules {
 
     pub fn spec(&self) -> &IgnoreSpec {
         &self.spec
+    }
+
+    /// These rules and `more` (rules already present are not repeated); on an error nothing
+    /// changes.
+    pub fn with(&self, more: &IgnoreSpec) -> Result<IgnoreRules, IgnoreError> {
+        let mut spec = self.spec.clone();
+        spec.add(more);
+        IgnoreRules::new(spec)
     }
 
     /// Whether header `name` (lower case) is left out.

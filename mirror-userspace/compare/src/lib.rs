@@ -27,4 +27,4 @@ pub use results::{
     Report, Results, Thresholds,
 };
 pub use sample::{Sample, SampleAnswer};
-pub use store::{Store, StoreError};
+pub use store::{Saved, Store, StoreError};

@@ -232,6 +232,18 @@ impl Results {
         self.samples_dropped += other.samples_dropped;
     }
 
+    /// Forgets the counts of fields `rules` now leave out (set at run time: the report
+    /// stops showing them at once).
+    pub fn forget_ignored(&mut self, rules: &crate::IgnoreRules) {
+        for e in self.endpoints.values_mut() {
+            e.fields.retain(|d, _| {
+                let header =
+                    d.field.strip_prefix("header/").is_some_and(|h| rules.ignores_header(h));
+                !header && !rules.ignores_field(&d.field)
+            });
+        }
+    }
+
     pub fn clear(&mut self) {
         self.endpoints.clear();
         self.untracked_requests = 0;

@@ -3,17 +3,30 @@
 //! redb rather than SQLite: pure Rust (no C library to build into the agent), one file,
 //! ACID with copy-on-write B-trees, so a crash mid-save leaves the previous save intact.
 //! Layout: table `endpoints`, endpoint name -> its counts as JSON (`EndpointStats`, whose
-//! fields are only ever added to); table `meta`: `schema` (1) and `untracked_requests`.
+//! fields are only ever added to); table `meta`: `schema` (1) and `untracked_requests`;
+//! table `settings`: `ignore`, the ignore rules added at run time (`IgnoreSpec` as JSON).
 //! The file is opened for each load or save and closed after: redb lets one process hold a
 //! file, and an offline reader (`mirror diff report --store`) may come between saves.
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::results::{EndpointStats, Results};
+use crate::{
+    results::{EndpointStats, Results},
+    IgnoreSpec,
+};
+
+/// What a store holds.
+#[derive(Debug, Default)]
+pub struct Saved {
+    pub results: Results,
+    /// Ignore rules added at run time (through the API), on top of the configured ones.
+    pub ignore: IgnoreSpec,
+}
 
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 const SCHEMA: u64 = 1;
 
 /// Why the store could not be read or written.
@@ -46,17 +59,18 @@ impl Store {
         StoreError::Db { path: self.path.display().to_string(), message: e.to_string() }
     }
 
-    /// The saved results; `None` when there is no file yet.
-    pub fn load(&self) -> Result<Option<Results>, StoreError> {
+    /// The saved results and rules; `None` when there is no file yet.
+    pub fn load(&self) -> Result<Option<Saved>, StoreError> {
         if !self.path.exists() {
             return Ok(None);
         }
         let db = Database::open(&self.path).map_err(|e| self.db_error(e))?;
         let txn = db.begin_read().map_err(|e| self.db_error(e))?;
-        let mut results = Results::default();
+        let mut saved = Saved::default();
+        let results = &mut saved.results;
         let meta = match txn.open_table(META) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Some(results)),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Some(saved)),
             Err(e) => return Err(self.db_error(e)),
         };
         let get = |key| meta.get(key).map(|v| v.map(|v| v.value()));
@@ -80,11 +94,17 @@ impl Store {
                 })?;
             results.endpoints.insert(name.value().to_string(), stats);
         }
-        Ok(Some(results))
+        if let Ok(settings) = txn.open_table(SETTINGS) {
+            if let Some(v) = settings.get("ignore").map_err(|e| self.db_error(e))? {
+                saved.ignore = serde_json::from_slice(v.value()).map_err(|e| self.db_error(e))?;
+            }
+        }
+        Ok(Some(saved))
     }
 
-    /// Replaces what is saved with `results`, in one transaction.
-    pub fn save(&self, results: &Results) -> Result<(), StoreError> {
+    /// Replaces what is saved with `results` and the run-time `ignore` rules, in one
+    /// transaction.
+    pub fn save(&self, results: &Results, ignore: &IgnoreSpec) -> Result<(), StoreError> {
         let db = Database::create(&self.path).map_err(|e| self.db_error(e))?;
         let txn = db.begin_write().map_err(|e| self.db_error(e))?;
         txn.delete_table(ENDPOINTS).map_err(|e| self.db_error(e))?;
@@ -98,6 +118,9 @@ impl Store {
             meta.insert("schema", SCHEMA).map_err(|e| self.db_error(e))?;
             meta.insert("untracked_requests", results.untracked_requests)
                 .map_err(|e| self.db_error(e))?;
+            let mut settings = txn.open_table(SETTINGS).map_err(|e| self.db_error(e))?;
+            let json = serde_json::to_vec(ignore).map_err(|e| self.db_error(e))?;
+            settings.insert("ignore", json.as_slice()).map_err(|e| self.db_error(e))?;
         }
         txn.commit().map_err(|e| self.db_error(e))
     }
@@ -127,14 +150,17 @@ mod tests {
                 },
             );
         }
-        store.save(&r).unwrap();
+        let ignore = IgnoreSpec { fields: vec!["body/id".into()], ..Default::default() };
+        store.save(&r, &ignore).unwrap();
         let back = store.load().unwrap().unwrap();
-        assert_eq!(back.report(&Thresholds::default()), r.report(&Thresholds::default()));
+        assert_eq!(back.results.report(&Thresholds::default()), r.report(&Thresholds::default()));
+        assert_eq!(back.ignore, ignore);
         r.clear();
         r.offered("GET /c");
-        store.save(&r).unwrap();
+        store.save(&r, &IgnoreSpec::default()).unwrap();
         let back = store.load().unwrap().unwrap();
-        assert_eq!(back.endpoints.keys().collect::<Vec<_>>(), ["GET /c"]);
+        assert_eq!(back.results.endpoints.keys().collect::<Vec<_>>(), ["GET /c"]);
+        assert!(back.ignore.is_empty());
         std::fs::write(dir.join("junk"), b"not a database").unwrap();
         let junk = Store::new(dir.join("junk")).load().unwrap_err().to_string();
         assert!(junk.contains("junk"), "{junk}");
