@@ -4,16 +4,17 @@ use std::io::Read;
 
 use bytes::Bytes;
 use mirror_http::Head;
-use serde_json::Value;
 
-/// A body ready for comparison.
+use crate::json::Json;
+
+/// A body ready for comparison, borrowing from its [`Decoded`] bytes.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Body {
+pub enum Body<'a> {
     Empty,
     /// `application/json` or `*+json` that parses.
-    Json(Value),
+    Json(Json<'a>),
     /// `text/*`, HTML, XML, or JSON that does not parse (counted), valid UTF-8.
-    Text(String),
+    Text(&'a str),
     /// Anything else: compared by length and hash.
     Binary {
         len: usize,
@@ -34,20 +35,44 @@ pub enum BodyError {
     TooLarge,
 }
 
-/// A decoded body, and what went wrong on the way (the body is then compared as bytes).
+/// A body without its transfer and content codings, and what went wrong on the way (the
+/// raw body is then compared as bytes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decoded {
-    pub body: Body,
+    pub bytes: Bytes,
+    kind: Kind,
     pub error: Option<BodyError>,
-    /// JSON by its Content-Type that did not parse.
-    pub invalid_json: bool,
+}
+
+impl Decoded {
+    /// The body typed: JSON parsed (borrowing the bytes), text, or described by length
+    /// and hash; and whether it was JSON by its Content-Type that did not parse.
+    pub fn body(&self) -> (Body<'_>, bool) {
+        if self.bytes.is_empty() && self.error.is_none() {
+            return (Body::Empty, false);
+        }
+        if self.error.is_some() {
+            return (binary(&self.bytes), false);
+        }
+        if self.kind == Kind::Json {
+            if let Ok(j) = Json::parse(&self.bytes) {
+                return (Body::Json(j), false);
+            }
+        }
+        let body = match (self.kind, std::str::from_utf8(&self.bytes)) {
+            (Kind::Json | Kind::Text, Ok(t)) => Body::Text(t),
+            _ => binary(&self.bytes),
+        };
+        (body, self.kind == Kind::Json)
+    }
 }
 
 /// Decodes `raw`, the body as captured or received, of a response with head `head`.
 pub fn decode(head: &Head, raw: &Bytes, max_decoded: usize) -> Decoded {
+    let kind = content_kind(head.header("content-type").unwrap_or(b""));
     match unwrap(head, raw, max_decoded) {
-        Ok(bytes) => typed(head, &bytes),
-        Err(error) => Decoded { body: binary(raw), error: Some(error), invalid_json: false },
+        Ok(bytes) => Decoded { bytes, kind, error: None },
+        Err(error) => Decoded { bytes: raw.clone(), kind, error: Some(error) },
     }
 }
 
@@ -90,25 +115,7 @@ fn read_capped(reader: impl Read, max: usize, coding: &'static str) -> Result<By
     Ok(out.into())
 }
 
-fn typed(head: &Head, bytes: &Bytes) -> Decoded {
-    let ok = |body| Decoded { body, error: None, invalid_json: false };
-    if bytes.is_empty() {
-        return ok(Body::Empty);
-    }
-    let kind = content_kind(head.header("content-type").unwrap_or(b""));
-    if kind == Kind::Json {
-        if let Ok(v) = serde_json::from_slice(bytes) {
-            return ok(Body::Json(v));
-        }
-    }
-    let text = match (kind, std::str::from_utf8(bytes)) {
-        (Kind::Json | Kind::Text, Ok(t)) => Body::Text(t.to_string()),
-        _ => binary(bytes),
-    };
-    Decoded { body: text, error: None, invalid_json: kind == Kind::Json }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Json,
     Text,
@@ -131,7 +138,7 @@ fn content_kind(content_type: &[u8]) -> Kind {
     }
 }
 
-fn binary(bytes: &[u8]) -> Body {
+fn binary(bytes: &[u8]) -> Body<'static> {
     Body::Binary { len: bytes.len(), hash: fnv1a(bytes) }
 }
 
@@ -172,7 +179,7 @@ mod tests {
         raw.extend_from_slice(&z);
         raw.extend_from_slice(b"\r\n0\r\n\r\n");
         let d = decode(&h, &raw.into(), CAP);
-        assert_eq!(d.body, Body::Json(serde_json::json!({"a": [1, 2]})));
+        assert_eq!(d.body().0, Body::Json(Json::parse(br#"{"a":[1,2]}"#).unwrap()));
         assert_eq!(d.error, None);
     }
 
@@ -183,19 +190,18 @@ mod tests {
         assert!(bomb.len() < 64 << 10);
         let d = decode(&h, &bomb, CAP);
         assert_eq!(d.error, Some(BodyError::TooLarge));
-        assert!(matches!(d.body, Body::Binary { len, .. } if len == bomb.len()));
+        assert!(matches!(d.body().0, Body::Binary { len, .. } if len == bomb.len()));
     }
 
     #[test]
     fn invalid_json_non_utf8_and_bad_codings_are_said() {
         let json = head("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n");
         let d = decode(&json, &Bytes::from_static(b"{not json"), CAP);
-        assert!(d.invalid_json);
-        assert_eq!(d.body, Body::Text("{not json".into()));
+        assert_eq!(d.body(), (Body::Text("{not json"), true));
         let d = decode(&json, &Bytes::from_static(b"\xff\xfe{"), CAP);
-        assert!(d.invalid_json && matches!(d.body, Body::Binary { len: 3, .. }));
+        assert!(matches!(d.body(), (Body::Binary { len: 3, .. }, true)));
         let text = head("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n");
-        assert_eq!(decode(&text, &Bytes::from_static(b"<p>"), CAP).body, Body::Text("<p>".into()));
+        assert_eq!(decode(&text, &Bytes::from_static(b"<p>"), CAP).body().0, Body::Text("<p>"));
         let bad = head("HTTP/1.1 200 OK\r\nContent-Encoding: br\r\n\r\n");
         assert_eq!(
             decode(&bad, &Bytes::from_static(b"nope"), CAP).error,
@@ -211,6 +217,6 @@ mod tests {
             decode(&chunked, &Bytes::from_static(b"zz\r\n"), CAP).error,
             Some(BodyError::Chunked)
         );
-        assert_eq!(decode(&text, &Bytes::new(), CAP).body, Body::Empty);
+        assert_eq!(decode(&text, &Bytes::new(), CAP).body().0, Body::Empty);
     }
 }

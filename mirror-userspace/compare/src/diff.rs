@@ -5,10 +5,11 @@
 //! escaped; `*` for the elements of an array, which are all one field as in Diffy). Arrays
 //! follow Diffy: the same elements in another order are an `array_order` difference, arrays
 //! of one length otherwise differ element by element, arrays of different lengths by size.
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use std::borrow::Cow;
 
-use crate::{body::Body, ignore::IgnoreRules};
+use serde::{Deserialize, Serialize};
+
+use crate::{body::Body, ignore::IgnoreRules, json::Json};
 
 /// What kind of difference a field shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -55,7 +56,7 @@ pub struct FieldDiff {
 }
 
 /// Appends the differences between bodies `a` and `b` to `out`.
-pub(crate) fn bodies(a: &Body, b: &Body, rules: &IgnoreRules, out: &mut Vec<FieldDiff>) {
+pub(crate) fn bodies(a: &Body<'_>, b: &Body<'_>, rules: &IgnoreRules, out: &mut Vec<FieldDiff>) {
     if rules.ignores_field("body") {
         return;
     }
@@ -79,59 +80,77 @@ pub(crate) fn bodies(a: &Body, b: &Body, rules: &IgnoreRules, out: &mut Vec<Fiel
 }
 
 /// JSON values at `path`; `path` is restored before returning.
-fn values(path: &mut String, a: &Value, b: &Value, rules: &IgnoreRules, out: &mut Vec<FieldDiff>) {
+fn values(
+    path: &mut String,
+    a: &Json<'_>,
+    b: &Json<'_>,
+    rules: &IgnoreRules,
+    out: &mut Vec<FieldDiff>,
+) {
     let mut push = |kind| out.push(FieldDiff { field: path.clone(), kind });
+    let number = |j: &Json<'_>| matches!(j, Json::UInt(_) | Json::Int(_) | Json::Float(_));
     match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            objects(path, x, y, rules, out);
-        }
-        (Value::Array(x), Value::Array(y)) => arrays(path, x, y, rules, out),
-        (Value::String(x), Value::String(y)) => {
+        (Json::Obj(x), Json::Obj(y)) => objects(path, x, y, rules, out),
+        (Json::Arr(x), Json::Arr(y)) => arrays(path, x, y, rules, out),
+        (Json::Str(x), Json::Str(y)) => {
             if x != y && !rules.ignores_value(x, y) {
                 push(Kind::Primitive)
             }
         }
-        (Value::Number(_), Value::Number(_)) | (Value::Bool(_), Value::Bool(_)) => {
+        (Json::Bool(_), Json::Bool(_)) => {
             if a != b {
                 push(Kind::Primitive)
             }
         }
-        (Value::Null, Value::Null) => {}
+        (x, y) if number(x) && number(y) => {
+            if a != b {
+                push(Kind::Primitive)
+            }
+        }
+        (Json::Null, Json::Null) => {}
         _ => push(Kind::Type),
     }
 }
 
+/// Members of two objects, both sorted by key: one merge walk.
 fn objects(
     path: &mut String,
-    a: &serde_json::Map<String, Value>,
-    b: &serde_json::Map<String, Value>,
+    a: &[(Cow<'_, str>, Json<'_>)],
+    b: &[(Cow<'_, str>, Json<'_>)],
     rules: &IgnoreRules,
     out: &mut Vec<FieldDiff>,
 ) {
     let len = path.len();
-    for (key, x) in a {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let order = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => x.0.cmp(&y.0),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        let key = if order.is_gt() { &b[j].0 } else { &a[i].0 };
         push_token(path, key);
         if !rules.ignores_field(path) {
-            match b.get(key) {
-                Some(y) => values(path, x, y, rules, out),
-                None => out.push(FieldDiff { field: path.clone(), kind: Kind::Missing }),
+            match order {
+                std::cmp::Ordering::Equal => values(path, &a[i].1, &b[j].1, rules, out),
+                std::cmp::Ordering::Less => {
+                    out.push(FieldDiff { field: path.clone(), kind: Kind::Missing })
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(FieldDiff { field: path.clone(), kind: Kind::Extra })
+                }
             }
         }
         path.truncate(len);
-    }
-    for key in b.keys().filter(|k| !a.contains_key(*k)) {
-        push_token(path, key);
-        if !rules.ignores_field(path) {
-            out.push(FieldDiff { field: path.clone(), kind: Kind::Extra });
-        }
-        path.truncate(len);
+        i += usize::from(!order.is_gt());
+        j += usize::from(!order.is_lt());
     }
 }
 
 fn arrays(
     path: &mut String,
-    a: &[Value],
-    b: &[Value],
+    a: &[Json<'_>],
+    b: &[Json<'_>],
     rules: &IgnoreRules,
     out: &mut Vec<FieldDiff>,
 ) {
@@ -179,27 +198,22 @@ fn dedup_from(out: &mut Vec<FieldDiff>, start: usize) {
 }
 
 /// A structural hash of a JSON value (FNV-1a over a canonical walk; object members in key
-/// order, which serde_json's map keeps). Two arrays whose element hashes agree are taken as
-/// equal: a collision (one in 2^64) would hide a difference.
-fn hash_value(v: &Value) -> u64 {
+/// order, which the tree keeps). Two arrays whose element hashes agree are taken as equal:
+/// a collision (one in 2^64) would hide a difference.
+fn hash_value(v: &Json<'_>) -> u64 {
     fn mix(h: u64, bytes: &[u8]) -> u64 {
         bytes.iter().fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
     }
-    fn walk(h: u64, v: &Value) -> u64 {
+    fn walk(h: u64, v: &Json<'_>) -> u64 {
         match v {
-            Value::Null => mix(h, b"n"),
-            Value::Bool(b) => mix(h, if *b { b"t" } else { b"f" }),
-            Value::Number(n) => {
-                let bits = match (n.as_i64(), n.as_f64()) {
-                    (Some(i), _) => i as u64,
-                    (None, Some(f)) => f.to_bits() ^ 0x8000_0000_0000_0001,
-                    (None, None) => 0,
-                };
-                mix(mix(h, b"#"), &bits.to_le_bytes())
-            }
-            Value::String(s) => mix(mix(h, b"\""), s.as_bytes()),
-            Value::Array(items) => mix(items.iter().fold(mix(h, b"["), walk), b"]"),
-            Value::Object(m) => {
+            Json::Null => mix(h, b"n"),
+            Json::Bool(b) => mix(h, if *b { b"t" } else { b"f" }),
+            Json::UInt(n) => mix(mix(h, b"u"), &n.to_le_bytes()),
+            Json::Int(n) => mix(mix(h, b"i"), &n.to_le_bytes()),
+            Json::Float(f) => mix(mix(h, b"f"), &f.to_bits().to_le_bytes()),
+            Json::Str(s) => mix(mix(h, b"\""), s.as_bytes()),
+            Json::Arr(items) => mix(items.iter().fold(mix(h, b"["), walk), b"]"),
+            Json::Obj(m) => {
                 let h = m
                     .iter()
                     .fold(mix(h, b"{"), |h, (k, v)| walk(mix(mix(h, k.as_bytes()), b":"), v));
@@ -224,12 +238,11 @@ fn push_token(path: &mut String, token: &str) {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
-    fn diff(a: Value, b: Value) -> Vec<(String, Kind)> {
+    fn diff(a: &str, b: &str) -> Vec<(String, Kind)> {
         let mut out = Vec::new();
+        let (a, b) = (Json::parse(a.as_bytes()).unwrap(), Json::parse(b.as_bytes()).unwrap());
         bodies(&Body::Json(a), &Body::Json(b), &IgnoreRules::default(), &mut out);
         let mut v: Vec<_> = out.into_iter().map(|d| (d.field, d.kind)).collect();
         v.sort();
@@ -242,14 +255,15 @@ mod tests {
 
     #[test]
     fn diffys_kinds() {
-        let a = json!({"n": 1, "s": "x", "t": 1, "gone": true, "arr": [1, 2, 3], "ord": [1, 2],
-                       "nest": {"a/b": {"c": null}}, "same": [{"k": 1}]});
-        let b = json!({"n": 2, "s": "x", "t": "1", "new": 0, "arr": [1, 2], "ord": [2, 1],
-                       "nest": {"a/b": {"c": 0}}, "same": [{"k": 1}]});
+        let a = r#"{"n": 1, "s": "x", "t": 1, "gone": true, "arr": [1, 2, 3], "ord": [1, 2],
+                    "nest": {"a/b": {"c": null}}, "same": [{"k": 1}], "f": 1.5}"#;
+        let b = r#"{"n": 2, "s": "x", "t": "1", "new": 0, "arr": [1, 2], "ord": [2, 1],
+                    "nest": {"a/b": {"c": 0}}, "same": [{"k": 1}], "f": -1}"#;
         assert_eq!(
             diff(a, b),
             vec![
                 f("body/arr", Kind::ArraySize),
+                f("body/f", Kind::Primitive),
                 f("body/gone", Kind::Missing),
                 f("body/n", Kind::Primitive),
                 f("body/nest/a~1b/c", Kind::Type),
@@ -262,10 +276,11 @@ mod tests {
 
     #[test]
     fn array_elements_are_one_field() {
-        let a = json!([{"id": 1, "v": "a"}, {"id": 2, "v": "b"}, {"id": 3, "v": "c"}]);
-        let b = json!([{"id": 1, "v": "x"}, {"id": 2, "v": "y"}, {"id": 3}]);
+        let a = r#"[{"id": 1, "v": "a"}, {"id": 2, "v": "b"}, {"id": 3, "v": "c"}]"#;
+        let b = r#"[{"id": 1, "v": "x"}, {"id": 2, "v": "y"}, {"id": 3}]"#;
         assert_eq!(diff(a, b), vec![f("body/*/v", Kind::Primitive), f("body/*/v", Kind::Missing)]);
-        assert!(diff(json!({"k": [1, 2]}), json!({"k": [1, 2]})).is_empty());
+        assert!(diff(r#"{"k": [1, 2]}"#, r#"{"k": [1, 2]}"#).is_empty());
+        assert!(diff(r#"{"a": 1, "b": 2}"#, r#"{"b": 2, "a": 1}"#).is_empty(), "key order");
     }
 
     #[test]
@@ -276,9 +291,9 @@ mod tests {
             bodies(a, b, &rules, &mut out);
             out.into_iter().map(|d| d.kind).collect::<Vec<_>>()
         };
-        let text = |s: &str| Body::Text(s.into());
+        let text = |s: &'static str| Body::Text(s);
         assert_eq!(run(&text("a\nb"), &text("a\nc")), vec![Kind::Text]);
-        assert_eq!(run(&text("a"), &Body::Json(json!(1))), vec![Kind::Type]);
+        assert_eq!(run(&text("a"), &Body::Json(Json::UInt(1))), vec![Kind::Type]);
         assert_eq!(run(&Body::Empty, &text("a")), vec![Kind::Extra]);
         assert_eq!(run(&text("a"), &Body::Empty), vec![Kind::Missing]);
         let bin = |len, hash| Body::Binary { len, hash };

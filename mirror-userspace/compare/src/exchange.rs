@@ -5,7 +5,7 @@ use mirror_http::Head;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    body::{self, BodyError, Decoded},
+    body::{self, Body, BodyError, Decoded},
     diff::{self, FieldDiff, Kind},
     ignore::IgnoreRules,
 };
@@ -50,8 +50,8 @@ impl Problems {
         self.bad_coding += other.bad_coding;
     }
 
-    fn count(&mut self, d: &Decoded) {
-        self.invalid_json += u64::from(d.invalid_json);
+    fn count(&mut self, d: &Decoded, invalid_json: bool) {
+        self.invalid_json += u64::from(invalid_json);
         match d.error {
             Some(BodyError::TooLarge) => self.body_too_large += 1,
             Some(_) => self.bad_coding += 1,
@@ -76,16 +76,23 @@ pub struct Comparison {
     pub latency: [Option<u64>; 3],
 }
 
-struct Prepared<'a> {
+/// An answer ready to diff: its status, its headers (lower-case names, sorted, the ignored
+/// ones left out), its body typed (borrowing the decoded bytes `'d`).
+struct Prepared<'a, 'd> {
     status: u16,
     headers: Vec<(String, &'a [u8])>,
-    body: Decoded,
+    body: Body<'d>,
 }
 
-impl<'a> Prepared<'a> {
-    fn new(a: &Answer<'a>, rules: &CompareRules, problems: &mut Problems) -> Self {
-        let body = body::decode(a.head, a.body, rules.max_decoded_body);
-        problems.count(&body);
+impl<'a, 'd> Prepared<'a, 'd> {
+    fn new(
+        a: &Answer<'a>,
+        decoded: &'d Decoded,
+        rules: &CompareRules,
+        problems: &mut Problems,
+    ) -> Self {
+        let (body, invalid_json) = decoded.body();
+        problems.count(decoded, invalid_json);
         let mut headers: Vec<(String, &[u8])> = a
             .head
             .headers()
@@ -97,13 +104,13 @@ impl<'a> Prepared<'a> {
     }
 
     /// The differences from `self` to `other`.
-    fn diff(&self, other: &Prepared<'_>, rules: &CompareRules) -> Vec<FieldDiff> {
+    fn diff(&self, other: &Prepared<'_, '_>, rules: &CompareRules) -> Vec<FieldDiff> {
         let mut out = Vec::new();
         if self.status != other.status && !rules.ignore.ignores_field("status") {
             out.push(FieldDiff { field: "status".into(), kind: Kind::Primitive });
         }
         headers(&self.headers, &other.headers, rules, &mut out);
-        diff::bodies(&self.body.body, &other.body.body, &rules.ignore, &mut out);
+        diff::bodies(&self.body, &other.body, &rules.ignore, &mut out);
         out
     }
 }
@@ -166,14 +173,16 @@ pub fn compare(
     rules: &CompareRules,
 ) -> Comparison {
     let mut problems = Problems::default();
-    let p = Prepared::new(primary, rules, &mut problems);
-    let c = Prepared::new(candidate, rules, &mut problems);
+    let decode = |a: &Answer<'_>| body::decode(a.head, a.body, rules.max_decoded_body);
+    let (dp, dc, ds) = (decode(primary), decode(candidate), secondary.map(decode));
+    let p = Prepared::new(primary, &dp, rules, &mut problems);
+    let c = Prepared::new(candidate, &dc, rules, &mut problems);
     let latency = [primary.latency_ns, secondary.and_then(|s| s.latency_ns), candidate.latency_ns];
-    let Some(secondary) = secondary else {
+    let (Some(secondary), Some(ds)) = (secondary, &ds) else {
         let candidate = p.diff(&c, rules);
         return Comparison { candidate, problems, latency, ..Comparison::default() };
     };
-    let s = Prepared::new(secondary, rules, &mut problems);
+    let s = Prepared::new(secondary, ds, rules, &mut problems);
     let noise = p.diff(&s, rules);
     let now = s.diff(&c, rules);
     // Per-request cancellation: the same field differing the same way between the two

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod endpoint;
 mod exchange;
 pub mod ignore;
+pub mod json;
 pub mod latency;
 mod results;
 pub mod sample;

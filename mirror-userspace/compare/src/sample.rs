@@ -57,10 +57,13 @@ pub struct SampleAnswer {
 impl SampleAnswer {
     pub fn of(answer: &Answer<'_>, max_decoded: usize) -> SampleAnswer {
         let decoded = body::decode(answer.head, answer.body, max_decoded);
-        let mut text = match decoded.body {
+        let mut text = match decoded.body().0 {
             Body::Empty => String::new(),
-            Body::Json(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
-            Body::Text(t) => t,
+            // Shown as serde_json writes it (a sample is rare: a second parse is fine).
+            Body::Json(_) => serde_json::from_slice::<serde_json::Value>(&decoded.bytes)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or_default(),
+            Body::Text(t) => t.to_string(),
             Body::Binary { len, hash } => format!("<{len} bytes, hash {hash:016x}>"),
         };
         let truncated = text.len() > MAX_SAMPLE_BODY;
