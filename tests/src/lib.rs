@@ -4,6 +4,7 @@
 //! Every test builds its own topology with unique names and addresses and tears it down on
 //! drop (also when the test panics), so tests run in parallel.
 pub mod bench;
+pub mod browser;
 pub mod client;
 pub mod digest;
 pub mod frames;

@@ -403,3 +403,42 @@ fn a_candidate_that_is_down_is_counted_and_harms_nothing() {
     let summary = agent.stop();
     assert!(summary.contains("not compared: replay_failed 20 (error 20)"), "{summary}");
 }
+
+/// The web UI in headless Chromium against a running agent with real results: the
+/// endpoints render (the regressed ones marked), an endpoint's field view shows the changed
+/// field reported and a sample with it highlighted, and its ignore button takes the field
+/// out of the report. The screenshot is written next to the test's files and is not blank.
+#[test]
+fn the_web_ui_shows_the_verdict_and_ignores_a_field() {
+    let s = services(Build::Candidate);
+    let admin = free_local_addr();
+    let agent = compare_agent(&s, admin);
+    traffic(&s, 20, &["/users/", "/orders/", "/other/"]);
+    wait_compared(admin, 60);
+    let browser = mirror_tests::browser::Browser::start();
+    browser.goto(&format!("http://{admin}/"));
+    let row = browser.wait_for("tr.endpoint.regressed[data-endpoint='GET /users/{id}']");
+    assert!(browser.find("tr.endpoint:not(.regressed)[data-endpoint^='GET /other/']").is_some());
+    browser.click(&row);
+    browser.wait_for("tr.reported[data-field='body/id']");
+    browser.wait_for("#samples mark");
+    let text = browser.text();
+    assert!(text.contains("differs in: body/id (type)"), "{text}");
+    assert!(text.contains("60 requests compared over 3 endpoints; 2 with regressions"), "{text}");
+    let png = browser.screenshot();
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compare-ui.png");
+    std::fs::write(&file, &png).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{}: {} bytes",
+        file.display(),
+        png.len()
+    );
+    let ignore = browser.wait_for("tr[data-field='body/id'] button.ignore");
+    browser.click(&ignore);
+    browser.wait_gone("tr[data-field='body/id']");
+    assert!(!report(admin, &[]).1.contains("body/id"));
+    assert!(browser.text().contains("1 with regressions"), "{}", browser.text());
+    drop(browser);
+    agent.stop();
+}

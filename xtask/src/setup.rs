@@ -7,7 +7,7 @@ use crate::check;
 
 /// Debian packages: the kernel-side compiler (rustc-web and its bpfel `core`), LLVM 22 for
 /// bpf-linker, and the tools the integration tests and the demo drive (nginx: the TLS
-/// shadow).
+/// shadow; Chromium and its WebDriver: the comparison's web UI).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "nginx-light",
+    "chromium",
+    "chromium-driver",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -1,4 +1,5 @@
-//! The comparison's JSON API on the agent's admin address (with the metrics beside it):
+//! The comparison's web UI (`/`, [`UI`]) and JSON API on the agent's admin address (with
+//! the metrics beside it):
 //!
 //! - `GET /api/overview`: compared requests, endpoints, endpoints with regressions, requests
 //!   not compared by reason;
@@ -20,6 +21,10 @@ use mirror_compare::{Report, Thresholds};
 use serde::Serialize;
 
 use crate::compare::{SharedRules, SharedVerdicts};
+
+/// The web UI, one page (served at `/` of the admin address): its script and styles are in
+/// it, nothing is fetched from elsewhere.
+pub const UI: &str = include_str!("ui.html");
 
 /// Bytes of a request body the API reads at most.
 pub const MAX_API_BODY: usize = 64 * 1024;

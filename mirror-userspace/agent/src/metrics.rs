@@ -300,6 +300,11 @@ async fn respond(
     api: Option<&crate::admin::Api>,
 ) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
     let (parts, body) = req.into_parts();
+    if let (Some(_), "/" | "/ui") = (api, parts.uri.path()) {
+        return Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from_static(crate::admin::UI.as_bytes())));
+    }
     let Some(api) = api.filter(|_| parts.uri.path().starts_with("/api/")) else {
         return plain(parts.uri.path(), metrics, ready);
     };
