@@ -135,6 +135,15 @@ impl Browser {
         }
     }
 
+    /// Types `text` into an input element.
+    pub fn type_into(&self, element: &str, text: &str) {
+        self.call(
+            "POST",
+            &self.session(&format!("/element/{element}/value")),
+            json!({ "text": text }),
+        );
+    }
+
     pub fn click(&self, element: &str) {
         self.call("POST", &self.session(&format!("/element/{element}/click")), json!({}));
     }

@@ -849,6 +849,7 @@ fn pcapng_and_cooked_captures_read_like_tcpdump() {
         ]),
         "listening on",
     );
+    wait_capturing(&topo.client, SocketAddr::new(s4, PORT), &ng);
     // Small requests: 100 kB bursts overflow the buffers of `-i any` now and then (tcpdump
     // then counts packets dropped by kernel, and the files lack them).
     let small = (0..10)
@@ -895,6 +896,29 @@ fn pcapng_and_cooked_captures_read_like_tcpdump() {
     }
     for f in [&ng, &sll2, &sll] {
         std::fs::remove_file(f).unwrap();
+    }
+}
+
+/// tshark says "Capturing on" before its capture process has its filter in place, and a
+/// loaded machine lets traffic pass in between: probe with empty connections (no HTTP, so
+/// the messages counted later are the test's) until the file holds a packet.
+fn wait_capturing(ns: &mirror_tests::netns::Netns, server: SocketAddr, file: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        ns.run(move || {
+            let _ =
+                std::net::TcpStream::connect_timeout(&server, std::time::Duration::from_secs(1));
+        });
+        let read = Command::new("tcpdump").arg("-r").arg(file).arg("-n").output().unwrap();
+        if !read.stdout.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: the capture never started",
+            file.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

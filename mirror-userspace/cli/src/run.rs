@@ -144,6 +144,10 @@ pub(crate) struct MirrorArgs {
     /// Leave a field out of the comparison: body/user/id, user.*.id, header/x-req (repeatable).
     #[arg(long = "compare-ignore")]
     compare_ignore: Vec<String>,
+    /// A latency regression needs the candidate's median slower than the baseline's by at
+    /// least this many milliseconds (default 10; and 1.5 times).
+    #[arg(long, value_name = "MS")]
+    compare_latency_min_ms: Option<f64>,
     /// Save the comparison's results in this file (and start from what it holds); `mirror
     /// diff report --store FILE` reads it.
     #[arg(long, value_name = "FILE")]
@@ -224,7 +228,8 @@ impl MirrorArgs {
             || self.allow_side_effects
             || !self.compare_endpoints.is_empty()
             || !self.compare_ignore.is_empty()
-            || self.compare_store.is_some();
+            || self.compare_store.is_some()
+            || self.compare_latency_min_ms.is_some();
         if flags && !self.compare && c.compare.is_none() {
             bail!("--candidate, --secondary and the --compare-* flags need --compare");
         }
@@ -247,6 +252,9 @@ impl MirrorArgs {
         cmp.endpoints.extend(self.compare_endpoints.iter().cloned());
         cmp.ignore.fields.extend(self.compare_ignore.iter().cloned());
         cmp.store = self.compare_store.clone().or(cmp.store.take());
+        if let Some(ms) = self.compare_latency_min_ms {
+            cmp.thresholds.latency_min_ms = ms;
+        }
         Ok(())
     }
 
