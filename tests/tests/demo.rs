@@ -40,8 +40,14 @@ fn the_demo_mirrors_every_request_and_cleans_up() {
         stderr.contains("compare: 6 compared over 3 endpoints, 2 with regressions"),
         "{stderr}"
     );
-    assert!(stderr.contains("compare: GET / body text: candidate 4 noise 0 of 4"), "{stderr}");
-    assert!(stderr.contains("compare: GET /index.html body text: candidate 1 noise 0"), "{stderr}");
+    assert!(
+        stderr.contains("compare: GET / body/line/1 text: candidate 4 noise 0 of 4"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("compare: GET /index.html body/line/1 text: candidate 1 noise 0"),
+        "{stderr}"
+    );
 
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let netns = String::from_utf8_lossy(&netns.stdout);

@@ -27,7 +27,8 @@ pub enum Kind {
     ArraySize,
     /// The same elements in another order.
     ArrayOrder,
-    /// Text bodies whose lines differ.
+    /// A line of a text body that differs (field `body/line/N`, counted from 1), or text
+    /// bodies of different line counts (field `body/lines`).
     Text,
     /// Other bodies whose length or hash differ.
     Bytes,
@@ -66,9 +67,7 @@ pub(crate) fn bodies(a: &Body<'_>, b: &Body<'_>, rules: &IgnoreRules, out: &mut 
             let mut path = String::from("body");
             values(&mut path, x, y, rules, out);
         }
-        (Body::Text(x), Body::Text(y)) if x != y && !rules.ignores_value(x, y) => {
-            out.push(whole(Kind::Text))
-        }
+        (Body::Text(x), Body::Text(y)) if x != y => lines(x, y, rules, out),
         (Body::Binary { .. }, Body::Binary { .. }) if a != b => out.push(whole(Kind::Bytes)),
         (Body::Empty, Body::Empty)
         | (Body::Text(_), Body::Text(_))
@@ -76,6 +75,28 @@ pub(crate) fn bodies(a: &Body<'_>, b: &Body<'_>, rules: &IgnoreRules, out: &mut 
         (Body::Empty, _) => out.push(whole(Kind::Extra)),
         (_, Body::Empty) => out.push(whole(Kind::Missing)),
         _ => out.push(whole(Kind::Type)),
+    }
+}
+
+/// Text bodies by lines: a line that differs is a field of its own (`body/line/N`), so a
+/// line that varies (a timestamp) is noise on its own and does not hide another; bodies of
+/// different line counts differ as a whole (`body/lines`), as Diffy's arrays of another
+/// size do.
+fn lines(a: &str, b: &str, rules: &IgnoreRules, out: &mut Vec<FieldDiff>) {
+    let (x, y) = (a.lines().count(), b.lines().count());
+    if x != y {
+        if !rules.ignores_field("body/lines") {
+            out.push(FieldDiff { field: "body/lines".into(), kind: Kind::Text });
+        }
+        return;
+    }
+    for (i, (l, r)) in a.lines().zip(b.lines()).enumerate() {
+        if l != r && !rules.ignores_value(l, r) {
+            let field = format!("body/line/{}", i + 1);
+            if !rules.ignores_field(&field) {
+                out.push(FieldDiff { field, kind: Kind::Text });
+            }
+        }
     }
 }
 
@@ -293,6 +314,13 @@ mod tests {
         };
         let text = |s: &'static str| Body::Text(s);
         assert_eq!(run(&text("a\nb"), &text("a\nc")), vec![Kind::Text]);
+        let mut out = Vec::new();
+        bodies(&text("<p>\n10:00\n<b>x"), &text("<p>\n10:01\n<b>y"), &rules, &mut out);
+        let fields: Vec<&str> = out.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["body/line/2", "body/line/3"], "each differing line its own field");
+        out.clear();
+        bodies(&text("a\nb"), &text("a"), &rules, &mut out);
+        assert_eq!(out[0].field, "body/lines");
         assert_eq!(run(&text("a"), &Body::Json(Json::UInt(1))), vec![Kind::Type]);
         assert_eq!(run(&Body::Empty, &text("a")), vec![Kind::Extra]);
         assert_eq!(run(&text("a"), &Body::Empty), vec![Kind::Missing]);
