@@ -147,11 +147,7 @@ impl Api {
         Overview {
             compared: report.endpoints.iter().map(|e| e.compared).sum(),
             endpoints: report.endpoints.len(),
-            regressed_endpoints: report
-                .endpoints
-                .iter()
-                .filter(|e| !e.regressions.is_empty() || e.latency.regression)
-                .count(),
+            regressed_endpoints: report.endpoints.iter().filter(|e| e.regressed()).count(),
             untracked_requests: report.untracked_requests,
             not_compared: v.skipped.fields().into_iter().collect(),
             replay_drops: v.replay_drops.clone(),

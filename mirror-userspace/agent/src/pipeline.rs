@@ -561,8 +561,7 @@ fn write_verdict(
     skipped: &str,
 ) -> fmt::Result {
     let compared: u64 = report.endpoints.iter().map(|e| e.compared).sum();
-    let regressed =
-        report.endpoints.iter().filter(|e| !e.regressions.is_empty() || e.latency.regression);
+    let regressed = report.endpoints.iter().filter(|e| e.regressed());
     writeln!(
         f,
         "compare: {compared} compared over {} endpoints, {} with regressions; not compared: {}",

@@ -119,7 +119,7 @@ fn text(report: &Report) -> String {
     let mut out = String::new();
     let mut regressed = 0;
     for e in &report.endpoints {
-        let bad = !e.regressions.is_empty() || e.latency.regression;
+        let bad = e.regressed();
         regressed += usize::from(bad);
         let _ = writeln!(
             out,

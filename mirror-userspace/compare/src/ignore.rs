@@ -126,8 +126,8 @@ impl IgnoreRules {
         if self.fields.is_empty() {
             return false;
         }
-        let segments: Vec<&str> = path.split('/').collect();
-        self.fields.iter().any(|rule| matches(rule, &segments))
+        // Called for every JSON member once rules exist: the path is walked, not collected.
+        self.fields.iter().any(|rule| matches(rule, path.split('/')))
     }
 
     /// Whether two differing values both match a value rule.
@@ -156,12 +156,20 @@ fn field_segments(text: &str) -> Vec<String> {
 }
 
 /// Whether `rule` matches a prefix of `path` (a rule on a field covers what lies under it).
-fn matches(rule: &[String], path: &[&str]) -> bool {
+fn matches(rule: &[String], mut path: std::str::Split<'_, char>) -> bool {
     match rule.split_first() {
         None => true,
-        Some((first, rest)) if first == "**" => (0..=path.len()).any(|i| matches(rest, &path[i..])),
-        Some((first, rest)) => match path.split_first() {
-            Some((p, tail)) if first == "*" || first == p => matches(rest, tail),
+        Some((first, rest)) if first == "**" => loop {
+            // `**` takes none, one, two... of the remaining segments.
+            if matches(rest, path.clone()) {
+                return true;
+            }
+            if path.next().is_none() {
+                return false;
+            }
+        },
+        Some((first, rest)) => match path.next() {
+            Some(p) if first == "*" || first == p => matches(rest, path),
             _ => false,
         },
     }

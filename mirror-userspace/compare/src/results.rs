@@ -315,7 +315,7 @@ pub struct Report {
 impl Report {
     /// Whether any endpoint has a reported field or a latency regression.
     pub fn has_regression(&self) -> bool {
-        self.endpoints.iter().any(|e| !e.regressions.is_empty() || e.latency.regression)
+        self.endpoints.iter().any(EndpointReport::regressed)
     }
 }
 
@@ -332,6 +332,13 @@ pub struct EndpointReport {
     pub latency: LatencyReport,
     pub problems: Problems,
     pub untracked_fields: u64,
+}
+
+impl EndpointReport {
+    /// Whether the endpoint has a reported field or a latency regression.
+    pub fn regressed(&self) -> bool {
+        !self.regressions.is_empty() || self.latency.regression
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
