@@ -157,6 +157,16 @@ pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     request(addr, &format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"))
 }
 
+/// The value of the first line of a Prometheus text starting with `name_and_labels` (0 if
+/// none).
+pub fn metric(text: &str, name_and_labels: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 /// `POST path` with a JSON `body`, as [`get`].
 pub fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
     let head = format!(

@@ -135,6 +135,55 @@ impl Drop for Topology {
     }
 }
 
+/// A pod on the node: a namespace joined to the root namespace by a veth whose node side has
+/// a chosen name (what an agent following `veth*` or `cali*` sees). IPv4 only; deleted with
+/// its namespace on drop (the veth goes with it).
+pub struct Pod {
+    pub ns: Netns,
+    pub host_if: String,
+    pub addr: Ipv4Addr,
+    /// When the node side of the veth existed (before its addresses and routes).
+    pub appeared: std::time::Instant,
+}
+
+impl Pod {
+    /// Creates the pod; its veth's node side is called `host_if`.
+    pub fn new(host_if: &str) -> Result<Pod> {
+        crate::require_root();
+        enable_forwarding()?;
+        let mut last_err = None;
+        for _ in 0..32 {
+            match Self::try_build(next_id(), host_if) {
+                Ok(pod) => return Ok(pod),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("tried at least once"))
+    }
+
+    fn try_build(id: u32, host_if: &str) -> Result<Pod> {
+        // 10.200.0.0/14, apart from the topologies' addresses: a /30 per id.
+        let base = u32::from(Ipv4Addr::new(10, 200, 0, 0)) + id * 4;
+        let (host4, pod4) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
+        let ns = Netns::create(&format!("mirror-p-{id:05x}"))?;
+        let ip = |args: &[&str]| run(Command::new("ip").args(args)).map(drop);
+        ip(&["link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        let appeared = std::time::Instant::now();
+        ip(&["addr", "add", &format!("{host4}/30"), "dev", host_if])?;
+        ip(&["link", "set", host_if, "up"])?;
+        ns.ip(&["addr", "add", &format!("{pod4}/30"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", &host4.to_string()])?;
+        Ok(Pod { ns, host_if: host_if.to_owned(), addr: pod4, appeared })
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+    }
+}
+
 /// Ids unique across test processes running at once: the pid spreads processes apart, a
 /// counter separates tests within one; a collision makes `ip netns add` fail and we retry.
 fn next_id() -> u32 {

@@ -9,7 +9,7 @@ use std::{
 
 use mirror_tests::{
     agent::AgentProcess,
-    client::{curl, free_local_addr, get, keep_alive, pipelined, RawRequest},
+    client::{curl, free_local_addr, get, keep_alive, metric, pipelined, RawRequest},
     http_url,
     server::{expected_body, Behavior, RecordingServer, SeenRequest},
     topology::{Family, Topology},
@@ -324,15 +324,6 @@ fn own_copies_are_never_mirrored_again() {
     assert_eq!(count(b"app-shadow:8000"), 100, "{summary}");
     assert_eq!(hosts.len(), 200, "no copy of a copy: {summary}");
     assert!(summary.contains("requests: 100 captured"), "{summary}");
-}
-
-/// A loopback address with a port nobody listens on (for the agent's metrics endpoint).
-fn metric(text: &str, name_and_labels: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 /// Polls /metrics until `done` holds (or [`WAIT`] passes); returns the last text.

@@ -56,7 +56,7 @@ async fn capture_is_byte_exact(family: Family, mode: AttachMode) {
     let started = wall_clock_ns();
     let mut tap = Tap::attach(&tap_settings(&topo, mode)).unwrap();
     if mode == AttachMode::Netlink {
-        assert!(tap.attachments().all(|(_, _, m)| m == AttachMode::Netlink));
+        assert!(tap.attachments().all(|(_, _, _, m)| m == AttachMode::Netlink));
     }
     let mut source = tap.segments().unwrap();
     let service = SocketAddr::new(topo.server_addr(family), SERVICE_PORT);
@@ -498,7 +498,7 @@ async fn auto_mode_falls_back_to_clsact_when_tcx_fails() {
     let mut settings = tap_settings(&topo, AttachMode::Auto);
     settings.interfaces = vec![iface.clone(), iface.clone()];
     let mut tap = Tap::attach(&settings).unwrap();
-    let modes: Vec<AttachMode> = tap.attachments().map(|(_, _, m)| m).collect();
+    let modes: Vec<AttachMode> = tap.attachments().map(|(_, _, _, m)| m).collect();
     use AttachMode::{Netlink, Tcx};
     assert_eq!(modes, [Tcx, Tcx, Netlink, Netlink]);
     let (qdiscs, filters) = tc_state(&iface);

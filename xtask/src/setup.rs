@@ -7,7 +7,7 @@ use crate::check;
 
 /// Debian packages: the kernel-side compiler (rustc-web and its bpfel `core`), LLVM 22 for
 /// bpf-linker, and the tools the integration tests and the demo drive (nginx: the TLS
-/// shadow; Chromium and its WebDriver: the comparison's web UI).
+/// shadow; Chromium and its WebDriver: the comparison's web UI; bpftool: what is attached).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "curl",
     "python3",
     "tcpdump",
+    "bpftool",
     "tshark",
     "nginx-light",
     "chromium",

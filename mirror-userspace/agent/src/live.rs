@@ -21,12 +21,16 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use mirror_shadow::ResultSink;
-use mirror_tap::{Directions, KernelCounters, RingReader, Tap, TapSettings, MAX_RINGS};
+use mirror_tap::{
+    Directions, InterfacePatterns, KernelCounters, LinkEvent, RingReader, Tap, TapSettings,
+    MAX_RINGS,
+};
 use tokio::sync::{mpsc, oneshot, Barrier};
 
 use crate::{
     admin::Api,
     control::{run_controlled, Command, Commands, Control, Taps},
+    follow::Follower,
     metrics::{self, Stage},
     pipeline::{MirrorSettings, Mirroring, Shared, Summary, OWN_MARK},
     watch::Publisher,
@@ -39,6 +43,9 @@ pub struct RunOptions {
     /// both directions, in one ring per worker, and ignores its own marked sockets whatever
     /// this says.
     pub tap: TapSettings,
+    /// Follow the interfaces whose names match: attached as they appear, detached as they
+    /// go (besides those of `tap`, which stay).
+    pub follow: Option<InterfacePatterns>,
     /// Serve Prometheus metrics, /healthz and /readyz here.
     pub metrics: Option<SocketAddr>,
     /// Serve the metrics and, when comparing, the comparison's JSON API (`admin`) here.
@@ -69,6 +76,8 @@ pub struct LiveAgent {
     commands: Commands,
     /// Where the comparison's results are saved.
     store: Option<mirror_compare::Store>,
+    /// Attaches to interfaces as they appear, if asked to.
+    follower: Option<Follower>,
 }
 
 impl LiveAgent {
@@ -87,6 +96,13 @@ impl LiveAgent {
         let shared = Shared::new(opts.results.clone(), workers);
         let publisher = opts.watch_socket.as_deref().and_then(serve_watchers);
         let watch_socket = opts.watch_socket.filter(|_| publisher.is_some());
+        // Link notifications first: interfaces created while the tap loads are not missed.
+        let follower = match opts.follow {
+            Some(patterns) => {
+                Some(Follower::start(patterns).context("watching network interfaces")?)
+            }
+            None => None,
+        };
         let mut tap = Tap::attach(&TapSettings {
             directions: Directions::BOTH,
             ignore_mark: OWN_MARK,
@@ -128,6 +144,9 @@ impl LiveAgent {
             let api = settings_api(&shared, &compare_thresholds);
             tokio::spawn(metrics::serve(listener, shared.metrics().clone(), ready.clone(), api));
         }
+        for (name, ifindex, _, _) in tap.attachments() {
+            shared.metrics().interface(name, ifindex, true);
+        }
         let (control, commands) = Control::channel();
         Ok(LiveAgent {
             tap,
@@ -139,6 +158,7 @@ impl LiveAgent {
             control,
             commands,
             store,
+            follower,
         })
     }
 
@@ -161,6 +181,7 @@ impl LiveAgent {
                     let _ = reply.send(self.apply(command).await);
                 }
                 Some(i) = self.ended.recv() => break Some(i),
+                event = next_link(&mut self.follower) => self.follow(event),
                 _ = tick.tick() => self.sync_kernel_counters(),
                 _ = save.tick(), if self.store.is_some() => self.save_results().await,
             }
@@ -215,6 +236,18 @@ impl LiveAgent {
         }
     }
 
+    fn follow(&mut self, event: std::io::Result<LinkEvent>) {
+        let Some(follower) = &mut self.follower else { return };
+        match event {
+            Ok(event) => follower.apply(event, &mut self.tap, self.shared.metrics()),
+            Err(e) => {
+                // Interfaces attached stay; new ones are no longer followed.
+                tracing::error!("link notifications: {e}; no longer following interfaces");
+                self.follower = None;
+            }
+        }
+    }
+
     /// Saves a copy of the comparison's results, off the main task (a failed save is said
     /// and the next one tried: the results in memory are whole).
     async fn save_results(&self) {
@@ -236,6 +269,14 @@ impl LiveAgent {
             let fields: Vec<_> = k.fields().collect();
             self.shared.metrics().sync(0, Stage::Kernel, &fields);
         }
+    }
+}
+
+/// The next link notification, if interfaces are followed (else never).
+async fn next_link(follower: &mut Option<Follower>) -> std::io::Result<LinkEvent> {
+    match follower {
+        Some(f) => f.next().await,
+        None => std::future::pending().await,
     }
 }
 

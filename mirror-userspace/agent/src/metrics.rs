@@ -51,6 +51,10 @@ pub struct Metrics {
     shadow_latency: Family<Labels, Histogram, fn() -> Histogram>,
     shadow_queue: Family<Labels, Gauge>,
     shadow_pipeline: Family<Labels, Gauge>,
+    /// 1 per attached interface (labelled by name and index), gone once detached.
+    interface_attached: Family<Labels, Gauge>,
+    /// Interfaces attached, detached, or that failed to attach.
+    interface_changes: Family<Labels, Counter>,
     /// Last values of the counters copied from elsewhere (kernel, each worker's reassembly
     /// and framing), by source, family and counter.
     last: Mutex<HashMap<(usize, &'static str, &'static str), u64>>,
@@ -111,8 +115,22 @@ impl Default for Metrics {
             "Copies pipelined per shadow connection at most (1 once the shadow failed behind a pipelined copy)",
             shadow_pipeline.clone(),
         );
+        let interface_attached = Family::default();
+        registry.register(
+            "interface_attached",
+            "1 for each interface the tap is attached to",
+            interface_attached.clone(),
+        );
+        let interface_changes = Family::default();
+        registry.register(
+            "interface_changes",
+            "Interfaces attached, detached, or that failed to attach",
+            interface_changes.clone(),
+        );
         Self {
             registry,
+            interface_attached,
+            interface_changes,
             kernel,
             reassembly,
             http,
@@ -175,6 +193,23 @@ impl Metrics {
             pipeline_depth: self.shadow_pipeline.get_or_create(&label("shadow", shadow)).clone(),
             pipelining_off: Mutex::default(),
         }
+    }
+
+    /// An interface was attached (`true`) or detached.
+    pub fn interface(&self, name: &str, ifindex: u32, attached: bool) {
+        let labels = vec![("interface", name.to_owned()), ("ifindex", ifindex.to_string())];
+        if attached {
+            self.interface_attached.get_or_create(&labels).set(1);
+        } else {
+            self.interface_attached.remove(&labels);
+        }
+        let change = if attached { "attached" } else { "detached" };
+        self.interface_changes.get_or_create(&label("change", change)).inc();
+    }
+
+    /// An interface could not be attached.
+    pub fn interface_failed(&self) {
+        self.interface_changes.get_or_create(&label("change", "failed")).inc();
     }
 
     /// The text exposition format.

@@ -24,7 +24,7 @@ use mirror_compare::{Caps, CompareRules, EndpointNamer, Template, Thresholds};
 use mirror_flow::ReassemblyConfig;
 use mirror_http::HttpConfig;
 use mirror_shadow::{ClientConfig, TlsOptions, MAX_PIPELINE};
-use mirror_tap::TapSettings;
+use mirror_tap::{InterfacePatterns, TapSettings};
 use serde::Deserialize;
 
 /// The whole configuration, as in the YAML file.
@@ -34,6 +34,10 @@ pub(crate) struct MirrorConfig {
     /// Interfaces to tap (for a pod: the host side of its veth).
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// Follow the interfaces whose names match (globs separated by `|`: `veth*|cali*`),
+    /// attached as they appear and detached as they go.
+    #[serde(default)]
+    pub interface_pattern: Option<String>,
     /// Service ports whose requests are mirrored.
     #[serde(default)]
     pub ports: Vec<u16>,
@@ -515,8 +519,8 @@ impl MirrorConfig {
 
     /// Where and what a live run captures: interfaces (which must exist), ports, networks.
     pub(crate) fn tap_settings(&self, ring_bytes: Option<u32>) -> Result<TapSettings> {
-        if self.interfaces.is_empty() {
-            bail!("interfaces: at least one interface is required (-i)");
+        if self.interfaces.is_empty() && self.interface_pattern.is_none() {
+            bail!("interfaces: at least one interface (-i) or an interfacePattern (--iface-pattern) is required");
         }
         if self.ports.is_empty() || self.ports.contains(&0) {
             bail!("ports: at least one non-zero service port is required (--port)");
@@ -531,6 +535,14 @@ impl MirrorConfig {
         };
         tap.validate()?;
         Ok(tap)
+    }
+
+    /// The interfaces to follow, if any.
+    pub(crate) fn interface_patterns(&self) -> Result<Option<InterfacePatterns>> {
+        let Some(text) = &self.interface_pattern else { return Ok(None) };
+        let patterns =
+            InterfacePatterns::parse(text).map_err(|e| anyhow::anyhow!("interfacePattern: {e}"))?;
+        Ok(Some(patterns))
     }
 
     /// Everything about where and how requests are mirrored, converted to the stages'

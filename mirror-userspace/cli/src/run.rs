@@ -15,6 +15,10 @@ pub(crate) struct RunArgs {
     /// Interface to tap, on ingress and egress (repeatable).
     #[arg(short = 'i', long = "interface")]
     interfaces: Vec<String>,
+    /// Follow interfaces by name, as pods come and go: globs separated by `|`, e.g.
+    /// 'veth*|cali*|lxc*|eni*' (attached as they appear, detached as they go).
+    #[arg(long, value_name = "GLOBS")]
+    iface_pattern: Option<String>,
     /// Service port (repeatable).
     #[arg(short = 'p', long = "port")]
     ports: Vec<u16>,
@@ -159,6 +163,9 @@ impl RunArgs {
     fn config(&self) -> Result<MirrorConfig> {
         let mut c = self.mirror.config()?;
         c.interfaces.extend(self.interfaces.iter().cloned());
+        if let Some(p) = &self.iface_pattern {
+            c.interface_pattern = Some(p.clone());
+        }
         c.ports.extend(&self.ports);
         c.service_nets.extend(&self.service_nets);
         Ok(c)
@@ -305,9 +312,9 @@ fn split_header(flag: &str, h: &str) -> Result<(String, String)> {
 pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let settings = args.config().and_then(|c| {
         let tap = c.tap_settings(args.ring_bytes)?;
-        Ok((tap, c.mirror_settings()?, c.metrics, c.admin))
+        Ok((tap, c.interface_patterns()?, c.mirror_settings()?, c.metrics, c.admin))
     });
-    let (tap, settings, metrics, admin) = match settings {
+    let (tap, follow, settings, metrics, admin) = match settings {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mirror run: {e:#}");
@@ -317,6 +324,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let watch_socket = (args.watch_socket != "none").then(|| PathBuf::from(&args.watch_socket));
     let opts = RunOptions {
         tap,
+        follow,
         metrics,
         admin,
         watch_socket,

@@ -74,7 +74,7 @@ pub(crate) async fn run(args: TapArgs) -> Result<ExitCode> {
     // after it still detaches instead of killing the process with filters left behind.
     let stop = crate::signals::shutdown_signal()?;
     let mut tap = Tap::attach(&settings)?;
-    for (iface, hook, mode) in tap.attachments() {
+    for (iface, _, hook, mode) in tap.attachments() {
         tracing::info!("attached to {iface} {hook:?} via {mode:?}");
     }
     // Readiness signal for scripts and tests: printed once everything is attached.

@@ -29,6 +29,8 @@ pub enum AttachMode {
 /// One attached program; detached when dropped.
 pub(crate) struct Attachment {
     pub(crate) iface: String,
+    /// The interface's identity: its name may change, or be taken by another interface.
+    pub(crate) ifindex: u32,
     pub(crate) hook: Hook,
     pub(crate) mode: AttachMode,
     link: Option<SchedClassifierLink>,
@@ -73,13 +75,15 @@ pub(crate) fn attach(
     };
     let prog: &mut SchedClassifier =
         ebpf.program_mut(name).context("program missing")?.try_into()?;
+    let ifindex = super::iface::ifindex(iface).with_context(|| format!("no interface {iface}"))?;
     if mode != AttachMode::Netlink {
         let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
         match prog.attach_with_options(iface, attach_type, tcx) {
             Ok(id) => {
                 let link = Some(prog.take_link(id)?);
                 let iface = iface.to_owned();
-                return Ok(Attachment { iface, hook, mode: AttachMode::Tcx, link, _clsact: None });
+                let mode = AttachMode::Tcx;
+                return Ok(Attachment { iface, ifindex, hook, mode, link, _clsact: None });
             }
             Err(e) if mode == AttachMode::Tcx => {
                 return Err(e).with_context(|| format!("TCX attach to {iface} {hook:?}"))
@@ -87,21 +91,25 @@ pub(crate) fn attach(
             Err(e) => tracing::info!("TCX attach to {iface} failed ({e}), using clsact + netlink"),
         }
     }
-    let clsact = clsact_for(iface, qdiscs)?;
+    let clsact = clsact_for(iface, ifindex, qdiscs)?;
     let nl = TcAttachOptions::Netlink(NlOptions::default());
     // On failure `clsact` drops here, deleting a qdisc we just added for nothing.
     let id = prog
         .attach_with_options(iface, attach_type, nl)
         .with_context(|| format!("netlink attach to {iface} {hook:?}"))?;
     let link = Some(prog.take_link(id)?);
-    Ok(Attachment { iface: iface.into(), hook, mode: AttachMode::Netlink, link, _clsact: clsact })
+    let iface = iface.to_owned();
+    Ok(Attachment { iface, ifindex, hook, mode: AttachMode::Netlink, link, _clsact: clsact })
 }
 
 /// Our clsact qdisc on `iface`: the one our other attachments share, or a new one; `None`
 /// when someone else's is there (we use it and never delete it).
-fn clsact_for(iface: &str, qdiscs: &mut OwnQdiscs) -> Result<Option<Arc<ClsactGuard>>> {
+fn clsact_for(
+    iface: &str,
+    ifindex: u32,
+    qdiscs: &mut OwnQdiscs,
+) -> Result<Option<Arc<ClsactGuard>>> {
     qdiscs.retain(|_, guard| guard.strong_count() > 0);
-    let ifindex = super::iface::ifindex(iface).with_context(|| format!("no interface {iface}"))?;
     if let Some(guard) = qdiscs.get(&ifindex).and_then(Weak::upgrade) {
         return Ok(Some(guard));
     }

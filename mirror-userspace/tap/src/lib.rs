@@ -7,6 +7,7 @@
 mod attach;
 mod clsact;
 mod iface;
+mod links;
 mod ring;
 
 use std::{fmt, net::IpAddr, os::fd::AsFd};
@@ -28,6 +29,7 @@ use mirror_common::{
 pub use attach::AttachMode;
 use attach::{Attachment, OwnQdiscs};
 pub use iface::ifindex as interface_index;
+pub use links::{InterfacePatterns, Link, LinkEvent, LinkWatcher};
 pub use mirror_common::Counter;
 use ring::SkipMap;
 pub use ring::{RingReader, RingSource};
@@ -58,7 +60,8 @@ impl Directions {
 /// What to capture and where.
 #[derive(Clone, Debug)]
 pub struct TapSettings {
-    /// Interfaces to attach to (for a pod: the host side of its veth).
+    /// Interfaces to attach to (for a pod: the host side of its veth); more can be attached
+    /// later ([`Tap::attach_interface`]), so none is valid here.
     pub interfaces: Vec<String>,
     /// Hooks to attach on each interface; both by default, since requests and responses
     /// cross an interface in opposite directions.
@@ -107,9 +110,6 @@ impl Default for TapSettings {
 impl TapSettings {
     /// Checks the settings before anything touches the kernel; errors name the field.
     pub fn validate(&self) -> Result<()> {
-        if self.interfaces.is_empty() {
-            bail!("interfaces: at least one interface is required");
-        }
         for name in &self.interfaces {
             if iface::ifindex(name).is_none() {
                 bail!("interfaces: no such interface {name:?}");
@@ -258,6 +258,19 @@ impl Tap {
         self.attachments.iter().any(|a| a.iface == iface)
     }
 
+    /// Whether the interface with this index is attached (on any hook).
+    pub fn is_attached_index(&self, ifindex: u32) -> bool {
+        self.attachments.iter().any(|a| a.ifindex == ifindex)
+    }
+
+    /// Detaches from every hook of the interface with this index (also when it is gone and
+    /// the kernel detached already: this closes our links); false if it was not attached.
+    pub fn detach_index(&mut self, ifindex: u32) -> bool {
+        let before = self.attachments.len();
+        self.attachments.retain(|a| a.ifindex != ifindex);
+        self.attachments.len() != before
+    }
+
     /// Detaches from every hook of `iface`; false if it was not attached.
     pub fn detach_interface(&mut self, iface: &str) -> bool {
         let before = self.attachments.len();
@@ -265,9 +278,9 @@ impl Tap {
         self.attachments.len() != before
     }
 
-    /// Where each program is attached and how.
-    pub fn attachments(&self) -> impl Iterator<Item = (&str, Hook, AttachMode)> {
-        self.attachments.iter().map(|a| (a.iface.as_str(), a.hook, a.mode))
+    /// Where each program is attached (interface name and index) and how.
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, u32, Hook, AttachMode)> {
+        self.attachments.iter().map(|a| (a.iface.as_str(), a.ifindex, a.hook, a.mode))
     }
 
     /// Takes the segment stream of a tap with one ring. Must be called from within a tokio

@@ -149,7 +149,11 @@ pub(crate) async fn run(args: DumpArgs) -> Result<ExitCode> {
                 ports,
                 ..TapSettings::default()
             };
-            if let Err(e) = settings.validate() {
+            let valid = match settings.interfaces.is_empty() {
+                true => Err(anyhow::anyhow!("at least one interface is required (-i)")),
+                false => settings.validate(),
+            };
+            if let Err(e) = valid {
                 eprintln!("mirror dump: {e:#}");
                 return Ok(ExitCode::from(1));
             }
