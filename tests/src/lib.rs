@@ -45,6 +45,24 @@ pub fn messages_in(file: &std::path::Path) -> usize {
 }
 
 /// `http://addr:port/path`, with IPv6 addresses in brackets.
+/// Starts tcpdump writing the TCP packets of `port` on `iface` to `file` (pcap, each packet
+/// flushed), once it says it captures. A 32 MiB kernel buffer: under a loaded test run the
+/// default 2 MiB dropped packets of large bodies. SIGINT stops it.
+pub fn tcpdump_writer(iface: &str, file: &str, port: u16) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("tcpdump")
+        .args(["-i", iface, "--immediate-mode", "-B", "32768", "-U", "-n", "-w", file])
+        .args(["tcp", "port", &port.to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting tcpdump");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().contains("listening on")), "tcpdump did not start");
+    // The rest of what it says (its counts at exit) is read so it never blocks on it.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
 pub fn http_url(addr: std::net::IpAddr, port: u16, path: &str) -> String {
     format!("http://{}{path}", std::net::SocketAddr::new(addr, port))
 }

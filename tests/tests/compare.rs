@@ -269,19 +269,11 @@ fn results_survive_a_restart_and_are_read_offline() {
 /// secondary's replayed now (`mirror replay -r --compare`): the same verdict as live.
 #[test]
 fn a_tcpdump_capture_is_compared_offline() {
-    use std::io::BufRead;
     let s = services(Build::Candidate);
     let dir = std::env::temp_dir().join(format!("mirror-compare-pcap-{}", s.topo.id));
     std::fs::create_dir_all(&dir).unwrap();
     let pcap = dir.join("primary.pcap").display().to_string();
-    let mut tcpdump = Command::new("tcpdump")
-        .args(["-i", &s.topo.server_host_if, "--immediate-mode", "-U", "-n", "-w", &pcap])
-        .args(["tcp", "port", "8000"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(tcpdump.stderr.take().unwrap()).lines();
-    assert!(lines.any(|l| l.unwrap().contains("listening on")), "tcpdump did not start");
+    let mut tcpdump = mirror_tests::tcpdump_writer(&s.topo.server_host_if, &pcap, 8000);
     traffic(&s, 10, &["/users/", "/orders/", "/slow?", "/other/"]);
     // tcpdump writes asynchronously: stop it once the file holds the 40 exchanges.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -73,7 +73,7 @@ async fn interfaces_and_settings_change_while_the_agent_runs() {
     // Two workers: new settings reach both.
     let opts = RunOptions {
         tap,
-        follow: None,
+        keep_attached: false,
         metrics: Some(metrics),
         admin: None,
         watch_socket: None,

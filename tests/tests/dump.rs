@@ -158,12 +158,7 @@ fn pcap_written_by_tcpdump_is_read_by_dump_and_replayed() {
     let primary = RecordingServer::start(&topo.server, &[PORT]);
     let file = tmp(&topo, "theirs.pcap");
     let f = file.display().to_string();
-    let (mut tcpdump, _) = spawn_capture(
-        Command::new("tcpdump")
-            .args(["-i", &topo.server_host_if, "--immediate-mode", "-U", "-n", "-w", &f])
-            .args(["tcp", "port", "8000"]),
-        "listening on",
-    );
+    let mut tcpdump = mirror_tests::tcpdump_writer(&topo.server_host_if, &f, PORT);
     keep_alive(&topo.client, SocketAddr::new(topo.server_addr(Family::V4), PORT), mixed(30))
         .unwrap();
     // tcpdump writes asynchronously (-U flushes each packet): stop it once the file holds
@@ -623,7 +618,7 @@ fn complete_lines(text: &str) -> Vec<String> {
 fn start_tcpdump(interface: &str, args: &[&str]) -> (std::process::Child, Tail) {
     let (mut child, _) = spawn_capture(
         Command::new("tcpdump")
-            .args(["-i", interface, "--immediate-mode", "-l"])
+            .args(["-i", interface, "--immediate-mode", "-B", "32768", "-l"])
             .args(args)
             .stdout(std::process::Stdio::piped()),
         "listening on",

@@ -2,8 +2,8 @@
 //! attached as they appear and detached as they go, told by rtnetlink
 //! ([`mirror_tap::LinkWatcher`]). Interfaces are known by index, so a rename keeps the
 //! attachment (unless the new name no longer matches) and a name taken over by a new
-//! interface is a new interface. Only what the follower attached is ever detached by it:
-//! interfaces given by name stay.
+//! interface is a new interface. An interface attached already when first seen (given by
+//! name, or taken over from an earlier agent's pins) is followed from then if it matches.
 use std::collections::HashMap;
 
 use mirror_tap::{InterfacePatterns, Link, LinkEvent, LinkWatcher, Tap};
@@ -15,7 +15,7 @@ pub trait FollowedTap {
     fn attach(&mut self, link: &Link) -> anyhow::Result<()>;
     /// Detaches interface `ifindex` (also when it is already gone).
     fn detach(&mut self, ifindex: u32);
-    /// Attached by someone else than the follower (an interface given by name).
+    /// Attached already (given by name, or taken over from a pin at start).
     fn is_attached(&self, ifindex: u32) -> bool;
 }
 
@@ -91,7 +91,11 @@ impl Follower {
             }
             Some(_) if matches => {}
             Some(_) => self.unfollow(link.ifindex, tap, metrics, "renamed"),
-            None if !matches || tap.is_attached(link.ifindex) => {}
+            None if !matches => {}
+            // Attached already: taken over from a pin at start, or given by name.
+            None if tap.is_attached(link.ifindex) => {
+                self.followed.insert(link.ifindex, link.name.clone());
+            }
             None => match tap.attach(link) {
                 Ok(()) => {
                     tracing::info!("attached to {} (index {})", link.name, link.ifindex);

@@ -21,10 +21,7 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use mirror_shadow::ResultSink;
-use mirror_tap::{
-    Directions, InterfacePatterns, KernelCounters, LinkEvent, RingReader, Tap, TapSettings,
-    MAX_RINGS,
-};
+use mirror_tap::{Directions, KernelCounters, LinkEvent, RingReader, Tap, TapSettings, MAX_RINGS};
 use tokio::sync::{mpsc, oneshot, Barrier};
 
 use crate::{
@@ -43,9 +40,9 @@ pub struct RunOptions {
     /// both directions, in one ring per worker, and ignores its own marked sockets whatever
     /// this says.
     pub tap: TapSettings,
-    /// Follow the interfaces whose names match: attached as they appear, detached as they
-    /// go (besides those of `tap`, which stay).
-    pub follow: Option<InterfacePatterns>,
+    /// At shutdown, leave the links and maps pinned (with `tap.pin_dir`): the programs go
+    /// on capturing into the rings until the next agent takes them over (an upgrade).
+    pub keep_attached: bool,
     /// Serve Prometheus metrics, /healthz and /readyz here.
     pub metrics: Option<SocketAddr>,
     /// Serve the metrics and, when comparing, the comparison's JSON API (`admin`) here.
@@ -78,6 +75,7 @@ pub struct LiveAgent {
     store: Option<mirror_compare::Store>,
     /// Attaches to interfaces as they appear, if asked to.
     follower: Option<Follower>,
+    keep_attached: bool,
 }
 
 impl LiveAgent {
@@ -97,7 +95,7 @@ impl LiveAgent {
         let publisher = opts.watch_socket.as_deref().and_then(serve_watchers);
         let watch_socket = opts.watch_socket.filter(|_| publisher.is_some());
         // Link notifications first: interfaces created while the tap loads are not missed.
-        let follower = match opts.follow {
+        let follower = match opts.tap.follow.clone() {
             Some(patterns) => {
                 Some(Follower::start(patterns).context("watching network interfaces")?)
             }
@@ -159,6 +157,7 @@ impl LiveAgent {
             commands,
             store,
             follower,
+            keep_attached: opts.keep_attached,
         })
     }
 
@@ -200,7 +199,10 @@ impl LiveAgent {
         .await?;
         self.save_results().await;
         let kernel = self.tap.counters()?;
-        self.tap.detach();
+        match self.keep_attached {
+            true => self.tap.keep_attached(),
+            false => self.tap.detach(),
+        }
         if let Some(path) = self.watch_socket {
             let _ = std::fs::remove_file(path);
         }

@@ -38,6 +38,12 @@ pub(crate) struct MirrorConfig {
     /// attached as they appear and detached as they go.
     #[serde(default)]
     pub interface_pattern: Option<String>,
+    /// Pin the links and maps in this bpffs directory and take over what is pinned there.
+    #[serde(default)]
+    pub pin: Option<PathBuf>,
+    /// Leave everything pinned and capturing at exit (with `pin`).
+    #[serde(default)]
+    pub keep_attached: bool,
     /// Service ports whose requests are mirrored.
     #[serde(default)]
     pub ports: Vec<u16>,
@@ -526,8 +532,20 @@ impl MirrorConfig {
             bail!("ports: at least one non-zero service port is required (--port)");
         }
         let defaults = TapSettings::default();
+        let follow = match &self.interface_pattern {
+            Some(text) => Some(
+                InterfacePatterns::parse(text)
+                    .map_err(|e| anyhow::anyhow!("interfacePattern: {e}"))?,
+            ),
+            None => None,
+        };
+        if self.keep_attached && self.pin.is_none() {
+            bail!("keepAttached: needs pin (--pin): only pinned links outlive the agent");
+        }
         let tap = TapSettings {
             interfaces: self.interfaces.clone(),
+            follow,
+            pin_dir: self.pin.clone(),
             ports: self.ports.clone(),
             service_nets: self.service_nets.clone(),
             ring_bytes: ring_bytes.unwrap_or(defaults.ring_bytes),
@@ -535,14 +553,6 @@ impl MirrorConfig {
         };
         tap.validate()?;
         Ok(tap)
-    }
-
-    /// The interfaces to follow, if any.
-    pub(crate) fn interface_patterns(&self) -> Result<Option<InterfacePatterns>> {
-        let Some(text) = &self.interface_pattern else { return Ok(None) };
-        let patterns =
-            InterfacePatterns::parse(text).map_err(|e| anyhow::anyhow!("interfacePattern: {e}"))?;
-        Ok(Some(patterns))
     }
 
     /// Everything about where and how requests are mirrored, converted to the stages'

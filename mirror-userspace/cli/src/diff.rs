@@ -97,8 +97,20 @@ pub(crate) async fn run(args: DiffArgs) -> Result<ExitCode> {
 
 /// GET /api/results from an agent's admin address.
 async fn fetch_results(addr: &str) -> Result<Results> {
+    let (status, body) = http_get(addr, "/api/results").await?;
+    if status != 200 {
+        bail!("answered {status}: is it comparing (--compare) and is this its --admin address?");
+    }
+    serde_json::from_slice(&body).context("reading the results")
+}
+
+/// `GET path` from an agent's HTTP endpoint (metrics or admin): the status and the body.
+pub(crate) async fn http_get(
+    addr: impl tokio::net::ToSocketAddrs + std::fmt::Display,
+    path: &str,
+) -> Result<(u16, Vec<u8>)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let mut stream = tokio::net::TcpStream::connect(addr).await.context("connecting")?;
-    let request = format!("GET /api/results HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
@@ -107,11 +119,7 @@ async fn fetch_results(addr: &str) -> Result<Results> {
         .flatten()
         .context("not an HTTP response")?;
     let head = parts.with_bytes(bytes::Bytes::copy_from_slice(&response[..len]));
-    let status = head.status().unwrap_or(0);
-    if status != 200 {
-        bail!("answered {status}: is it comparing (--compare) and is this its --admin address?");
-    }
-    serde_json::from_slice(&response[len..]).context("reading the results")
+    Ok((head.status().unwrap_or(0), response.split_off(len)))
 }
 
 /// The report as text: one block per endpoint with something to say, then the verdict.

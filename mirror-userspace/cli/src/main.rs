@@ -11,6 +11,7 @@ mod config;
 mod diff;
 mod dump;
 mod format;
+mod node;
 mod replay;
 mod run;
 mod signals;
@@ -35,6 +36,10 @@ enum Command {
     Tap(tap::TapArgs),
     /// The comparison's verdict (`mirror diff report`), from running agents.
     Diff(diff::DiffArgs),
+    /// What is attached and pinned (`mirror run --pin`), and a running agent's state.
+    Status(node::StatusArgs),
+    /// Detach and remove everything `mirror run --pin` pinned (refused while it runs).
+    Cleanup(node::CleanupArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,5 +76,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dump(args) => rt.block_on(dump::run(*args)),
         Command::Replay(args) => rt.block_on(replay::run(*args)),
         Command::Diff(args) => rt.block_on(diff::run(args)),
+        Command::Status(args) => rt.block_on(node::status(args)),
+        Command::Cleanup(args) => node::cleanup(args),
     }
 }

@@ -19,6 +19,16 @@ pub(crate) struct RunArgs {
     /// 'veth*|cali*|lxc*|eni*' (attached as they appear, detached as they go).
     #[arg(long, value_name = "GLOBS")]
     iface_pattern: Option<String>,
+    /// Pin the TCX links and the maps on bpffs (default /sys/fs/bpf/mirror) and take over
+    /// what an earlier agent pinned there: a restart swaps the program in place, without a
+    /// moment uncaptured (`mirror cleanup` removes what is pinned).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true,
+          default_missing_value = mirror_tap::DEFAULT_PIN_DIR)]
+    pin: Option<PathBuf>,
+    /// With --pin: leave everything pinned and capturing at exit, for the next agent (an
+    /// upgrade). Without it, SIGTERM detaches and unpins everything.
+    #[arg(long)]
+    keep_attached: bool,
     /// Service port (repeatable).
     #[arg(short = 'p', long = "port")]
     ports: Vec<u16>,
@@ -166,6 +176,8 @@ impl RunArgs {
         if let Some(p) = &self.iface_pattern {
             c.interface_pattern = Some(p.clone());
         }
+        c.pin = self.pin.clone().or(c.pin.take());
+        c.keep_attached |= self.keep_attached;
         c.ports.extend(&self.ports);
         c.service_nets.extend(&self.service_nets);
         Ok(c)
@@ -312,9 +324,9 @@ fn split_header(flag: &str, h: &str) -> Result<(String, String)> {
 pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let settings = args.config().and_then(|c| {
         let tap = c.tap_settings(args.ring_bytes)?;
-        Ok((tap, c.interface_patterns()?, c.mirror_settings()?, c.metrics, c.admin))
+        Ok((tap, c.keep_attached, c.mirror_settings()?, c.metrics, c.admin))
     });
-    let (tap, follow, settings, metrics, admin) = match settings {
+    let (tap, keep_attached, settings, metrics, admin) = match settings {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mirror run: {e:#}");
@@ -324,7 +336,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let watch_socket = (args.watch_socket != "none").then(|| PathBuf::from(&args.watch_socket));
     let opts = RunOptions {
         tap,
-        follow,
+        keep_attached,
         metrics,
         admin,
         watch_socket,

@@ -4,12 +4,14 @@
 //! clsact qdisc if we added it (never one that was there before).
 use std::{
     collections::HashMap,
+    path::{Path, PathBuf},
     sync::{Arc, Weak},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use aya::{
     programs::{
+        links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType,
     },
@@ -34,13 +36,35 @@ pub(crate) struct Attachment {
     pub(crate) hook: Hook,
     pub(crate) mode: AttachMode,
     link: Option<SchedClassifierLink>,
+    /// Where the link is pinned: unpinned when detached (a pinned link stays attached).
+    pin: Option<PathBuf>,
+    /// Taken over from an earlier agent's pin rather than created.
+    pub(crate) adopted: bool,
     /// The clsact qdisc we added to this interface, shared by our attachments on it.
     _clsact: Option<Arc<ClsactGuard>>,
 }
 
+impl Attachment {
+    /// The kernel's facts of the link, if pinned (then it is a TCX link).
+    pub(crate) fn link_info(&self) -> Option<crate::pin::TcxLinkInfo> {
+        let fd = crate::pin::open_pinned(self.pin.as_deref()?).ok()?;
+        crate::pin::tcx_link_info(fd).ok()
+    }
+
+    /// Leaves the link attached after this is dropped (its pin stays), for the next agent.
+    pub(crate) fn keep_pinned(&mut self) {
+        self.pin = None;
+    }
+}
+
 impl Drop for Attachment {
     fn drop(&mut self) {
-        // The link first: the qdisc (if ours and this was its last user) goes after it.
+        if let Some(pin) = self.pin.take() {
+            if let Err(e) = std::fs::remove_file(&pin) {
+                tracing::warn!("unpinning {}: {e}", pin.display());
+            }
+        }
+        // The link next: the qdisc (if ours and this was its last user) goes after it.
         drop(self.link.take());
     }
 }
@@ -69,22 +93,22 @@ pub(crate) fn attach(
     mode: AttachMode,
     qdiscs: &mut OwnQdiscs,
 ) -> Result<Attachment> {
-    let (name, attach_type) = match hook {
-        Hook::Ingress => (PROG_INGRESS, TcAttachType::Ingress),
-        Hook::Egress => (PROG_EGRESS, TcAttachType::Egress),
-    };
-    let prog: &mut SchedClassifier =
-        ebpf.program_mut(name).context("program missing")?.try_into()?;
+    let (prog, attach_type) = program(ebpf, hook)?;
     let ifindex = super::iface::ifindex(iface).with_context(|| format!("no interface {iface}"))?;
+    let new = |mode, link, clsact| Attachment {
+        iface: iface.to_owned(),
+        ifindex,
+        hook,
+        mode,
+        link: Some(link),
+        pin: None,
+        adopted: false,
+        _clsact: clsact,
+    };
     if mode != AttachMode::Netlink {
         let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
         match prog.attach_with_options(iface, attach_type, tcx) {
-            Ok(id) => {
-                let link = Some(prog.take_link(id)?);
-                let iface = iface.to_owned();
-                let mode = AttachMode::Tcx;
-                return Ok(Attachment { iface, ifindex, hook, mode, link, _clsact: None });
-            }
+            Ok(id) => return Ok(new(AttachMode::Tcx, prog.take_link(id)?, None)),
             Err(e) if mode == AttachMode::Tcx => {
                 return Err(e).with_context(|| format!("TCX attach to {iface} {hook:?}"))
             }
@@ -97,9 +121,83 @@ pub(crate) fn attach(
     let id = prog
         .attach_with_options(iface, attach_type, nl)
         .with_context(|| format!("netlink attach to {iface} {hook:?}"))?;
-    let link = Some(prog.take_link(id)?);
-    let iface = iface.to_owned();
-    Ok(Attachment { iface, ifindex, hook, mode: AttachMode::Netlink, link, _clsact: clsact })
+    Ok(new(AttachMode::Netlink, prog.take_link(id)?, clsact))
+}
+
+/// A TCX attachment pinned at `pin`: the link pinned there if it is still on `iface`'s
+/// `hook` (its program swapped for ours in place), else a new link pinned there.
+pub(crate) fn attach_pinned(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    hook: Hook,
+    pin: &Path,
+) -> Result<Attachment> {
+    let (prog, attach_type) = program(ebpf, hook)?;
+    let ifindex = super::iface::ifindex(iface).with_context(|| format!("no interface {iface}"))?;
+    let mut adopted = false;
+    let link = match pin.exists().then(|| adopt(prog, pin, ifindex, hook)) {
+        Some(Ok(link)) => {
+            adopted = true;
+            link
+        }
+        other => {
+            if let Some(Err(e)) = other {
+                tracing::info!("{}: {e:#}; attaching anew", pin.display());
+                std::fs::remove_file(pin)
+                    .with_context(|| format!("unpinning {}", pin.display()))?;
+            }
+            let tcx = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let id = prog
+                .attach_with_options(iface, attach_type, tcx)
+                .with_context(|| format!("TCX attach to {iface} {hook:?} (pinning needs TCX)"))?;
+            let fd: FdLink = prog.take_link(id)?.try_into()?;
+            let pinned = fd.pin(pin).with_context(|| format!("pinning {}", pin.display()))?;
+            SchedClassifierLink::try_from(FdLink::from(pinned))?
+        }
+    };
+    Ok(Attachment {
+        iface: iface.to_owned(),
+        ifindex,
+        hook,
+        mode: AttachMode::Tcx,
+        link: Some(link),
+        pin: Some(pin.to_owned()),
+        adopted,
+        _clsact: None,
+    })
+}
+
+/// Takes over the link pinned at `pin`: checks it is still on interface `ifindex`'s `hook`
+/// (0 once its interface was deleted) and swaps our program into it.
+fn adopt(
+    prog: &mut SchedClassifier,
+    pin: &Path,
+    ifindex: u32,
+    hook: Hook,
+) -> Result<SchedClassifierLink> {
+    let info = crate::pin::open_pinned(pin)
+        .and_then(crate::pin::tcx_link_info)
+        .context("reading the pinned link")?;
+    if info.ifindex != ifindex || info.hook != Some(hook) {
+        bail!(
+            "the pinned link is on interface {} {:?}, not on {ifindex} {hook:?}",
+            info.ifindex,
+            info.hook
+        );
+    }
+    let fd = FdLink::from(PinnedLink::from_pin(pin).context("opening the pinned link")?);
+    let id = prog.attach_to_link(SchedClassifierLink::try_from(fd)?).context("BPF_LINK_UPDATE")?;
+    Ok(prog.take_link(id)?)
+}
+
+fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<(&mut SchedClassifier, TcAttachType)> {
+    let (name, attach_type) = match hook {
+        Hook::Ingress => (PROG_INGRESS, TcAttachType::Ingress),
+        Hook::Egress => (PROG_EGRESS, TcAttachType::Egress),
+    };
+    let prog: &mut SchedClassifier =
+        ebpf.program_mut(name).context("program missing")?.try_into()?;
+    Ok((prog, attach_type))
 }
 
 /// Our clsact qdisc on `iface`: the one our other attachments share, or a new one; `None`

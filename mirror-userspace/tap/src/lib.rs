@@ -8,9 +8,10 @@ mod attach;
 mod clsact;
 mod iface;
 mod links;
+mod pin;
 mod ring;
 
-use std::{fmt, net::IpAddr, os::fd::AsFd};
+use std::{fmt, net::IpAddr, os::fd::AsFd, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -21,16 +22,20 @@ use aya::{
 use ipnet::IpNet;
 pub use mirror_common::MAX_RINGS;
 use mirror_common::{
-    CpuState, Hook, TapConfig, CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, MAP_CONFIG,
-    MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_RINGS, MAP_SKIPS, PROG_EGRESS,
-    PROG_INGRESS,
+    CpuState, TapConfig, CAPTURE_REQUESTS, CAPTURE_RESPONSES, DEFAULT_RING_BYTES, MAP_CONFIG,
+    MAP_COUNTERS, MAP_NETS_V4, MAP_NETS_V6, MAP_PORTS, MAP_RINGS, MAP_SKIPS,
 };
 
 pub use attach::AttachMode;
 use attach::{Attachment, OwnQdiscs};
 pub use iface::ifindex as interface_index;
 pub use links::{InterfacePatterns, Link, LinkEvent, LinkWatcher};
-pub use mirror_common::Counter;
+pub use mirror_common::{Counter, Hook, PROG_EGRESS, PROG_INGRESS};
+use pin::PinDir;
+pub use pin::{
+    cleanup as cleanup_pins, open_pinned, pinned_links, tcx_link_info, PinnedLinkEntry,
+    TcxLinkInfo, DEFAULT_PIN_DIR,
+};
 use ring::SkipMap;
 pub use ring::{RingReader, RingSource};
 
@@ -63,6 +68,12 @@ pub struct TapSettings {
     /// Interfaces to attach to (for a pod: the host side of its veth); more can be attached
     /// later ([`Tap::attach_interface`]), so none is valid here.
     pub interfaces: Vec<String>,
+    /// Interfaces followed by name (attached by the agent as they appear): with `pin_dir`,
+    /// the pinned links of matching interfaces are taken over at start, like `interfaces`.
+    pub follow: Option<InterfacePatterns>,
+    /// Pin the links and maps here (TCX only), and take over what an earlier agent pinned
+    /// there: a restart without a gap (see the `pin` module).
+    pub pin_dir: Option<PathBuf>,
     /// Hooks to attach on each interface; both by default, since requests and responses
     /// cross an interface in opposite directions.
     pub hooks: Vec<Hook>,
@@ -93,6 +104,8 @@ impl Default for TapSettings {
     fn default() -> Self {
         Self {
             interfaces: Vec::new(),
+            follow: None,
+            pin_dir: None,
             hooks: vec![Hook::Ingress, Hook::Egress],
             ports: Vec::new(),
             service_nets: Vec::new(),
@@ -117,6 +130,9 @@ impl TapSettings {
         }
         if self.hooks.is_empty() {
             bail!("hooks: at least one of ingress or egress is required");
+        }
+        if self.pin_dir.is_some() && self.attach_mode == AttachMode::Netlink {
+            bail!("pin_dir: pinning needs TCX links; netlink filters cannot be pinned");
         }
         if self.ports.is_empty() {
             bail!("ports: at least one service port is required");
@@ -179,6 +195,10 @@ pub struct Tap {
     attach_mode: AttachMode,
     attachments: Vec<Attachment>,
     qdiscs: OwnQdiscs,
+    /// The pin directory, locked, when pinning.
+    pins: Option<PinDir>,
+    /// Leave everything pinned when dropped ([`Tap::keep_attached`]).
+    keep: bool,
 }
 
 impl Tap {
@@ -192,11 +212,26 @@ impl Tap {
                  bpf-linker (run `cargo xtask setup`, then rebuild)"
             );
         }
+        let pins = match &settings.pin_dir {
+            Some(dir) => Some(PinDir::lock(dir)?),
+            None => None,
+        };
+        let maps_dir = match &pins {
+            Some(p) => Some(p.maps_dir(TAP_OBJECT, settings.rings, settings.ring_bytes)?),
+            None => None,
+        };
         let mut loader = EbpfLoader::new();
         for (i, name) in MAP_RINGS.iter().enumerate() {
             // Rings not in use still exist (the program names all of them): one page each.
             let bytes = if i < settings.rings { settings.ring_bytes } else { page_size() };
             loader.map_max_entries(name, bytes);
+        }
+        if let Some(dir) = &maps_dir {
+            // Taken over if pinned there already (what the rings hold is read on), else
+            // created and pinned.
+            for name in MAP_RINGS.iter().chain(&PINNED_MAPS) {
+                loader.map_pin_path(name, dir.join(name));
+            }
         }
         let mut ebpf = loader.load(TAP_OBJECT).context("loading the tap object")?;
         configure(&mut ebpf, settings)?;
@@ -224,11 +259,45 @@ impl Tap {
             attach_mode: settings.attach_mode,
             attachments: Vec::new(),
             qdiscs: OwnQdiscs::new(),
+            pins,
+            keep: false,
         };
+        if let Some(dir) = &maps_dir {
+            tap.adopt_pinned(settings)?;
+            if let Some(pins) = &tap.pins {
+                pins.remove_other_maps(dir);
+            }
+        }
         for iface in &settings.interfaces {
             tap.attach_interface(iface)?;
         }
         Ok(tap)
+    }
+
+    /// Takes over the links pinned by an earlier agent on the interfaces these settings
+    /// want (their program swapped for ours in place); unpins the others (their interface
+    /// is gone or no longer wanted), which detaches them.
+    fn adopt_pinned(&mut self, settings: &TapSettings) -> Result<()> {
+        let Some(pins) = &self.pins else { return Ok(()) };
+        for entry in pins.links() {
+            let name = iface::name(entry.ifindex);
+            let wanted = name.as_deref().filter(|n| {
+                settings.interfaces.iter().any(|i| i == n)
+                    || settings.follow.as_ref().is_some_and(|f| f.matches(n))
+            });
+            match wanted {
+                Some(name) if self.hooks.contains(&entry.hook) => {
+                    let a = attach::attach_pinned(&mut self.ebpf, name, entry.hook, &entry.path)?;
+                    self.attachments.push(a);
+                }
+                _ => {
+                    tracing::info!("unpinning {}: not wanted any more", entry.path.display());
+                    std::fs::remove_file(&entry.path)
+                        .with_context(|| format!("unpinning {}", entry.path.display()))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Attaches to the hooks of one more interface (all of them or none). Asked twice for one
@@ -241,13 +310,19 @@ impl Tap {
         let mut new = Vec::new();
         for &hook in &self.hooks {
             // On error `new` drops: the hooks attached so far are detached again.
-            new.push(attach::attach(
-                &mut self.ebpf,
-                iface,
-                hook,
-                self.attach_mode,
-                &mut self.qdiscs,
-            )?);
+            new.push(match &self.pins {
+                Some(pins) => {
+                    let ifindex = iface::ifindex(iface).unwrap_or_default();
+                    if self.attachments.iter().any(|a| a.ifindex == ifindex && a.hook == hook) {
+                        continue; // taken over at start
+                    }
+                    let path = pins.link_path(ifindex, hook);
+                    attach::attach_pinned(&mut self.ebpf, iface, hook, &path)?
+                }
+                None => {
+                    attach::attach(&mut self.ebpf, iface, hook, self.attach_mode, &mut self.qdiscs)?
+                }
+            });
         }
         self.attachments.extend(new);
         Ok(())
@@ -329,40 +404,118 @@ impl Tap {
         Ok(out)
     }
 
-    /// Detaches everything now (dropping the tap does the same). A qdisc that cannot be
-    /// deleted is logged: nothing more can be done about it here.
+    /// Every attachment: where, how, whether it was taken over from an earlier agent, and
+    /// the kernel's facts of its link (pinned links only).
+    pub fn attachment_states(&self) -> Vec<AttachmentState> {
+        let states = self.attachments.iter().map(|a| AttachmentState {
+            iface: a.iface.clone(),
+            ifindex: a.ifindex,
+            hook: a.hook,
+            mode: a.mode,
+            adopted: a.adopted,
+            link: a.link_info(),
+        });
+        states.collect()
+    }
+
+    /// Detaches everything now (dropping the tap does the same): links closed and unpinned,
+    /// the pinned maps unpinned. A qdisc that cannot be deleted is logged: nothing more can
+    /// be done about it here.
     pub fn detach(self) {
         drop(self);
     }
+
+    /// Closes everything but leaves the links and maps pinned, the programs attached and
+    /// capturing into the rings, for the next agent to take over (an upgrade). Without a pin
+    /// directory this is [`Tap::detach`].
+    pub fn keep_attached(mut self) {
+        if self.pins.is_some() {
+            self.keep = true;
+            for a in &mut self.attachments {
+                a.keep_pinned();
+            }
+        }
+    }
 }
+
+/// The TCX programs on `hook` of interface `iface`, in the order they run: (id, name).
+/// Ours are named [`PROG_INGRESS`] and [`PROG_EGRESS`].
+pub fn hook_programs(iface: &str, hook: Hook) -> Result<Vec<(u32, String)>> {
+    let attach_type = match hook {
+        Hook::Ingress => aya::programs::TcAttachType::Ingress,
+        Hook::Egress => aya::programs::TcAttachType::Egress,
+    };
+    let (_, programs) = SchedClassifier::query_tcx(iface, attach_type)
+        .with_context(|| format!("querying the TCX programs of {iface} {hook:?}"))?;
+    let named = programs.iter().map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()));
+    Ok(named.collect())
+}
+
+/// The name of interface `ifindex`, if it exists.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    iface::name(ifindex)
+}
+
+/// One attachment, as [`Tap::attachment_states`] describes it.
+#[derive(Clone, Debug)]
+pub struct AttachmentState {
+    pub iface: String,
+    pub ifindex: u32,
+    pub hook: Hook,
+    pub mode: AttachMode,
+    /// Taken over from an earlier agent's pin.
+    pub adopted: bool,
+    pub link: Option<TcxLinkInfo>,
+}
+
+/// The maps pinned besides the rings (all but the object's own data sections).
+const PINNED_MAPS: [&str; 6] =
+    [MAP_CONFIG, MAP_PORTS, MAP_NETS_V4, MAP_NETS_V6, MAP_COUNTERS, MAP_SKIPS];
 
 impl Drop for Tap {
     fn drop(&mut self) {
-        // Every link, then (with the last attachment on each interface) the qdiscs we added;
-        // the programs and maps go with `ebpf` afterwards.
+        // Every link (unpinned unless kept), then (with the last attachment on each
+        // interface) the qdiscs we added; the programs and maps go with `ebpf` afterwards.
         self.attachments.clear();
+        if let Some(pins) = self.pins.take() {
+            if !self.keep {
+                if let Err(e) = pins.remove_all() {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        }
     }
 }
 
+/// Puts the settings into the maps, replacing whatever they held (pinned maps taken over
+/// from an earlier agent hold its settings).
 fn configure(ebpf: &mut Ebpf, settings: &TapSettings) -> Result<()> {
     let mut ports: Array<_, u8> = ebpf.map_mut(MAP_PORTS).context("ports map")?.try_into()?;
-    for &port in &settings.ports {
-        ports.set(port as u32, 1, 0)?;
-    }
-    let mut v4: LpmTrie<_, [u8; 4], u8> =
-        ebpf.map_mut(MAP_NETS_V4).context("v4 nets map")?.try_into()?;
-    for net in &settings.service_nets {
-        if let (IpNet::V4(n), IpAddr::V4(a)) = (net, net.network()) {
-            v4.insert(&Key::new(n.prefix_len() as u32, a.octets()), 1, 0)?;
+    for port in 0..=u16::MAX {
+        let want = u8::from(settings.ports.contains(&port));
+        // New maps are all zeroes: only pinned ones from an earlier run take writes here.
+        if ports.get(&u32::from(port), 0)? != want {
+            ports.set(u32::from(port), want, 0)?;
         }
     }
-    let mut v6: LpmTrie<_, [u8; 16], u8> =
-        ebpf.map_mut(MAP_NETS_V6).context("v6 nets map")?.try_into()?;
-    for net in &settings.service_nets {
-        if let (IpNet::V6(n), IpAddr::V6(a)) = (net, net.network()) {
-            v6.insert(&Key::new(n.prefix_len() as u32, a.octets()), 1, 0)?;
-        }
-    }
+    let v4: Vec<Key<[u8; 4]>> = settings
+        .service_nets
+        .iter()
+        .filter_map(|net| match (net, net.network()) {
+            (IpNet::V4(n), IpAddr::V4(a)) => Some(Key::new(n.prefix_len() as u32, a.octets())),
+            _ => None,
+        })
+        .collect();
+    replace_nets(ebpf, MAP_NETS_V4, &v4)?;
+    let v6: Vec<Key<[u8; 16]>> = settings
+        .service_nets
+        .iter()
+        .filter_map(|net| match (net, net.network()) {
+            (IpNet::V6(n), IpAddr::V6(a)) => Some(Key::new(n.prefix_len() as u32, a.octets())),
+            _ => None,
+        })
+        .collect();
+    replace_nets(ebpf, MAP_NETS_V6, &v6)?;
     let cfg = TapConfig {
         capture: settings.directions.bits(),
         restrict_addrs: u32::from(!settings.service_nets.is_empty()),
@@ -374,6 +527,26 @@ fn configure(ebpf: &mut Ebpf, settings: &TapSettings) -> Result<()> {
     let mut config: Array<_, TapConfig> =
         ebpf.map_mut(MAP_CONFIG).context("config map")?.try_into()?;
     config.set(0, cfg, 0)?;
+    Ok(())
+}
+
+/// Makes the LPM trie `name` hold exactly `keys`.
+fn replace_nets<const N: usize>(ebpf: &mut Ebpf, name: &str, keys: &[Key<[u8; N]>]) -> Result<()>
+where
+    [u8; N]: aya::Pod,
+{
+    let mut trie: LpmTrie<_, [u8; N], u8> =
+        ebpf.map_mut(name).with_context(|| format!("{name} map"))?.try_into()?;
+    let old: Vec<Key<[u8; N]>> = trie.keys().collect::<Result<_, _>>()?;
+    let same = |a: &Key<[u8; N]>, b: &Key<[u8; N]>| {
+        a.prefix_len() == b.prefix_len() && a.data() == b.data()
+    };
+    for key in old.iter().filter(|k| !keys.iter().any(|w| same(w, k))) {
+        trie.remove(key)?;
+    }
+    for key in keys {
+        trie.insert(key, 1, 0)?;
+    }
     Ok(())
 }
 
