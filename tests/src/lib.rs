@@ -220,6 +220,26 @@ pub mod agent {
                 .unwrap()
         }
 
+        /// Waits until its stderr contains `needle` (panics with what it printed after
+        /// `timeout`); returns everything printed so far.
+        pub fn wait_for_stderr(&self, needle: &str, timeout: std::time::Duration) -> String {
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let text = self.stderr.lock().unwrap().clone();
+                if text.contains(needle) {
+                    return text;
+                }
+                assert!(std::time::Instant::now() < deadline, "no {needle:?} in: {text}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+
+        /// Sends `signal` and returns at once.
+        pub fn signal(&self, signal: i32) {
+            // SAFETY: kill(2) on our child's pid.
+            unsafe { libc::kill(self.child.id() as i32, signal) };
+        }
+
         /// SIGTERM, wait for a clean exit, return everything it printed on stderr.
         pub fn stop(self) -> String {
             self.stop_with(libc::SIGTERM)

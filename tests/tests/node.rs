@@ -328,3 +328,132 @@ fn a_killed_agent_restarts_without_a_gap() {
     assert_eq!(ours_on(&iface), [0, 0], "mirror cleanup detaches");
     assert!(!pin.exists(), "mirror cleanup unpins");
 }
+
+/// Waits for the next `mirror run: reload` line naming `why`, after the `seen` first ones.
+fn next_reload(agent: &AgentProcess, seen: &mut usize, why: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = agent.wait_for_stderr("ready", WAIT);
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(": reload ")).collect();
+        if let Some(i) = lines[*seen..].iter().position(|l| l.contains(why)) {
+            *seen += i + 1;
+            return lines[*seen - 1].to_owned();
+        }
+        assert!(Instant::now() < deadline, "no reload ({why}) after {seen}: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The agent's configuration file for the reload test.
+fn reload_config(shadow: &str, percent: &str, ports: &str) -> String {
+    format!("mirrors:\n  - url: {shadow}\nmirrorPercentage:\n  value: {percent}\nports: {ports}\n")
+}
+
+/// Requests with a path prefix, in bursts on four connections at once (the load), then waits
+/// until the agent has framed every request sent so far (`total`), so the next reload cannot
+/// catch any of them.
+fn burst(topo: &Topology, port: u16, prefix: &str, n: usize, total: &mut u64, metrics: SocketAddr) {
+    let server = SocketAddr::new(topo.server_addr(Family::V4), port);
+    std::thread::scope(|s| {
+        for c in 0..4 {
+            let requests: Vec<RawRequest> = (0..n / 4)
+                .map(|i| RawRequest::new("GET", &format!("{prefix}{c}-{i}"), "svc:8000", b""))
+                .collect();
+            s.spawn(move || keep_alive(&topo.client, server, requests).unwrap());
+        }
+    });
+    *total += (n / 4 * 4) as u64;
+    let framed = "mirror_http_total{counter=\"requests\"}";
+    wait_for_metrics(metrics, "requests framed", |t| metric(t, framed) >= *total);
+}
+
+/// Reloads under load, by a change of the file and by SIGHUP: the percentage 100 -> 10 -> 0
+/// -> 100 with a new shadow URL and a new port, each in force for the requests after it; a
+/// bad configuration is refused, naming the field, and the last good one keeps mirroring.
+/// Nothing is detached: the same links and programs throughout.
+#[test]
+fn reloads_apply_without_detaching() {
+    mirror_tests::require_root();
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT, 9090]);
+    let (shadow_a, shadow_b) = (
+        RecordingServer::start(&topo.shadow, &[PORT]),
+        RecordingServer::start(&topo.shadow, &[9091]),
+    );
+    let (url_a, url_b) = (
+        http_url(topo.shadow_addr(Family::V4), PORT, ""),
+        http_url(topo.shadow_addr(Family::V4), 9091, ""),
+    );
+    let tag = tag();
+    let dir = std::env::temp_dir().join(format!("mirror-reload-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("mirror.yaml");
+    std::fs::write(&config, reload_config(&url_a, "100", "[8000]")).unwrap();
+    let pin = PathBuf::from(format!("/sys/fs/bpf/mirror-test-{tag}"));
+    let metrics = free_local_addr();
+    let args: Vec<String> = [
+        "run",
+        "-i",
+        &topo.server_host_if,
+        "--config",
+        &config.display().to_string(),
+        &format!("--pin={}", pin.display()),
+        "--metrics",
+        &metrics.to_string(),
+        "--threads",
+        "1",
+        "--watch-socket",
+        "none",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let agent = AgentProcess::start(&args, "mirror run: ready");
+    let links = pinned_link_ids(&pin);
+    let programs = |iface: &str| {
+        [Hook::Ingress, Hook::Egress].map(|h| mirror_tap::hook_programs(iface, h).unwrap())
+    };
+    let programs_before = programs(&topo.server_host_if);
+    let mut total = 0;
+    let mut seen = 0;
+    let mut reload = |content: String, hangup: bool| {
+        std::fs::write(&config, content).unwrap();
+        if hangup {
+            agent.signal(libc::SIGHUP);
+        }
+        // With SIGHUP, the poll may see the file first: then the SIGHUP's reload comes after.
+        next_reload(&agent, &mut seen, if hangup { "(SIGHUP)" } else { "file changed" })
+    };
+
+    burst(&topo, PORT, "/full/", 200, &mut total, metrics);
+    let line = reload(reload_config(&url_a, "10", "[8000]"), false);
+    assert!(line.ends_with("applied"), "{line}");
+    burst(&topo, PORT, "/tenth/", 400, &mut total, metrics);
+    let line = reload(reload_config(&url_a, "0", "[8000]"), true);
+    assert!(line.ends_with("applied"), "{line}");
+    burst(&topo, PORT, "/none/", 200, &mut total, metrics);
+    let line = reload(reload_config(&url_b, "100", "[8000, 9090]"), false);
+    assert!(line.ends_with("applied"), "{line}");
+    burst(&topo, PORT, "/shadow-b/", 200, &mut total, metrics);
+    burst(&topo, 9090, "/new-port/", 20, &mut total, metrics);
+    let line = reload(reload_config(&url_b, "150", "[8000, 9090]"), true);
+    assert!(line.contains("rejected") && line.contains("mirrorPercentage"), "{line}");
+    burst(&topo, PORT, "/after-bad/", 100, &mut total, metrics);
+
+    let a = shadow_a.wait_for(200, WAIT);
+    let b = shadow_b.wait_for(320, WAIT);
+    let count = |seen: &[mirror_tests::server::SeenRequest], p: &str| {
+        seen.iter().filter(|r| r.target.starts_with(p)).count()
+    };
+    assert_eq!(count(&a, "/full/"), 200);
+    let tenth = count(&a, "/tenth/");
+    assert!((12..=80).contains(&tenth), "10 % of 400: {tenth}");
+    assert_eq!(count(&a, "/none/") + count(&b, "/none/"), 0);
+    assert_eq!(count(&b, "/shadow-b/"), 200);
+    assert_eq!(count(&a, "/shadow-b/"), 0, "the old shadow gets nothing after the change");
+    assert_eq!(count(&b, "/new-port/"), 20, "the new port is captured");
+    assert_eq!(count(&b, "/after-bad/"), 100, "the last good configuration stays");
+    assert_eq!(pinned_link_ids(&pin), links, "the same links");
+    assert_eq!(programs(&topo.server_host_if), programs_before, "the same programs");
+    agent.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

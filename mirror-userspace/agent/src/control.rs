@@ -24,6 +24,17 @@ pub enum Command {
     Detach(String),
     /// Put these settings in force (see [`Mirroring::replace`]).
     Replace(Box<MirrorSettings>),
+    /// A new configuration for a live agent: where to capture (ports, networks, interfaces,
+    /// patterns; see [`mirror_tap::Tap::reconfigure`]) and how to mirror. All of it or
+    /// none: an error leaves the running configuration in force.
+    Reload(Box<Reload>),
+}
+
+/// What [`Command::Reload`] puts in force.
+#[derive(Debug)]
+pub struct Reload {
+    pub tap: mirror_tap::TapSettings,
+    pub settings: MirrorSettings,
 }
 
 type Request = (Command, oneshot::Sender<Result<()>>);
@@ -130,6 +141,7 @@ fn apply(command: Command, mirroring: &mut Mirroring, taps: &mut impl Taps) -> R
             mirroring.replace(*settings);
             Ok(())
         }
+        Command::Reload(_) => Err(anyhow!("only a live agent reloads its configuration")),
     }
 }
 

@@ -36,7 +36,8 @@ impl FollowedTap for Tap {
 /// The interfaces followed so far, and the link notifications that change them.
 pub struct Follower {
     watcher: LinkWatcher,
-    patterns: InterfacePatterns,
+    /// None: nothing is followed any more (a reload took the patterns away).
+    patterns: Option<InterfacePatterns>,
     /// Interfaces the follower attached, by index: their current names.
     followed: HashMap<u32, String>,
 }
@@ -45,7 +46,14 @@ impl Follower {
     /// Starts watching (before the list of links is read: nothing created meanwhile is
     /// missed). Within a tokio runtime.
     pub fn start(patterns: InterfacePatterns) -> std::io::Result<Follower> {
+        let patterns = Some(patterns);
         Ok(Follower { watcher: LinkWatcher::start()?, patterns, followed: HashMap::new() })
+    }
+
+    /// Follows these patterns from the next list of links on (asked for now).
+    pub fn set_patterns(&mut self, patterns: Option<InterfacePatterns>) -> std::io::Result<()> {
+        self.patterns = patterns;
+        self.watcher.relist()
     }
 
     /// The next change to apply.
@@ -81,7 +89,7 @@ impl Follower {
     }
 
     fn changed(&mut self, link: &Link, tap: &mut impl FollowedTap, metrics: &Metrics) {
-        let matches = self.patterns.matches(&link.name);
+        let matches = self.patterns.as_ref().is_some_and(|p| p.matches(&link.name));
         match self.followed.get_mut(&link.ifindex) {
             Some(name) if matches && *name != link.name => {
                 tracing::info!("{name} (index {}) is now {}", link.ifindex, link.name);
@@ -90,7 +98,7 @@ impl Follower {
                 link.name.clone_into(name);
             }
             Some(_) if matches => {}
-            Some(_) => self.unfollow(link.ifindex, tap, metrics, "renamed"),
+            Some(_) => self.unfollow(link.ifindex, tap, metrics, "no longer matches"),
             None if !matches => {}
             // Attached already: taken over from a pin at start, or given by name.
             None if tap.is_attached(link.ifindex) => {

@@ -21,12 +21,15 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use mirror_shadow::ResultSink;
-use mirror_tap::{Directions, KernelCounters, LinkEvent, RingReader, Tap, TapSettings, MAX_RINGS};
+use mirror_tap::{
+    Directions, InterfacePatterns, KernelCounters, LinkEvent, RingReader, Tap, TapSettings,
+    MAX_RINGS,
+};
 use tokio::sync::{mpsc, oneshot, Barrier};
 
 use crate::{
     admin::Api,
-    control::{run_controlled, Command, Commands, Control, Taps},
+    control::{run_controlled, Command, Commands, Control, Reload, Taps},
     follow::Follower,
     metrics::{self, Stage},
     pipeline::{MirrorSettings, Mirroring, Shared, Summary, OWN_MARK},
@@ -101,14 +104,7 @@ impl LiveAgent {
             }
             None => None,
         };
-        let mut tap = Tap::attach(&TapSettings {
-            directions: Directions::BOTH,
-            ignore_mark: OWN_MARK,
-            rings: workers,
-            // Only what the framers say they will not read: bodies measured, not kept.
-            leave_out: true,
-            ..opts.tap
-        })?;
+        let mut tap = Tap::attach(&agent_tap(opts.tap, workers))?;
         let compare_thresholds = settings.compare.as_ref().map(|c| c.thresholds);
         let store = settings.compare.as_ref().and_then(|c| c.store.clone());
         if let Some(store) = &store {
@@ -229,13 +225,37 @@ impl LiveAgent {
             Command::Attach(iface) => self.tap.attach_interface(&iface),
             Command::Detach(iface) if self.tap.detach_interface(&iface) => Ok(()),
             Command::Detach(iface) => Err(anyhow!("{iface} is not attached")),
-            Command::Replace(settings) => {
-                for worker in &self.workers {
-                    worker.control.send(Command::Replace(settings.clone())).await?;
-                }
-                Ok(())
+            Command::Replace(settings) => self.replace(settings).await,
+            Command::Reload(reload) => {
+                let Reload { tap, settings } = *reload;
+                let tap = agent_tap(tap, self.workers.len());
+                self.tap.reconfigure(&tap)?;
+                self.follow_patterns(tap.follow)?;
+                self.replace(Box::new(settings)).await
             }
         }
+    }
+
+    /// New mirroring settings to every worker.
+    async fn replace(&self, settings: Box<MirrorSettings>) -> Result<()> {
+        for worker in &self.workers {
+            worker.control.send(Command::Replace(settings.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows these patterns from now on: the links are listed again, so interfaces that
+    /// match now are attached and those that no longer match detached.
+    fn follow_patterns(&mut self, patterns: Option<InterfacePatterns>) -> Result<()> {
+        match (&mut self.follower, patterns) {
+            (Some(follower), patterns) => follower.set_patterns(patterns)?,
+            (None, Some(patterns)) => {
+                let follower = Follower::start(patterns).context("watching network interfaces")?;
+                self.follower = Some(follower);
+            }
+            (None, None) => {}
+        }
+        Ok(())
     }
 
     fn follow(&mut self, event: std::io::Result<LinkEvent>) {
@@ -271,6 +291,19 @@ impl LiveAgent {
             let fields: Vec<_> = k.fields().collect();
             self.shared.metrics().sync(0, Stage::Kernel, &fields);
         }
+    }
+}
+
+/// The tap settings as the agent uses them, whatever it was given: both directions, one
+/// ring per worker, its own sockets ignored.
+fn agent_tap(tap: TapSettings, workers: usize) -> TapSettings {
+    TapSettings {
+        directions: Directions::BOTH,
+        ignore_mark: OWN_MARK,
+        rings: workers,
+        // Only what the framers say they will not read: bodies measured, not kept.
+        leave_out: true,
+        ..tap
     }
 }
 

@@ -44,6 +44,9 @@ pub(crate) struct MirrorConfig {
     /// Leave everything pinned and capturing at exit (with `pin`).
     #[serde(default)]
     pub keep_attached: bool,
+    /// Size of each ring buffer in bytes (a power of two).
+    #[serde(default)]
+    pub ring_bytes: Option<u32>,
     /// Service ports whose requests are mirrored.
     #[serde(default)]
     pub ports: Vec<u16>,
@@ -524,7 +527,28 @@ impl MirrorConfig {
     }
 
     /// Where and what a live run captures: interfaces (which must exist), ports, networks.
-    pub(crate) fn tap_settings(&self, ring_bytes: Option<u32>) -> Result<TapSettings> {
+    /// What a live run needs: where to capture, how to mirror, and this configuration.
+    pub(crate) fn live(self) -> Result<(TapSettings, MirrorSettings, MirrorConfig)> {
+        Ok((self.tap_settings()?, self.mirror_settings()?, self))
+    }
+
+    /// Checks that a new configuration changes nothing that only a restart can: the
+    /// metrics and admin addresses, pinning, keeping attached at exit.
+    pub(crate) fn unchanged_for_reload(&self, running: &MirrorConfig) -> Result<()> {
+        let fixed = [
+            ("metrics", self.metrics != running.metrics),
+            ("admin", self.admin != running.admin),
+            ("keepAttached", self.keep_attached != running.keep_attached),
+            ("ringBytes", self.ring_bytes != running.ring_bytes),
+            ("pin", self.pin != running.pin),
+        ];
+        if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            bail!("{field}: cannot change while the agent runs (restart it)");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn tap_settings(&self) -> Result<TapSettings> {
         if self.interfaces.is_empty() && self.interface_pattern.is_none() {
             bail!("interfaces: at least one interface (-i) or an interfacePattern (--iface-pattern) is required");
         }
@@ -548,7 +572,7 @@ impl MirrorConfig {
             pin_dir: self.pin.clone(),
             ports: self.ports.clone(),
             service_nets: self.service_nets.clone(),
-            ring_bytes: ring_bytes.unwrap_or(defaults.ring_bytes),
+            ring_bytes: self.ring_bytes.unwrap_or(defaults.ring_bytes),
             ..defaults
         };
         tap.validate()?;
@@ -736,7 +760,7 @@ mod tests {
     impl MirrorConfig {
         /// Both conversions a live run makes.
         fn validate(&self) -> Result<()> {
-            self.tap_settings(None)?;
+            self.tap_settings()?;
             self.mirror_settings().map(drop)
         }
     }

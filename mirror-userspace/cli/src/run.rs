@@ -1,10 +1,14 @@
 //! `mirror run`: mirror live requests of a service to shadow services.
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ipnet::IpNet;
-use mirror_agent::live::{default_workers, LiveAgent, RunOptions};
+use mirror_agent::{
+    control::{Command, Control, Reload},
+    live::{default_workers, LiveAgent, RunOptions},
+};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{
     CompareConfig, HostRewrite, MatchRule, Mirror, MirrorConfig, Percentage, StringMatch,
@@ -172,6 +176,9 @@ impl RunArgs {
     /// The configuration: the file, extended and overridden by the flags.
     fn config(&self) -> Result<MirrorConfig> {
         let mut c = self.mirror.config()?;
+        if let Some(bytes) = self.ring_bytes {
+            c.ring_bytes = Some(bytes);
+        }
         c.interfaces.extend(self.interfaces.iter().cloned());
         if let Some(p) = &self.iface_pattern {
             c.interface_pattern = Some(p.clone());
@@ -185,6 +192,11 @@ impl RunArgs {
 }
 
 impl MirrorArgs {
+    /// The configuration file, if one is given.
+    pub(crate) fn config_path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+
     /// The configuration file (if any), extended and overridden by these flags.
     pub(crate) fn config(&self) -> Result<MirrorConfig> {
         let mut c = match &self.config {
@@ -322,11 +334,7 @@ fn split_header(flag: &str, h: &str) -> Result<(String, String)> {
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
-    let settings = args.config().and_then(|c| {
-        let tap = c.tap_settings(args.ring_bytes)?;
-        Ok((tap, c.keep_attached, c.mirror_settings()?, c.metrics, c.admin))
-    });
-    let (tap, keep_attached, settings, metrics, admin) = match settings {
+    let (tap, settings, config) = match args.config().and_then(|c| c.live()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mirror run: {e:#}");
@@ -336,18 +344,73 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let watch_socket = (args.watch_socket != "none").then(|| PathBuf::from(&args.watch_socket));
     let opts = RunOptions {
         tap,
-        keep_attached,
-        metrics,
-        admin,
+        keep_attached: config.keep_attached,
+        metrics: config.metrics,
+        admin: config.admin,
         watch_socket,
         results: crate::signals::request_log(args.mirror.log_requests),
         workers: args.threads.map_or_else(default_workers, usize::from),
     };
-    // Signals are handled from before the first attachment: a signal at any moment detaches.
+    // Signals are handled from before the first attachment: a signal at any moment detaches,
+    // and SIGHUP (whose default is to end the process) reloads.
     let shutdown = crate::signals::shutdown_signal()?;
+    let hangup = signal(SignalKind::hangup())?;
     let agent = LiveAgent::start(settings, opts).await?;
+    let reloads = tokio::spawn(reload_on_change(args, config, hangup, agent.control()));
     eprintln!("mirror run: ready");
     let summary = agent.run(shutdown).await?;
+    reloads.abort();
     eprintln!("mirror run: stopped\n{summary}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads on SIGHUP, and when the configuration file's content changes: polled every
+/// second, since a mounted ConfigMap changes by a symlink swap in its directory (`..data`),
+/// which a poll of the content sees whatever the mechanism, for one small read a second.
+/// The whole configuration is built again (the file, then the flags over it) and checked
+/// before the agent gets it; a bad one is refused, naming the field, and the running one
+/// stays in force.
+async fn reload_on_change(
+    args: RunArgs,
+    started: MirrorConfig,
+    mut hangup: tokio::signal::unix::Signal,
+    control: Control,
+) {
+    let path = args.mirror.config_path().map(PathBuf::from);
+    let mut last = path.as_deref().and_then(|p| std::fs::read(p).ok());
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    for n in 1.. {
+        let why = loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    // What is read now is what the poll would reload next: not again.
+                    last = path.as_deref().and_then(|p| std::fs::read(p).ok()).or(last);
+                    break "SIGHUP";
+                }
+                _ = poll.tick(), if path.is_some() => {
+                    // Unreadable for a moment (mid-swap): the next poll reads it.
+                    let now = path.as_deref().and_then(|p| std::fs::read(p).ok());
+                    if now.is_some() && now != last {
+                        last = now;
+                        break "the configuration file changed";
+                    }
+                }
+            }
+        };
+        let reload = args.config().and_then(|c| {
+            c.unchanged_for_reload(&started)?;
+            let (tap, settings, _) = c.live()?;
+            Ok(Reload { tap, settings })
+        });
+        let applied = match reload {
+            Ok(reload) => control.send(Command::Reload(Box::new(reload))).await,
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(()) => eprintln!("mirror run: reload {n} ({why}) applied"),
+            Err(e) => eprintln!(
+                "mirror run: reload {n} ({why}) rejected, the running configuration stays: {e:#}"
+            ),
+        }
+    }
 }

@@ -193,6 +193,8 @@ pub struct Tap {
     skips: Option<Map>,
     hooks: Vec<Hook>,
     attach_mode: AttachMode,
+    /// The settings in force (see [`Tap::reconfigure`]).
+    settings: TapSettings,
     attachments: Vec<Attachment>,
     qdiscs: OwnQdiscs,
     /// The pin directory, locked, when pinning.
@@ -257,6 +259,7 @@ impl Tap {
             skips,
             hooks: settings.hooks.clone(),
             attach_mode: settings.attach_mode,
+            settings: settings.clone(),
             attachments: Vec::new(),
             qdiscs: OwnQdiscs::new(),
             pins,
@@ -272,6 +275,44 @@ impl Tap {
             tap.attach_interface(iface)?;
         }
         Ok(tap)
+    }
+
+    /// Puts new settings in force without detaching anything that stays: the ports and
+    /// networks rewritten in the maps in place, interfaces given by name attached or
+    /// detached to match (following by pattern is the agent's, see [`LinkWatcher`]). The ring
+    /// geometry, the hooks, the attach mode and the pin directory need a restart: a change to
+    /// them is refused, naming the field, and nothing changes.
+    pub fn reconfigure(&mut self, settings: &TapSettings) -> Result<()> {
+        settings.validate()?;
+        let old = &self.settings;
+        let fixed = [
+            ("ringBytes", old.ring_bytes != settings.ring_bytes),
+            ("rings", old.rings != settings.rings),
+            ("hooks", old.hooks != settings.hooks),
+            ("attach", old.attach_mode != settings.attach_mode),
+            ("pin", old.pin_dir != settings.pin_dir),
+        ];
+        if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            bail!("{field}: cannot change while the agent runs (restart it)");
+        }
+        let added: Vec<&String> =
+            settings.interfaces.iter().filter(|i| !old.interfaces.contains(i)).collect();
+        let removed: Vec<String> =
+            old.interfaces.iter().filter(|i| !settings.interfaces.contains(i)).cloned().collect();
+        for (n, iface) in added.iter().enumerate() {
+            if let Err(e) = self.attach_interface(iface) {
+                for undo in &added[..n] {
+                    self.detach_interface(undo);
+                }
+                return Err(e);
+            }
+        }
+        configure(&mut self.ebpf, settings)?;
+        for iface in &removed {
+            self.detach_interface(iface);
+        }
+        self.settings = settings.clone();
+        Ok(())
     }
 
     /// Takes over the links pinned by an earlier agent on the interfaces these settings

@@ -94,6 +94,11 @@ impl LinkWatcher {
         }
     }
 
+    /// Lists the links again: a [`LinkEvent::Listed`] follows (after the events before it).
+    pub fn relist(&mut self) -> io::Result<()> {
+        self.request_dump()
+    }
+
     fn request_dump(&mut self) -> io::Result<()> {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_DUMP;
