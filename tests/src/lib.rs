@@ -45,6 +45,31 @@ pub fn messages_in(file: &std::path::Path) -> usize {
 }
 
 /// `http://addr:port/path`, with IPv6 addresses in brackets.
+/// A pin directory of a test's agent (`mirror run --pin`), removed when dropped: after a
+/// failed test too, and after agents killed on purpose. Declare it before the agents, so it
+/// drops after them.
+pub struct PinDir(pub std::path::PathBuf);
+
+impl PinDir {
+    /// A directory under /sys/fs/bpf named for the test: unique per process and call.
+    pub fn new(name: &str) -> PinDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PinDir(format!("/sys/fs/bpf/mirror-test-{name}-{}-{n}", std::process::id()).into())
+    }
+
+    /// `--pin=DIR`.
+    pub fn arg(&self) -> String {
+        format!("--pin={}", self.0.display())
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Starts tcpdump writing the TCP packets of `port` on `iface` to `file` (pcap, each packet
 /// flushed), once it says it captures. A 32 MiB kernel buffer: under a loaded test run the
 /// default 2 MiB dropped packets of large bodies. SIGINT stops it.

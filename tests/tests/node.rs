@@ -2,7 +2,7 @@
 //! `mirror run --iface-pattern` follows them.
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -19,6 +19,7 @@ use mirror_tests::{
     netns::run,
     server::RecordingServer,
     topology::{Family, Pod, Topology},
+    PinDir,
 };
 
 const PORT: u16 = 8000;
@@ -264,8 +265,8 @@ fn a_killed_agent_restarts_without_a_gap() {
     let topo = Arc::new(Topology::new().unwrap());
     let primary = RecordingServer::start(&topo.server, &[PORT]);
     let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
-    let pin = PathBuf::from(format!("/sys/fs/bpf/mirror-test-{}", tag()));
-    let pin_arg = format!("--pin={}", pin.display());
+    let pin_dir = PinDir::new("restart");
+    let (pin, pin_arg) = (pin_dir.0.clone(), pin_dir.arg());
     let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
     let args = run_args(&topo.server_host_if, PORT, &shadow_url, &[&pin_arg, "--threads", "1"]);
     let iface = topo.server_host_if.clone();
@@ -389,7 +390,8 @@ fn reloads_apply_without_detaching() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("mirror.yaml");
     std::fs::write(&config, reload_config(&url_a, "100", "[8000]")).unwrap();
-    let pin = PathBuf::from(format!("/sys/fs/bpf/mirror-test-{tag}"));
+    let pin_dir = PinDir::new("reload");
+    let pin = pin_dir.0.clone();
     let metrics = free_local_addr();
     let args: Vec<String> = [
         "run",
@@ -397,7 +399,7 @@ fn reloads_apply_without_detaching() {
         &topo.server_host_if,
         "--config",
         &config.display().to_string(),
-        &format!("--pin={}", pin.display()),
+        &pin_dir.arg(),
         "--metrics",
         &metrics.to_string(),
         "--threads",
@@ -454,6 +456,57 @@ fn reloads_apply_without_detaching() {
     assert_eq!(count(&b, "/after-bad/"), 100, "the last good configuration stays");
     assert_eq!(pinned_link_ids(&pin), links, "the same links");
     assert_eq!(programs(&topo.server_host_if), programs_before, "the same programs");
+    agent.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The capability sets of process `pid` from /proc: (effective, bounding).
+fn capabilities(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let set = |name: &str| {
+        let line = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
+        u64::from_str_radix(line.trim(), 16).unwrap()
+    };
+    (set("CapEff:"), set("CapBnd:"))
+}
+
+/// The agent checks its capabilities before attaching (the missing one named, nothing
+/// attached) and, once attached, keeps only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; its watch
+/// socket is the owner's alone, or a configured group's.
+#[test]
+fn capabilities_are_checked_then_dropped_and_the_watch_socket_is_private() {
+    mirror_tests::require_root();
+    let topo = Topology::new().unwrap();
+    let iface = topo.server_host_if.clone();
+    let dir = std::env::temp_dir().join(format!("mirror-caps-{}", tag()));
+    let socket = dir.join("watch.sock").display().to_string();
+    let mut args = run_args(&iface, PORT, "http://127.0.0.1:9", &[]);
+    args.retain(|a| a != "--watch-socket" && a != "none");
+    let without_perfmon = Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf,+net_admin", "--inh-caps=-all"])
+        .arg(mirror_tests::mirror_bin())
+        .args(&args)
+        .args(["--watch-socket", &socket])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&without_perfmon.stderr);
+    assert_eq!(without_perfmon.status.code(), Some(2), "{said}");
+    assert!(said.contains("missing capability CAP_PERFMON"), "{said}");
+    assert_eq!(ours_on(&iface), [0, 0], "nothing attached without the capabilities");
+
+    let watch = [args.clone(), vec!["--watch-socket".into(), socket.clone()]].concat();
+    let agent = AgentProcess::start(&watch, "mirror run: ready");
+    let kept = (1 << 39) | (1 << 38) | (1 << 12);
+    assert_eq!(capabilities(agent.pid()), (kept, kept), "only BPF, PERFMON and NET_ADMIN kept");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    agent.stop();
+
+    let group = [watch, vec!["--watch-group".into(), "12345".into()]].concat();
+    let agent = AgentProcess::start(&group, "mirror run: ready");
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!((meta.permissions().mode() & 0o777, meta.gid()), (0o660, 12345));
     agent.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -47,6 +47,13 @@ enum Task {
         /// primary_path, fidelity.
         names: Vec<String>,
     },
+    /// Build the agent's OCI image from scratch (deploy/image.sh): the release binary and
+    /// its libraries, no base image.
+    Image {
+        /// The image's name.
+        #[arg(default_value = "localhost/mirror:latest")]
+        name: String,
+    },
     /// Build and run the agent on this host (as root, or through sudo).
     Run {
         #[arg(last = true)]
@@ -73,6 +80,7 @@ fn run(task: Task) -> Result<()> {
         Task::Demo => demo(),
         Task::Bench { names } => bench::run(&names),
         Task::Run { args } => run_agent(&args),
+        Task::Image { name } => image(&name),
     }
 }
 
@@ -132,6 +140,13 @@ fn demo() -> Result<()> {
     build(true)?;
     let script = workspace_root().join("xtask/demo.sh");
     check(as_root("bash").arg(script).arg(workspace_root().join("target/release/mirror")))
+}
+
+fn image(name: &str) -> Result<()> {
+    build(true)?;
+    let script = workspace_root().join("deploy/image.sh");
+    let bin = workspace_root().join("target/release/mirror");
+    check(as_root("bash").arg(script).arg(bin).arg(name))
 }
 
 fn run_agent(args: &[String]) -> Result<()> {

@@ -7,7 +7,9 @@ use crate::check;
 
 /// Debian packages: the kernel-side compiler (rustc-web and its bpfel `core`), LLVM 22 for
 /// bpf-linker, and the tools the integration tests and the demo drive (nginx: the TLS
-/// shadow; Chromium and its WebDriver: the comparison's web UI; bpftool: what is attached).
+/// shadow; Chromium and its WebDriver: the comparison's web UI; bpftool: what is attached;
+/// buildah, podman and runc: the agent's image, built from scratch and run as the DaemonSet
+/// runs it).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -24,7 +26,13 @@ const PACKAGES: &[&str] = &[
     "nginx-light",
     "chromium",
     "chromium-driver",
+    "buildah",
+    "podman",
+    "runc",
 ];
+/// Tools from PyPI the tests drive: (command, exact requirement). kubernetes-validate checks
+/// deploy/'s manifests against the schemas it ships with (no cluster, no network).
+const PYPI_TOOLS: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate==1.37.0")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -71,10 +79,29 @@ fn bpf_linker_install_command() -> String {
 
 /// Runs setup only if something is missing (cheap when everything is there).
 pub fn ensure() -> Result<()> {
-    if missing_packages(PACKAGES).is_empty() && bpf_linker_ok() {
+    if missing_packages(PACKAGES).is_empty() && bpf_linker_ok() && missing_pypi().is_empty() {
         return Ok(());
     }
     run()
+}
+
+/// The PyPI requirements whose command is not there (or not at the version).
+fn missing_pypi() -> Vec<&'static str> {
+    let installed = |(cmd, req): &(&str, &str)| {
+        let version = req.rsplit("==").next().unwrap_or_default();
+        let out = Command::new(cmd).arg("--version").output();
+        matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains(version))
+    };
+    PYPI_TOOLS.iter().filter(|t| !installed(t)).map(|(_, req)| *req).collect()
+}
+
+fn install_pypi() -> Result<()> {
+    let missing = missing_pypi();
+    if !missing.is_empty() {
+        println!("setup: installing {} from PyPI", missing.join(" "));
+        check(Command::new("python3").args(["-m", "pip", "install", "-q"]).args(&missing))?;
+    }
+    Ok(())
 }
 
 /// What setup will do, decided from what is missing and where it runs.
@@ -109,7 +136,10 @@ fn plan(missing: Vec<&'static str>, linker_ok: bool, debian: bool, root: bool) -
 
 pub fn run() -> Result<()> {
     match plan(missing_packages(PACKAGES), bpf_linker_ok(), is_debian(), is_root()) {
-        Plan::Nothing => println!("setup: everything is installed"),
+        Plan::Nothing => {
+            install_pypi()?;
+            println!("setup: everything is installed");
+        }
         Plan::Manual(commands) => {
             eprintln!("setup needs root on Debian; run these commands:");
             for c in commands {
@@ -126,6 +156,7 @@ pub fn run() -> Result<()> {
             if linker {
                 install_bpf_linker()?;
             }
+            install_pypi()?;
             println!("setup: done");
         }
     }

@@ -33,7 +33,7 @@ use crate::{
     follow::Follower,
     metrics::{self, Stage},
     pipeline::{MirrorSettings, Mirroring, Shared, Summary, OWN_MARK},
-    watch::Publisher,
+    watch::{Publisher, WatchSocket},
 };
 
 /// What a live run needs besides the mirroring settings.
@@ -51,7 +51,7 @@ pub struct RunOptions {
     /// Serve the metrics and, when comparing, the comparison's JSON API (`admin`) here.
     pub admin: Option<SocketAddr>,
     /// Serve watchers (`mirror dump --watch`) on this unix socket.
-    pub watch_socket: Option<PathBuf>,
+    pub watch_socket: Option<WatchSocket>,
     /// Also told every copy's outcome (the request log).
     pub results: Option<Arc<dyn ResultSink>>,
     /// Workers, one ring each (1..=[`MAX_RINGS`]; see [`default_workers`]).
@@ -95,8 +95,8 @@ impl LiveAgent {
         };
         let workers = opts.workers.clamp(1, MAX_RINGS);
         let shared = Shared::new(opts.results.clone(), workers);
-        let publisher = opts.watch_socket.as_deref().and_then(serve_watchers);
-        let watch_socket = opts.watch_socket.filter(|_| publisher.is_some());
+        let publisher = opts.watch_socket.as_ref().and_then(serve_watchers);
+        let watch_socket = opts.watch_socket.filter(|_| publisher.is_some()).map(|w| w.path);
         // Link notifications first: interfaces created while the tap loads are not missed.
         let follower = match opts.tap.follow.clone() {
             Some(patterns) => {
@@ -427,8 +427,9 @@ fn settings_api(shared: &Shared, thresholds: &Option<mirror_compare::Thresholds>
 }
 
 /// Watching is an aid, not the job: without its socket the agent still mirrors.
-fn serve_watchers(path: &std::path::Path) -> Option<Publisher> {
-    Publisher::serve(path)
+fn serve_watchers(socket: &WatchSocket) -> Option<Publisher> {
+    let path = &socket.path;
+    Publisher::serve(socket)
         .inspect_err(|e| {
             tracing::warn!(
                 "watch socket {}: {e}; `mirror dump --watch` will not work",

@@ -2,7 +2,7 @@
 //! unix socket; `mirror dump --watch` reads them. Like `hubble observe`, no second program is
 //! attached. Watchers that fall behind lose lines (counted in the stream), never slow the
 //! agent.
-use std::{io, net::SocketAddr, path::Path, sync::Arc};
+use std::{io, net::SocketAddr, os::unix::fs::PermissionsExt, path::PathBuf, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,16 +64,37 @@ pub struct Publisher {
     tx: broadcast::Sender<Arc<str>>,
 }
 
+/// Where watchers connect, and who may: the socket streams request heads, credentials
+/// included, so it is the owner's alone (0600) unless a group is given (0660).
+#[derive(Clone, Debug)]
+pub struct WatchSocket {
+    pub path: PathBuf,
+    /// The group allowed to watch (its id).
+    pub group: Option<u32>,
+}
+
 impl Publisher {
-    /// Binds `path` (replacing a stale socket file) and serves watchers.
-    pub fn serve(path: &Path) -> io::Result<Publisher> {
+    /// Binds the socket (replacing a stale socket file) and serves watchers. The socket is
+    /// bound under a temporary name, given its mode and group, then renamed into place: no
+    /// moment where anyone else could connect.
+    pub fn serve(socket: &WatchSocket) -> io::Result<Publisher> {
+        let path = &socket.path;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
             std::fs::remove_file(path)?; // left by an agent that is gone
         }
-        let listener = UnixListener::bind(path)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let unready = path.with_file_name(format!(".{name}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&unready);
+        let listener = UnixListener::bind(&unready)?;
+        let mode = if socket.group.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(&unready, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = socket.group {
+            std::os::unix::fs::chown(&unready, None, Some(gid))?;
+        }
+        std::fs::rename(&unready, path)?;
         let (tx, _) = broadcast::channel(BACKLOG);
         let publisher = Publisher { tx };
         let subscribe = publisher.tx.clone();

@@ -24,11 +24,13 @@ pub(crate) struct CleanupArgs {
 }
 
 pub(crate) fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
+    // Described while they are still there.
+    let links: Vec<String> = mirror_tap::pinned_links(&args.pin).iter().map(describe).collect();
     match mirror_tap::cleanup_pins(&args.pin) {
-        Ok(links) => {
+        Ok(()) => {
             println!("removed {} ({} pinned links)", args.pin.display(), links.len());
             for link in links {
-                println!("  {}", describe(&link));
+                println!("  {link}");
             }
             Ok(ExitCode::SUCCESS)
         }

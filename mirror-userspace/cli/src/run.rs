@@ -7,6 +7,8 @@ use ipnet::IpNet;
 use mirror_agent::{
     control::{Command, Control, Reload},
     live::{default_workers, LiveAgent, RunOptions},
+    privileges,
+    watch::WatchSocket,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -33,6 +35,10 @@ pub(crate) struct RunArgs {
     /// upgrade). Without it, SIGTERM detaches and unpins everything.
     #[arg(long)]
     keep_attached: bool,
+    /// Check the configuration (the file and the flags) and exit: 0 and "configuration ok",
+    /// or 2 and the field at fault. Nothing is attached.
+    #[arg(long)]
+    check: bool,
     /// Service port (repeatable).
     #[arg(short = 'p', long = "port")]
     ports: Vec<u16>,
@@ -45,6 +51,10 @@ pub(crate) struct RunArgs {
     /// Unix socket where `mirror dump --watch` sees the mirrored requests ("none": off).
     #[arg(long, default_value = mirror_agent::watch::DEFAULT_SOCKET)]
     watch_socket: String,
+    /// The group allowed to watch (name or id): the socket is then 0660 with this group,
+    /// else 0600 (it streams request heads, credentials included).
+    #[arg(long, value_name = "GROUP")]
+    watch_group: Option<String>,
     /// Worker threads, each with its own ring, flow table and shadow connections (the
     /// kernel puts each connection in one ring); default: one per CPU the agent may use, at
     /// most 8. A shadow's in-flight copies and rate limit are divided among them.
@@ -341,7 +351,19 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let watch_socket = (args.watch_socket != "none").then(|| PathBuf::from(&args.watch_socket));
+    if args.check {
+        eprintln!("mirror run: configuration ok");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let group = match args.watch_group.as_deref().map(group_id).transpose() {
+        Ok(group) => group,
+        Err(e) => {
+            eprintln!("mirror run: --watch-group: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let watch_socket = (args.watch_socket != "none")
+        .then(|| WatchSocket { path: PathBuf::from(&args.watch_socket), group });
     let opts = RunOptions {
         tap,
         keep_attached: config.keep_attached,
@@ -353,15 +375,39 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     };
     // Signals are handled from before the first attachment: a signal at any moment detaches,
     // and SIGHUP (whose default is to end the process) reloads.
+    if let Err(e) = privileges::check() {
+        eprintln!("mirror run: {e:#}");
+        return Ok(ExitCode::from(2));
+    }
     let shutdown = crate::signals::shutdown_signal()?;
     let hangup = signal(SignalKind::hangup())?;
     let agent = LiveAgent::start(settings, opts).await?;
+    // Attached (and the bpffs mounted if it had to be): only what attaching needs stays.
+    if let Err(e) = privileges::drop_others() {
+        tracing::warn!("giving up capabilities: {e:#}");
+    }
     let reloads = tokio::spawn(reload_on_change(args, config, hangup, agent.control()));
     eprintln!("mirror run: ready");
     let summary = agent.run(shutdown).await?;
     reloads.abort();
     eprintln!("mirror run: stopped\n{summary}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A group's id, from its name or number.
+fn group_id(group: &str) -> Result<u32> {
+    if let Ok(id) = group.parse() {
+        return Ok(id);
+    }
+    let name = std::ffi::CString::new(group).context("a group name")?;
+    // SAFETY: getgrnam with a NUL-terminated name; the entry is read at once, before any
+    // other call could reuse its static storage (the agent is single-threaded here).
+    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+    if entry.is_null() {
+        bail!("no group {group:?}");
+    }
+    // SAFETY: a non-null entry from getgrnam.
+    Ok(unsafe { (*entry).gr_gid })
 }
 
 /// Reloads on SIGHUP, and when the configuration file's content changes: polled every

@@ -113,17 +113,14 @@ pub fn pinned_links(root: &Path) -> Vec<PinnedLinkEntry> {
     links
 }
 
-/// `mirror cleanup`: removes the pin directory and everything in it, refused while an agent
-/// holds it. Returns the links that were pinned (each detached with its pin, unless a
-/// process still holds it).
-pub fn cleanup(root: &Path) -> Result<Vec<PinnedLinkEntry>> {
+/// `mirror cleanup`: removes the pin directory and everything in it (each link detached
+/// with its pin), refused while an agent holds it.
+pub fn cleanup(root: &Path) -> Result<()> {
     if !root.exists() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let _lock = lock(root)?;
-    let links = pinned_links(root);
-    remove_tree(root)?;
-    Ok(links)
+    remove_tree(root)
 }
 
 fn remove_tree(root: &Path) -> Result<()> {
