@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mirror_tap::{Hook, PROG_EGRESS, PROG_INGRESS};
+use mirror_tap::{AttachMode, Hook, PROG_EGRESS, PROG_INGRESS};
 use mirror_tests::{
     agent::{run_args, AgentProcess},
     client::{free_local_addr, get, keep_alive, metric, RawRequest},
@@ -509,4 +509,84 @@ fn capabilities_are_checked_then_dropped_and_the_watch_socket_is_private() {
     assert_eq!((meta.permissions().mode() & 0o777, meta.gid()), (0o660, 12345));
     agent.stop();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Another TCX program on both hooks (a tap loaded and attached by this test before the
+/// agent: it runs first) and a legacy clsact filter (a second one attached through netlink,
+/// cls_bpf in direct action: it runs after the TCX programs): with the agent attached
+/// between them, all three see every packet of the traffic, `mirror status` shows the order
+/// with ours marked, and the agent's exit leaves the others, and their qdisc, in place.
+#[test]
+fn other_programs_on_the_hooks_still_see_every_packet() {
+    mirror_tests::require_root();
+    let topo = Topology::new().unwrap();
+    let iface = topo.server_host_if.clone();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let other = |attach_mode| {
+        mirror_tap::Tap::attach(&mirror_tap::TapSettings {
+            interfaces: vec![iface.clone()],
+            ports: vec![PORT],
+            attach_mode,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let (tcx, legacy) = (other(AttachMode::Tcx), other(AttachMode::Netlink));
+    let pin = PinDir::new("coexist");
+    let metrics = free_local_addr();
+    let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let extra = [pin.arg(), "--metrics".into(), metrics.to_string()];
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&run_args(&iface, PORT, &shadow_url, &extra), "ready");
+    let status =
+        run(Command::new(mirror_tests::mirror_bin()).args(["status", "--pin"]).arg(&pin.0))
+            .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_eq!(status.matches("ours runs 2 of 2").count(), 2, "{status}");
+
+    let agent_seen =
+        || metric(&get(metrics, "/metrics").1, "mirror_kernel_total{counter=\"seen\"}");
+    let seen = |tap: &mirror_tap::Tap| tap.counters().unwrap().get(mirror_tap::Counter::Seen);
+    // The agent's counters reach its metrics each second: wait for them to be steady.
+    let steady = || {
+        let mut last = (u64::MAX, u64::MAX, u64::MAX);
+        loop {
+            std::thread::sleep(Duration::from_millis(1100));
+            let now = (agent_seen(), seen(&tcx), seen(&legacy));
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let before = steady();
+    let server = SocketAddr::new(topo.server_addr(Family::V4), PORT);
+    for c in 0..5 {
+        let requests = (0..20).map(|i| RawRequest::new("GET", &format!("/co{c}-{i}"), "svc", b""));
+        keep_alive(&topo.client, server, requests.collect()).unwrap();
+    }
+    shadow.wait_for(100, WAIT);
+    let after = steady();
+    let delta = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    assert!(delta.0 >= 5 * (20 * 2 + 6), "every request and response at least: {delta:?}");
+    assert_eq!((delta.0, delta.0), (delta.1, delta.2), "(ours, the other TCX, the legacy filter)");
+    let status = run(Command::new(mirror_tests::mirror_bin())
+        .args(["status", "--metrics", &metrics.to_string(), "--pin"])
+        .arg(&pin.0))
+    .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.contains("agent: 1 interfaces attached"), "{status}");
+    assert!(
+        status.contains(&format!("shadow {shadow_url}: healthy; answered: 2xx 100")),
+        "{status}"
+    );
+    agent.stop();
+    assert_eq!(ours_on(&iface), [1, 1], "the other TCX program stays (and only it)");
+    let qdiscs = run(Command::new("tc").args(["qdisc", "show", "dev", &iface])).unwrap();
+    let filters =
+        run(Command::new("tc").args(["filter", "show", "dev", &iface, "ingress"])).unwrap();
+    assert!(String::from_utf8_lossy(&qdiscs.stdout).contains("clsact"), "the qdisc stays");
+    assert!(String::from_utf8_lossy(&filters.stdout).contains("bpf"), "the legacy filter stays");
+    drop((tcx, legacy));
 }

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::Args;
-use mirror_tap::{Hook, PinnedLinkEntry, DEFAULT_PIN_DIR, PROG_EGRESS, PROG_INGRESS};
+use mirror_tap::{Hook, PinnedLinkEntry, DEFAULT_PIN_DIR};
 
 #[derive(Args, Debug)]
 pub(crate) struct StatusArgs {
@@ -46,9 +46,10 @@ pub(crate) async fn status(args: StatusArgs) -> Result<ExitCode> {
     println!("pinned in {}: {} links", args.pin.display(), links.len());
     for link in &links {
         println!("  {}", describe(link));
-        if let Some(iface) = mirror_tap::interface_name(link.ifindex) {
+        let ours = mirror_tap::open_pinned(&link.path).and_then(mirror_tap::tcx_link_info);
+        if let (Some(iface), Ok(ours)) = (mirror_tap::interface_name(link.ifindex), ours) {
             match mirror_tap::hook_programs(&iface, link.hook) {
-                Ok(programs) => println!("    {}", hook_order(&programs, link)),
+                Ok(programs) => println!("    {}", hook_order(&programs, ours.program_id)),
                 Err(e) => println!("    {e:#}"),
             }
         }
@@ -86,20 +87,16 @@ fn describe(link: &PinnedLinkEntry) -> String {
     }
 }
 
-/// The programs on the hook in the order they run, ours marked.
-fn hook_order(programs: &[(u32, String)], link: &PinnedLinkEntry) -> String {
-    let ours = match link.hook {
-        Hook::Ingress => PROG_INGRESS,
-        Hook::Egress => PROG_EGRESS,
-    };
+/// The programs on the hook in the order they run, ours (program `ours`) marked.
+fn hook_order(programs: &[(u32, String)], ours: u32) -> String {
     let list: Vec<String> = programs
         .iter()
-        .map(|(id, name)| match name.as_str() == ours {
+        .map(|(id, name)| match *id == ours {
             true => format!("[{name} {id}]"),
             false => format!("{name} {id}"),
         })
         .collect();
-    let position = programs.iter().position(|(_, n)| n == ours);
+    let position = programs.iter().position(|(id, _)| *id == ours);
     match position {
         Some(p) => format!("TCX {}: ours runs {} of {}", list.join(" -> "), p + 1, programs.len()),
         None => format!("TCX {}: ours is not among them", list.join(" -> ")),
@@ -115,17 +112,67 @@ fn hook_name(hook: Hook) -> &'static str {
 
 /// The running agent's interfaces, kernel counters and shadows, from its metrics.
 fn print_agent(metrics: &str) {
-    let families = [
-        ("mirror_interface_attached{", "interfaces"),
-        ("mirror_kernel_total{", "kernel"),
-        ("mirror_shadow_requests_total{", "shadow answers"),
-        ("mirror_shadow_dropped_total{", "shadow drops"),
-    ];
-    for (prefix, title) in families {
-        let lines: Vec<&str> = metrics.lines().filter(|l| l.starts_with(prefix)).collect();
-        println!("{title}:");
-        for line in lines {
-            println!("  {}", &line[prefix.len() - 1..]);
-        }
+    let interfaces = samples(metrics, "mirror_interface_attached");
+    println!("agent: {} interfaces attached", interfaces.len());
+    for (labels, _) in &interfaces {
+        println!("  {} (index {})", label(labels, "interface"), label(labels, "ifindex"));
     }
+    let kernel: Vec<String> = samples(metrics, "mirror_kernel_total")
+        .iter()
+        .map(|(l, v)| format!("{} {v}", label(l, "counter")))
+        .collect();
+    println!("kernel: {}", kernel.join(", "));
+    let answers = samples(metrics, "mirror_shadow_requests_total");
+    let drops = samples(metrics, "mirror_shadow_dropped_total");
+    let mut shadows: Vec<&str> = answers.iter().map(|(l, _)| label(l, "shadow")).collect();
+    shadows.dedup();
+    for shadow in shadows {
+        let of = |set: &[(Vec<(String, String)>, u64)], key: &str| -> Vec<String> {
+            set.iter()
+                .filter(|(l, v)| label(l, "shadow") == shadow && *v > 0)
+                .map(|(l, v)| format!("{} {v}", label(l, key)))
+                .collect()
+        };
+        let (answered, dropped) = (of(&answers, "class"), of(&drops, "reason"));
+        let health = match (answered.is_empty(), dropped.is_empty()) {
+            (_, true) => "healthy",
+            (false, false) => "dropping some copies",
+            (true, false) => "failing",
+        };
+        println!(
+            "shadow {shadow}: {health}; answered: {}; dropped: {}",
+            list_or_none(&answered),
+            list_or_none(&dropped)
+        );
+    }
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The samples of one family in a Prometheus text: each one's labels and value.
+fn samples(text: &str, family: &str) -> Vec<(Vec<(String, String)>, u64)> {
+    let prefix = format!("{family}{{");
+    let parse = |line: &str| {
+        let rest = line.strip_prefix(&prefix)?;
+        let (labels, value) = rest.rsplit_once("} ")?;
+        let labels = labels
+            .split("\",")
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once("=\"")?;
+                Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+            })
+            .collect();
+        Some((labels, value.parse::<f64>().ok()? as u64))
+    };
+    text.lines().filter_map(parse).collect()
+}
+
+fn label<'a>(labels: &'a [(String, String)], key: &str) -> &'a str {
+    labels.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str())
 }
