@@ -44,6 +44,8 @@ pub const MAX_SKIPS: u32 = 16384;
 /// Program names in the object, one per tc hook so each record knows where it was seen.
 pub const PROG_INGRESS: &str = "mirror_ingress";
 pub const PROG_EGRESS: &str = "mirror_egress";
+/// The XDP form of the ingress program (`mirror run --xdp`).
+pub const PROG_XDP: &str = "mirror_xdp";
 
 /// Payload size classes of ring records. A ring reservation must have a size known to the
 /// verifier, so instead of one record per packet sized to the packet we pick the smallest

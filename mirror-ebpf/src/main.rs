@@ -6,15 +6,19 @@
 //! returns `TC_ACT_UNSPEC`, which is `TCX_NEXT` under TCX and "no verdict, continue" under
 //! cls_bpf direct-action, so the packet goes on exactly as if we were not attached and any
 //! program after us (Cilium, Calico) still gets to decide. Nothing here writes to the skb.
+//!
+//! The same parsing and copying also runs as an XDP program (`mirror_xdp`, for services on
+//! the host network): it sees only what arrives on an interface, before any skb exists, and
+//! always returns `XDP_PASS`. Both reach the packet through [`Packet`].
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
-    macros::{classifier, map},
+    bindings::{xdp_action, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use mirror_common::{
     tcp_flags, Counter, CpuState, Direction, Hook, Record, SegmentHeader, SkipKey, SkipRange,
@@ -121,6 +125,102 @@ pub fn mirror_egress(ctx: TcContext) -> i32 {
     PASS
 }
 
+/// The XDP form: requests arriving on an interface, copied before the stack sees them.
+#[xdp]
+pub fn mirror_xdp(ctx: XdpContext) -> u32 {
+    tap(&ctx, Hook::Ingress);
+    xdp_action::XDP_PASS
+}
+
+/// What the parser and the copy need of a packet, from tc's skb or XDP's frame.
+trait Packet {
+    /// The linear data: direct reads are bounds-checked against these (the verifier's rule).
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The packet's whole length (paged data and XDP fragments included).
+    fn total_len(&self) -> u32;
+    fn ifindex(&self) -> u32;
+    /// The socket mark (0 where there is none: XDP runs before any socket).
+    fn mark(&self) -> u32;
+    /// Copies `len` bytes at `offset` to `to` with the helper that also reads paged data;
+    /// 0 on success.
+    ///
+    /// # Safety
+    /// `to` must be valid for `len` bytes of writes.
+    unsafe fn load_bytes(&self, offset: u32, to: *mut core::ffi::c_void, len: u32) -> i64;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn total_len(&self) -> u32 {
+        self.len()
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: `self.skb.skb` is the program's own __sk_buff context, valid for the whole
+        // run; reading a field is a context access the verifier checks and rewrites.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn mark(&self) -> u32 {
+        // SAFETY: as in `ifindex`.
+        unsafe { (*self.skb.skb).mark }
+    }
+
+    #[inline(always)]
+    unsafe fn load_bytes(&self, offset: u32, to: *mut core::ffi::c_void, len: u32) -> i64 {
+        // SAFETY: the caller's `to`; the helper checks offset and length against the skb.
+        unsafe { bpf_skb_load_bytes(self.skb.skb as *const _, offset, to, len) }
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn total_len(&self) -> u32 {
+        // The linear part only: a multi-buffer frame's fragments are left to
+        // `bpf_xdp_load_bytes`, whose length checks make a longer copy fail (counted).
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+
+    #[inline(always)]
+    fn mark(&self) -> u32 {
+        0
+    }
+
+    #[inline(always)]
+    unsafe fn load_bytes(&self, offset: u32, to: *mut core::ffi::c_void, len: u32) -> i64 {
+        // SAFETY: the caller's `to`; the helper checks offset and length against the frame.
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset, to, len) }
+    }
+}
+
 /// This CPU's counters and wake-up accounting, looked up once per packet (one map lookup,
 /// not one per counter).
 struct Counters(*mut CpuState);
@@ -175,7 +275,7 @@ struct Selected {
 }
 
 #[inline(always)]
-fn tap(ctx: &TcContext, hook: Hook) {
+fn tap<P: Packet>(ctx: &P, hook: Hook) {
     let Some(counters) = Counters::get() else { return };
     counters.add(Counter::Seen, 1);
     if let Some(sel) = parse_and_select(ctx, hook) {
@@ -185,14 +285,14 @@ fn tap(ctx: &TcContext, hook: Hook) {
             counters.add(Counter::Elided, sel.header.payload_len as u64);
         }
         match sel.ring {
-            0 => emit::<0>(ctx, &sel, &counters, elide),
-            1 => emit::<1>(ctx, &sel, &counters, elide),
-            2 => emit::<2>(ctx, &sel, &counters, elide),
-            3 => emit::<3>(ctx, &sel, &counters, elide),
-            4 => emit::<4>(ctx, &sel, &counters, elide),
-            5 => emit::<5>(ctx, &sel, &counters, elide),
-            6 => emit::<6>(ctx, &sel, &counters, elide),
-            _ => emit::<7>(ctx, &sel, &counters, elide),
+            0 => emit::<P, 0>(ctx, &sel, &counters, elide),
+            1 => emit::<P, 1>(ctx, &sel, &counters, elide),
+            2 => emit::<P, 2>(ctx, &sel, &counters, elide),
+            3 => emit::<P, 3>(ctx, &sel, &counters, elide),
+            4 => emit::<P, 4>(ctx, &sel, &counters, elide),
+            5 => emit::<P, 5>(ctx, &sel, &counters, elide),
+            6 => emit::<P, 6>(ctx, &sel, &counters, elide),
+            _ => emit::<P, 7>(ctx, &sel, &counters, elide),
         }
     }
 }
@@ -225,26 +325,32 @@ fn is_elided(sel: &Selected) -> bool {
 /// packet needs three or four headers. So: direct when the verifier-visible bounds check
 /// passes, the helper otherwise.
 #[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+fn read<T: Copy, P: Packet>(ctx: &P, offset: usize) -> Option<T> {
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + offset + core::mem::size_of::<T>() <= end {
         // SAFETY: the range lies within the packet's linear data, checked just above (the
         // check the verifier demands); headers have no alignment guarantee, hence unaligned.
         return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
     }
-    ctx.load(offset).ok()
+    let mut out = core::mem::MaybeUninit::<T>::uninit();
+    let len = core::mem::size_of::<T>() as u32;
+    // SAFETY: `out` has room for a T; on success the helper wrote all of it.
+    unsafe {
+        if ctx.load_bytes(offset as u32, out.as_mut_ptr().cast(), len) != 0 {
+            return None;
+        }
+        Some(out.assume_init())
+    }
 }
 
 /// Parses Ethernet (+ one VLAN tag), IPv4/IPv6 and TCP, and applies the service selection.
 #[inline(always)]
-fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
+fn parse_and_select<P: Packet>(ctx: &P, hook: Hook) -> Option<Selected> {
     let cfg = TAP_CONFIG.get(0)?;
     if cfg.capture == 0 {
         return None;
     }
-    // SAFETY: `ctx.skb.skb` is the program's own __sk_buff context, valid for the whole run;
-    // reading `mark` is a context access the verifier checks and rewrites.
-    if cfg.ignore_mark != 0 && unsafe { (*ctx.skb.skb).mark } == cfg.ignore_mark {
+    if cfg.ignore_mark != 0 && ctx.mark() == cfg.ignore_mark {
         return None; // the agent's own traffic to a shadow
     }
     let eth: EthHdr = read(ctx, 0)?;
@@ -282,7 +388,7 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
     let payload_offset = l4 as u32 + tcp_len;
     // The skb length bounds the payload; the IP length excludes Ethernet padding of short
     // frames. GSO/BIG TCP packets may carry an IP length of 0: then the skb length rules.
-    let skb_payload = ctx.len().saturating_sub(payload_offset);
+    let skb_payload = ctx.total_len().saturating_sub(payload_offset);
     let ip_payload = ip_payload_len.saturating_sub(tcp_len);
     header.payload_len =
         if ip_payload_len == 0 || ip_payload > skb_payload { skb_payload } else { ip_payload };
@@ -305,11 +411,10 @@ fn parse_and_select(ctx: &TcContext, hook: Hook) -> Option<Selected> {
 }
 
 #[inline(always)]
-fn empty_header(ctx: &TcContext, hook: Hook) -> SegmentHeader {
+fn empty_header<P: Packet>(ctx: &P, hook: Hook) -> SegmentHeader {
     SegmentHeader {
         ts_ns: 0,
-        // SAFETY: a context access, as for `mark` in `parse_and_select`.
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        ifindex: ctx.ifindex(),
         seq: 0,
         ack: 0,
         payload_len: 0,
@@ -331,7 +436,7 @@ fn empty_header(ctx: &TcContext, hook: Hook) -> SegmentHeader {
 
 /// Returns the TCP header offset and the IP payload length (0 if unknown).
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, l3: usize, header: &mut SegmentHeader) -> Option<(usize, u32)> {
+fn parse_ipv4<P: Packet>(ctx: &P, l3: usize, header: &mut SegmentHeader) -> Option<(usize, u32)> {
     let ip: Ipv4Hdr = read(ctx, l3)?;
     if ip.proto != IpProto::Tcp as u8 {
         return None;
@@ -352,7 +457,7 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, header: &mut SegmentHeader) -> Option<
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, l3: usize, header: &mut SegmentHeader) -> Option<(usize, u32)> {
+fn parse_ipv6<P: Packet>(ctx: &P, l3: usize, header: &mut SegmentHeader) -> Option<(usize, u32)> {
     let ip: Ipv6Hdr = read(ctx, l3)?;
     header.family = 6;
     header.saddr = ip.src_addr;
@@ -413,32 +518,32 @@ fn is_service(cfg: &TapConfig, port: u16, addr: &[u8; 16], family: u8) -> bool {
 /// `bpf_skb_load_bytes` a length it can bound. A payload up to 256 bytes (a typical GET) takes
 /// one 336-byte slot; up to 2 KiB (one MSS on a 1500-byte MTU) a 2 KiB slot; anything larger
 /// (GSO/GRO super-packets of up to 64 KiB, non-linear) is cut into 16 KiB chunk records in a
-/// bounded loop. `bpf_skb_load_bytes` copies straight from the (possibly paged) skb into ring
-/// memory, so each byte is copied once in the kernel. The cost is ring space, not copying:
+/// bounded loop. `bpf_skb_load_bytes` (`bpf_xdp_load_bytes` under XDP) copies straight from
+/// the (possibly paged) packet into ring memory, so each byte is copied once in the kernel. The cost is ring space, not copying:
 /// a record reserves its whole class, so the unused tail of a slot is slack (up to 255 bytes
 /// of a small slot, about 600 bytes for a full 1448-byte MSS in a 2 KiB slot, and up to
 /// 14 KiB for the last chunk of a super-packet: a 2049-byte payload takes a 16 KiB slot);
 /// plus one reserve/submit per 16 KiB and an 80-byte header per record. The slack is held
 /// only until the reader consumes the record.
 #[inline(always)]
-fn emit<const R: u32>(ctx: &TcContext, sel: &Selected, counters: &Counters, elide: bool) {
+fn emit<P: Packet, const R: u32>(ctx: &P, sel: &Selected, counters: &Counters, elide: bool) {
     let len = sel.header.payload_len;
     if elide {
         // Left out whole: metadata only, the reader still learns the bytes exist.
-        emit_chunk::<0, R>(ctx, sel, counters, len, 0, true);
+        emit_chunk::<P, 0, R>(ctx, sel, counters, len, 0, true);
         return;
     }
     if len == 0 {
         // SYN, FIN or RST (parse_and_select let no other empty segment through): metadata.
-        emit_chunk::<0, R>(ctx, sel, counters, 0, 0, false);
+        emit_chunk::<P, 0, R>(ctx, sel, counters, 0, 0, false);
         return;
     }
     if len <= SMALL_CHUNK as u32 {
-        emit_chunk::<SMALL_CHUNK, R>(ctx, sel, counters, 0, len, false);
+        emit_chunk::<P, SMALL_CHUNK, R>(ctx, sel, counters, 0, len, false);
         return;
     }
     if len <= MEDIUM_CHUNK as u32 {
-        emit_chunk::<MEDIUM_CHUNK, R>(ctx, sel, counters, 0, len, false);
+        emit_chunk::<P, MEDIUM_CHUNK, R>(ctx, sel, counters, 0, len, false);
         return;
     }
     // Loop-carried state is only the chunk index: the offset and length of each chunk are
@@ -451,7 +556,7 @@ fn emit<const R: u32>(ctx: &TcContext, sel: &Selected, counters: &Counters, elid
         }
         let offset = i * LARGE_CHUNK as u32;
         let n = if i + 1 == chunks { len - offset } else { LARGE_CHUNK as u32 };
-        if !emit_chunk::<LARGE_CHUNK, R>(ctx, sel, counters, offset, n, false) {
+        if !emit_chunk::<P, LARGE_CHUNK, R>(ctx, sel, counters, offset, n, false) {
             return;
         }
     }
@@ -464,8 +569,8 @@ fn emit<const R: u32>(ctx: &TcContext, sel: &Selected, counters: &Counters, elid
 /// at `offset` in the payload, and submits it; `elided`: the bytes before `offset` were
 /// left out on purpose. Returns false if nothing more should be tried.
 #[inline(always)]
-fn emit_chunk<const N: usize, const R: u32>(
-    ctx: &TcContext,
+fn emit_chunk<P: Packet, const N: usize, const R: u32>(
+    ctx: &P,
     sel: &Selected,
     counters: &Counters,
     offset: u32,
@@ -490,12 +595,7 @@ fn emit_chunk<const N: usize, const R: u32>(
         // its `data` holds N bytes and `bounded` is in 1..=N; the helper checks the offset
         // and length against the skb itself and fails (returns < 0) rather than over-read.
         let ret = unsafe {
-            bpf_skb_load_bytes(
-                ctx.skb.skb as *const _,
-                sel.payload_offset + offset,
-                (*rec).data.as_mut_ptr().cast(),
-                bounded,
-            )
+            ctx.load_bytes(sel.payload_offset + offset, (*rec).data.as_mut_ptr().cast(), bounded)
         };
         if ret == 0 {
             copied = bounded;

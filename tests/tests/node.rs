@@ -590,3 +590,38 @@ fn other_programs_on_the_hooks_still_see_every_packet() {
     assert!(String::from_utf8_lossy(&filters.stdout).contains("bpf"), "the legacy filter stays");
     drop((tcx, legacy));
 }
+
+/// `--xdp` on the pod side of a veth (the agent in the pod's namespace, as for a service on
+/// a host's network): the program goes into the veth driver (native XDP), the requests that
+/// arrive are mirrored, and the primary gets and answers every one of them, bytes unchanged.
+#[test]
+fn xdp_on_a_veth_mirrors_requests_and_leaves_the_primary_untouched() {
+    mirror_tests::require_root();
+    let topo = Topology::new().unwrap();
+    let primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let args = run_args("eth0", PORT, &shadow_url, &["--xdp", "--threads", "1"]);
+    let agent = AgentProcess::start_in(&topo.server, &args, "mirror run: ready");
+    let link = run(topo.server.command("ip").args(["-d", "link", "show", "dev", "eth0"])).unwrap();
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    assert!(link.contains("prog/xdp") && !link.contains("xdpgeneric"), "native XDP: {link}");
+
+    let server = SocketAddr::new(topo.server_addr(Family::V4), PORT);
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let mut requests: Vec<RawRequest> =
+        (0..20).map(|i| RawRequest::new("GET", &format!("/x{i}"), "svc:8000", b"")).collect();
+    requests.push(RawRequest::new("POST", "/upload", "svc:8000", &body));
+    keep_alive(&topo.client, server, requests).unwrap();
+    let got = primary.wait_for(21, WAIT);
+    assert_eq!(got.len(), 21, "the primary got every request");
+    assert_eq!(got.last().unwrap().body, body, "and the bytes as sent");
+    let copies = shadow.wait_for(21, WAIT);
+    assert_eq!(copies.len(), 21);
+    let upload = copies.iter().find(|r| r.target == "/upload").unwrap();
+    assert_eq!(upload.body, body);
+    assert!(copies.iter().all(|r| r.header("host") == Some(&b"svc-shadow:8000"[..])));
+    agent.stop();
+    let link = run(topo.server.command("ip").args(["link", "show", "dev", "eth0"])).unwrap();
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "detached at exit");
+}

@@ -47,6 +47,9 @@ pub(crate) struct MirrorConfig {
     /// Size of each ring buffer in bytes (a power of two).
     #[serde(default)]
     pub ring_bytes: Option<u32>,
+    /// Attach the XDP program (ingress only: requests arriving on the interfaces).
+    #[serde(default)]
+    pub xdp: bool,
     /// Service ports whose requests are mirrored.
     #[serde(default)]
     pub ports: Vec<u16>,
@@ -563,6 +566,12 @@ impl MirrorConfig {
             ),
             None => None,
         };
+        if self.xdp && self.compare.is_some() {
+            bail!("xdp: the comparison needs the primary's responses, which XDP never sees");
+        }
+        if self.xdp && self.pin.is_some() {
+            bail!("xdp: pinning (pin) is for TCX links; XDP attaches unpinned");
+        }
         if self.keep_attached && self.pin.is_none() {
             bail!("keepAttached: needs pin (--pin): only pinned links outlive the agent");
         }
@@ -570,6 +579,7 @@ impl MirrorConfig {
             interfaces: self.interfaces.clone(),
             follow,
             pin_dir: self.pin.clone(),
+            xdp: self.xdp,
             ports: self.ports.clone(),
             service_nets: self.service_nets.clone(),
             ring_bytes: self.ring_bytes.unwrap_or(defaults.ring_bytes),

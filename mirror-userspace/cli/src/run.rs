@@ -35,6 +35,12 @@ pub(crate) struct RunArgs {
     /// upgrade). Without it, SIGTERM detaches and unpins everything.
     #[arg(long)]
     keep_attached: bool,
+    /// Attach an XDP program instead of tc (services on the host network): in the driver
+    /// where it has XDP, the generic path otherwise; it always passes the packet. XDP sees
+    /// only what arrives on an interface, never what leaves it: the requests to a service
+    /// there are mirrored, its responses are not seen (so no --compare).
+    #[arg(long)]
+    xdp: bool,
     /// Check the configuration (the file and the flags) and exit: 0 and "configuration ok",
     /// or 2 and the field at fault. Nothing is attached.
     #[arg(long)]
@@ -194,6 +200,7 @@ impl RunArgs {
             c.interface_pattern = Some(p.clone());
         }
         c.pin = self.pin.clone().or(c.pin.take());
+        c.xdp |= self.xdp;
         c.keep_attached |= self.keep_attached;
         c.ports.extend(&self.ports);
         c.service_nets.extend(&self.service_nets);

@@ -13,11 +13,12 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType,
+        xdp::XdpLink,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf,
 };
-use mirror_common::{Hook, PROG_EGRESS, PROG_INGRESS};
+use mirror_common::{Hook, PROG_EGRESS, PROG_INGRESS, PROG_XDP};
 
 /// How programs get attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +27,17 @@ pub enum AttachMode {
     Auto,
     Tcx,
     Netlink,
+    /// XDP in the driver (reported: XDP is chosen with `TapSettings::xdp`).
+    XdpNative,
+    /// XDP on the generic path, where the driver has none (reported).
+    XdpGeneric,
+}
+
+/// An attachment's kernel link, held for its drop (which detaches).
+#[expect(dead_code, reason = "held, never read: dropping it detaches")]
+enum Link {
+    Tc(SchedClassifierLink),
+    Xdp(XdpLink),
 }
 
 /// One attached program; detached when dropped.
@@ -35,7 +47,7 @@ pub(crate) struct Attachment {
     pub(crate) ifindex: u32,
     pub(crate) hook: Hook,
     pub(crate) mode: AttachMode,
-    link: Option<SchedClassifierLink>,
+    link: Option<Link>,
     /// Where the link is pinned: unpinned when detached (a pinned link stays attached).
     pin: Option<PathBuf>,
     /// Taken over from an earlier agent's pin rather than created.
@@ -100,7 +112,7 @@ pub(crate) fn attach(
         ifindex,
         hook,
         mode,
-        link: Some(link),
+        link: Some(Link::Tc(link)),
         pin: None,
         adopted: false,
         _clsact: clsact,
@@ -160,9 +172,35 @@ pub(crate) fn attach_pinned(
         ifindex,
         hook,
         mode: AttachMode::Tcx,
-        link: Some(link),
+        link: Some(Link::Tc(link)),
         pin: Some(pin.to_owned()),
         adopted,
+        _clsact: None,
+    })
+}
+
+/// The XDP program on `iface`: in the driver where it has XDP, else on the generic path.
+pub(crate) fn attach_xdp(ebpf: &mut Ebpf, iface: &str) -> Result<Attachment> {
+    let prog: &mut Xdp = ebpf.program_mut(PROG_XDP).context("program missing")?.try_into()?;
+    let ifindex = super::iface::ifindex(iface).with_context(|| format!("no interface {iface}"))?;
+    let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
+        Ok(id) => (id, AttachMode::XdpNative),
+        Err(e) => {
+            tracing::info!("native XDP on {iface} refused ({e}): the generic path");
+            let id = prog
+                .attach(iface, XdpMode::Skb)
+                .with_context(|| format!("XDP attach to {iface}"))?;
+            (id, AttachMode::XdpGeneric)
+        }
+    };
+    Ok(Attachment {
+        iface: iface.to_owned(),
+        ifindex,
+        hook: Hook::Ingress,
+        mode,
+        link: Some(Link::Xdp(prog.take_link(id)?)),
+        pin: None,
+        adopted: false,
         _clsact: None,
     })
 }

@@ -30,7 +30,7 @@ pub use attach::AttachMode;
 use attach::{Attachment, OwnQdiscs};
 pub use iface::ifindex as interface_index;
 pub use links::{InterfacePatterns, Link, LinkEvent, LinkWatcher};
-pub use mirror_common::{Counter, Hook, PROG_EGRESS, PROG_INGRESS};
+pub use mirror_common::{Counter, Hook, PROG_EGRESS, PROG_INGRESS, PROG_XDP};
 use pin::PinDir;
 pub use pin::{
     cleanup as cleanup_pins, open_pinned, pinned_links, tcx_link_info, PinnedLinkEntry,
@@ -74,6 +74,9 @@ pub struct TapSettings {
     /// Pin the links and maps here (TCX only), and take over what an earlier agent pinned
     /// there: a restart without a gap (see the `pin` module).
     pub pin_dir: Option<PathBuf>,
+    /// Attach the XDP program instead of the tc ones: it sees only what arrives on an
+    /// interface (requests to a service there, not its responses), before the stack does.
+    pub xdp: bool,
     /// Hooks to attach on each interface; both by default, since requests and responses
     /// cross an interface in opposite directions.
     pub hooks: Vec<Hook>,
@@ -106,6 +109,7 @@ impl Default for TapSettings {
             interfaces: Vec::new(),
             follow: None,
             pin_dir: None,
+            xdp: false,
             hooks: vec![Hook::Ingress, Hook::Egress],
             ports: Vec::new(),
             service_nets: Vec::new(),
@@ -133,6 +137,9 @@ impl TapSettings {
         }
         if self.pin_dir.is_some() && self.attach_mode == AttachMode::Netlink {
             bail!("pin_dir: pinning needs TCX links; netlink filters cannot be pinned");
+        }
+        if self.pin_dir.is_some() && self.xdp {
+            bail!("pin_dir: pinning is for TCX links; XDP attaches unpinned");
         }
         if self.ports.is_empty() {
             bail!("ports: at least one service port is required");
@@ -237,13 +244,7 @@ impl Tap {
         }
         let mut ebpf = loader.load(TAP_OBJECT).context("loading the tap object")?;
         configure(&mut ebpf, settings)?;
-        for name in [PROG_INGRESS, PROG_EGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
-            prog.load().with_context(|| format!("loading program {name}"))?;
-        }
+        load_programs(&mut ebpf, settings.xdp)?;
         let mut rings = Vec::new();
         for name in &MAP_RINGS[..settings.rings] {
             let map = ebpf.take_map(name).with_context(|| format!("ring map {name} missing"))?;
@@ -257,7 +258,8 @@ impl Tap {
             ebpf,
             rings,
             skips,
-            hooks: settings.hooks.clone(),
+            // XDP has one hook: what arrives.
+            hooks: if settings.xdp { vec![Hook::Ingress] } else { settings.hooks.clone() },
             attach_mode: settings.attach_mode,
             settings: settings.clone(),
             attachments: Vec::new(),
@@ -291,6 +293,7 @@ impl Tap {
             ("hooks", old.hooks != settings.hooks),
             ("attach", old.attach_mode != settings.attach_mode),
             ("pin", old.pin_dir != settings.pin_dir),
+            ("xdp", old.xdp != settings.xdp),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {
             bail!("{field}: cannot change while the agent runs (restart it)");
@@ -352,6 +355,7 @@ impl Tap {
         for &hook in &self.hooks {
             // On error `new` drops: the hooks attached so far are detached again.
             new.push(match &self.pins {
+                _ if self.settings.xdp => attach::attach_xdp(&mut self.ebpf, iface)?,
                 Some(pins) => {
                     let ifindex = iface::ifindex(iface).unwrap_or_default();
                     if self.attachments.iter().any(|a| a.ifindex == ifindex && a.hook == hook) {
@@ -526,6 +530,23 @@ impl Drop for Tap {
             }
         }
     }
+}
+
+/// Loads (verifies) the programs the tap attaches: the XDP one, or the two classifiers.
+fn load_programs(ebpf: &mut Ebpf, xdp: bool) -> Result<()> {
+    if xdp {
+        let prog: &mut aya::programs::Xdp =
+            ebpf.program_mut(PROG_XDP).context("program missing from the object")?.try_into()?;
+        return prog.load().with_context(|| format!("loading program {PROG_XDP}"));
+    }
+    for name in [PROG_INGRESS, PROG_EGRESS] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load().with_context(|| format!("loading program {name}"))?;
+    }
+    Ok(())
 }
 
 /// Puts the settings into the maps, replacing whatever they held (pinned maps taken over
