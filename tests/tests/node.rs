@@ -50,6 +50,10 @@ fn changes(text: &str, change: &str) -> u64 {
     metric(text, &format!("mirror_interface_changes_total{{change=\"{change}\"}}"))
 }
 
+fn pod_index(pod: &Pod) -> u32 {
+    mirror_tap::interface_index(&pod.host_if).unwrap()
+}
+
 fn attached_line(name: &str) -> String {
     format!("mirror_interface_attached{{interface=\"{name}\"")
 }
@@ -115,6 +119,9 @@ fn pods_are_followed_as_they_come_and_go() {
             .args(["-sS", "--fail", "-o", "/dev/null"])
             .args([url("a"), url("b")]))
         .unwrap();
+        let pod_label = format!("ifindex=\"{}\",pod=\"{}\"}} 1", pod_index(&pod), pod.ns.name());
+        let text = get(metrics, "/metrics").1;
+        assert!(text.contains(&pod_label), "pod {i} named by its namespace: {text}");
         let seen = shadow.wait_for(2 * (i + 1), WAIT);
         let mine: Vec<_> =
             seen.iter().filter(|r| r.target.starts_with(&format!("/pod{i}/"))).collect();
@@ -170,21 +177,28 @@ fn churn_leaks_nothing() {
     };
     // A first batch warms up what is made once (the metrics server's connections, buffers).
     batch(0);
-    let before = open_fds(agent.pid());
+    // A connection being served, or a netlink socket of the moment, may be open at any one
+    // look: the steady count is the least of a few.
+    let steady = || {
+        (0..5).map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            open_fds(agent.pid())
+        })
+    };
+    let before = steady().min().unwrap();
     for n in 1..=20 {
         batch(n);
     }
     let text = get(metrics, "/metrics").1;
     assert_eq!(changes(&text, "failed"), 0, "{text}");
-    // The metrics connection just served may take a moment to be closed on the agent's side.
     let deadline = Instant::now() + WAIT;
-    let mut after = open_fds(agent.pid());
-    while after != before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        after = open_fds(agent.pid());
+    let mut after = steady().min().unwrap();
+    while after.0 > before.0 && Instant::now() < deadline {
+        after = steady().min().unwrap();
     }
     assert_eq!(after.1, 0, "links held after churn");
-    assert_eq!(after, before, "(fds, links, maps, programs) before and after 200 cycles");
+    assert!(after.0 <= before.0, "fds: {before:?} before, {after:?} after 200 cycles");
+    assert_eq!((after.2, after.3), (before.2, before.3), "maps, programs");
     agent.stop();
 }
 

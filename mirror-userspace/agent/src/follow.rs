@@ -6,7 +6,7 @@
 //! name, or taken over from an earlier agent's pins) is followed from then if it matches.
 use std::collections::HashMap;
 
-use mirror_tap::{InterfacePatterns, Link, LinkEvent, LinkWatcher, Tap};
+use mirror_tap::{InterfacePatterns, Link, LinkEvent, LinkWatcher, NetnsNames, Tap, NETNS_DIR};
 
 use crate::metrics::Metrics;
 
@@ -38,16 +38,24 @@ pub struct Follower {
     watcher: LinkWatcher,
     /// None: nothing is followed any more (a reload took the patterns away).
     patterns: Option<InterfacePatterns>,
-    /// Interfaces the follower attached, by index: their current names.
-    followed: HashMap<u32, String>,
+    /// Interfaces the follower attached, by index.
+    followed: HashMap<u32, Followed>,
+    /// Pods by their network namespace's id: the names under /run/netns.
+    pods: NetnsNames,
+}
+
+/// A followed interface: its current name, and its pod (its peer's namespace name) if known.
+struct Followed {
+    name: String,
+    pod: Option<String>,
 }
 
 impl Follower {
     /// Starts watching (before the list of links is read: nothing created meanwhile is
     /// missed). Within a tokio runtime.
     pub fn start(patterns: InterfacePatterns) -> std::io::Result<Follower> {
-        let patterns = Some(patterns);
-        Ok(Follower { watcher: LinkWatcher::start()?, patterns, followed: HashMap::new() })
+        let (patterns, pods) = (Some(patterns), NetnsNames::new(std::path::Path::new(NETNS_DIR)));
+        Ok(Follower { watcher: LinkWatcher::start()?, patterns, followed: HashMap::new(), pods })
     }
 
     /// Follows these patterns from the next list of links on (asked for now).
@@ -59,11 +67,6 @@ impl Follower {
     /// The next change to apply.
     pub async fn next(&mut self) -> std::io::Result<LinkEvent> {
         self.watcher.next().await
-    }
-
-    /// The interfaces followed now: (index, name).
-    pub fn followed(&self) -> impl Iterator<Item = (u32, &str)> {
-        self.followed.iter().map(|(&i, n)| (i, n.as_str()))
     }
 
     /// Applies one change to `tap`.
@@ -91,24 +94,27 @@ impl Follower {
     fn changed(&mut self, link: &Link, tap: &mut impl FollowedTap, metrics: &Metrics) {
         let matches = self.patterns.as_ref().is_some_and(|p| p.matches(&link.name));
         match self.followed.get_mut(&link.ifindex) {
-            Some(name) if matches && *name != link.name => {
-                tracing::info!("{name} (index {}) is now {}", link.ifindex, link.name);
-                metrics.interface(name, link.ifindex, false);
-                metrics.interface(&link.name, link.ifindex, true);
-                link.name.clone_into(name);
+            Some(f) if matches && f.name != link.name => {
+                tracing::info!("{} (index {}) is now {}", f.name, link.ifindex, link.name);
+                metrics.interface(&f.name, link.ifindex, f.pod.as_deref(), false);
+                metrics.interface(&link.name, link.ifindex, f.pod.as_deref(), true);
+                link.name.clone_into(&mut f.name);
             }
             Some(_) if matches => {}
             Some(_) => self.unfollow(link.ifindex, tap, metrics, "no longer matches"),
             None if !matches => {}
             // Attached already: taken over from a pin at start, or given by name.
             None if tap.is_attached(link.ifindex) => {
-                self.followed.insert(link.ifindex, link.name.clone());
+                let pod = self.pod(link);
+                self.followed.insert(link.ifindex, Followed { name: link.name.clone(), pod });
             }
             None => match tap.attach(link) {
                 Ok(()) => {
-                    tracing::info!("attached to {} (index {})", link.name, link.ifindex);
-                    metrics.interface(&link.name, link.ifindex, true);
-                    self.followed.insert(link.ifindex, link.name.clone());
+                    let pod = self.pod(link);
+                    let of = pod.as_deref().map(|p| format!(", pod {p}")).unwrap_or_default();
+                    tracing::info!("attached to {} (index {}{of})", link.name, link.ifindex);
+                    metrics.interface(&link.name, link.ifindex, pod.as_deref(), true);
+                    self.followed.insert(link.ifindex, Followed { name: link.name.clone(), pod });
                 }
                 // Typically gone again already: its removal is on its way.
                 Err(e) => {
@@ -119,11 +125,16 @@ impl Follower {
         }
     }
 
+    /// The pod behind a veth: the name of its peer's network namespace, if it has one.
+    fn pod(&mut self, link: &Link) -> Option<String> {
+        link.peer_netns_id.and_then(|id| self.pods.name(id)).map(str::to_owned)
+    }
+
     fn unfollow(&mut self, ifindex: u32, tap: &mut impl FollowedTap, m: &Metrics, why: &str) {
-        if let Some(name) = self.followed.remove(&ifindex) {
+        if let Some(f) = self.followed.remove(&ifindex) {
             tap.detach(ifindex);
-            tracing::info!("detached from {name} (index {ifindex}): {why}");
-            m.interface(&name, ifindex, false);
+            tracing::info!("detached from {} (index {ifindex}): {why}", f.name);
+            m.interface(&f.name, ifindex, f.pod.as_deref(), false);
         }
     }
 }

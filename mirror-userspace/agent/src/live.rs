@@ -139,7 +139,7 @@ impl LiveAgent {
             tokio::spawn(metrics::serve(listener, shared.metrics().clone(), ready.clone(), api));
         }
         for (name, ifindex, _, _) in tap.attachments() {
-            shared.metrics().interface(name, ifindex, true);
+            shared.metrics().interface(name, ifindex, None, true);
         }
         let (control, commands) = Control::channel();
         Ok(LiveAgent {

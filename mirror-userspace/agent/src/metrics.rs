@@ -195,9 +195,14 @@ impl Metrics {
         }
     }
 
-    /// An interface was attached (`true`) or detached.
-    pub fn interface(&self, name: &str, ifindex: u32, attached: bool) {
-        let labels = vec![("interface", name.to_owned()), ("ifindex", ifindex.to_string())];
+    /// An interface was attached (`true`) or detached; `pod`: the name of its peer's network
+    /// namespace, if known (one label value per interface: bounded by the node's pods).
+    pub fn interface(&self, name: &str, ifindex: u32, pod: Option<&str>, attached: bool) {
+        let labels = vec![
+            ("interface", name.to_owned()),
+            ("ifindex", ifindex.to_string()),
+            ("pod", pod.unwrap_or_default().to_owned()),
+        ];
         if attached {
             self.interface_attached.get_or_create(&labels).set(1);
         } else {

@@ -115,7 +115,11 @@ fn print_agent(metrics: &str) {
     let interfaces = samples(metrics, "mirror_interface_attached");
     println!("agent: {} interfaces attached", interfaces.len());
     for (labels, _) in &interfaces {
-        println!("  {} (index {})", label(labels, "interface"), label(labels, "ifindex"));
+        let pod = match label(labels, "pod") {
+            "" => String::new(),
+            pod => format!(", pod {pod}"),
+        };
+        println!("  {} (index {}{pod})", label(labels, "interface"), label(labels, "ifindex"));
     }
     let kernel: Vec<String> = samples(metrics, "mirror_kernel_total")
         .iter()

@@ -8,6 +8,7 @@ mod attach;
 mod clsact;
 mod iface;
 mod links;
+mod netns;
 mod pin;
 mod ring;
 
@@ -31,6 +32,7 @@ use attach::{Attachment, OwnQdiscs};
 pub use iface::ifindex as interface_index;
 pub use links::{InterfacePatterns, Link, LinkEvent, LinkWatcher};
 pub use mirror_common::{Counter, Hook, PROG_EGRESS, PROG_INGRESS, PROG_XDP};
+pub use netns::{NetnsNames, NETNS_DIR};
 use pin::PinDir;
 pub use pin::{
     cleanup as cleanup_pins, open_pinned, pinned_links, tcx_link_info, PinnedLinkEntry,

@@ -1,0 +1,108 @@
+//! Pod identity without the API server: the names of the network namespaces under
+//! `/run/netns` (where `ip netns`, and CNI plugins run by containerd or CRI-O, bind-mount a
+//! pod's namespace), matched to a veth by its peer's namespace id (`IFLA_LINK_NETNSID`,
+//! [`crate::Link::peer_netns_id`]). The id of each named namespace comes from rtnetlink
+//! (`RTM_GETNSID` with the namespace's fd): ids are per observing namespace, so they are
+//! asked in ours, the one the links are reported in.
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    nsid::{NsidAttribute, NsidMessage},
+    RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// Where named network namespaces live.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// Namespace names by id, read again when the directory changed.
+pub struct NetnsNames {
+    dir: PathBuf,
+    by_id: HashMap<i32, String>,
+    /// The directory's modification time at the last scan: no rescan while it is the same.
+    scanned: Option<SystemTime>,
+}
+
+impl NetnsNames {
+    pub fn new(dir: &Path) -> NetnsNames {
+        NetnsNames { dir: dir.to_owned(), by_id: HashMap::new(), scanned: None }
+    }
+
+    /// The name of the namespace with id `id` (in ours), if it is one of the directory's.
+    /// The directory is read again whenever it changed: ids of deleted namespaces are given
+    /// to new ones, so a known id may name another namespace now.
+    pub fn name(&mut self, id: i32) -> Option<&str> {
+        let modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
+        if modified.is_none() || modified != self.scanned {
+            self.scanned = modified;
+            if let Err(e) = self.rescan() {
+                tracing::debug!("reading {}: {e}", self.dir.display());
+            }
+        }
+        self.by_id.get(&id).map(String::as_str)
+    }
+
+    fn rescan(&mut self) -> io::Result<()> {
+        self.by_id.clear();
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        for entry in std::fs::read_dir(&self.dir)?.flatten() {
+            let Ok(file) = std::fs::File::open(entry.path()) else { continue };
+            if let Some(id) = nsid(&socket, file.as_raw_fd())? {
+                self.by_id.insert(id, entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The id our namespace has for the namespace of `fd`, if it has one.
+fn nsid(socket: &Socket, fd: i32) -> io::Result<Option<i32>> {
+    let mut message = NsidMessage::default();
+    message.attributes.push(NsidAttribute::Fd(fd as u32));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = fd as u32;
+    let payload = NetlinkPayload::from(RouteNetlinkMessage::GetNsId(message));
+    let mut packet = NetlinkMessage::new(header, payload);
+    packet.finalize();
+    let mut buf = vec![0u8; packet.header.length as usize];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut reply = vec![0u8; 4096];
+    let mut id = None;
+    loop {
+        let n = socket.recv(&mut &mut reply[..], 0)?.min(reply.len());
+        let mut at = 0;
+        while at < n {
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..n])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let len = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                    id = m.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                        _ => None,
+                    });
+                }
+                // The acknowledgement (or the error) ends the answer.
+                NetlinkPayload::Error(_) => return Ok(id),
+                _ => {}
+            }
+            if len == 0 {
+                return Ok(id);
+            }
+            at += (len + 3) & !3; // NLMSG_ALIGN
+        }
+    }
+}
