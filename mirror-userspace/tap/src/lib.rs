@@ -8,6 +8,7 @@ mod attach;
 mod clsact;
 mod iface;
 mod links;
+mod netlink;
 mod netns;
 mod pin;
 mod ring;

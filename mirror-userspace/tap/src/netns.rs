@@ -12,14 +12,11 @@ use std::{
     time::SystemTime,
 };
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
-};
 use netlink_packet_route::{
     nsid::{NsidAttribute, NsidMessage},
     RouteNetlinkMessage,
 };
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::Socket;
 
 /// Where named network namespaces live.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -53,9 +50,7 @@ impl NetnsNames {
 
     fn rescan(&mut self) -> io::Result<()> {
         self.by_id.clear();
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
+        let socket = crate::netlink::socket()?;
         for entry in std::fs::read_dir(&self.dir)?.flatten() {
             let Ok(file) = std::fs::File::open(entry.path()) else { continue };
             if let Some(id) = nsid(&socket, file.as_raw_fd())? {
@@ -70,39 +65,14 @@ impl NetnsNames {
 fn nsid(socket: &Socket, fd: i32) -> io::Result<Option<i32>> {
     let mut message = NsidMessage::default();
     message.attributes.push(NsidAttribute::Fd(fd as u32));
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    header.sequence_number = fd as u32;
-    let payload = NetlinkPayload::from(RouteNetlinkMessage::GetNsId(message));
-    let mut packet = NetlinkMessage::new(header, payload);
-    packet.finalize();
-    let mut buf = vec![0u8; packet.header.length as usize];
-    packet.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-    let mut reply = vec![0u8; 4096];
     let mut id = None;
-    loop {
-        let n = socket.recv(&mut &mut reply[..], 0)?.min(reply.len());
-        let mut at = 0;
-        while at < n {
-            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[at..n])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            let len = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
-                    id = m.attributes.iter().find_map(|a| match a {
-                        NsidAttribute::Id(id) if *id >= 0 => Some(*id),
-                        _ => None,
-                    });
-                }
-                // The acknowledgement (or the error) ends the answer.
-                NetlinkPayload::Error(_) => return Ok(id),
-                _ => {}
-            }
-            if len == 0 {
-                return Ok(id);
-            }
-            at += (len + 3) & !3; // NLMSG_ALIGN
+    crate::netlink::request(socket, RouteNetlinkMessage::GetNsId(message), fd as u32, |m| {
+        if let RouteNetlinkMessage::NewNsId(m) = m {
+            id = m.attributes.iter().find_map(|a| match a {
+                NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                _ => None,
+            });
         }
-    }
+    })?;
+    Ok(id)
 }
