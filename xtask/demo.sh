@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Demo of `mirror run`: a client, a primary and a shadow, each in its own network namespace,
-# joined through the root namespace like pods on a Kubernetes node. The agent taps the
-# host side of the primary's veth and mirrors every request to the shadow, rewriting
+# joined through the root namespace like pods on a Kubernetes node. The agent runs as the
+# node agent does: it follows the primary's veth by name pattern (attached when it appears),
+# pins its links (`mirror status` shows them, with the pod's name), and mirrors every
+# request to the shadow, rewriting
 # `Host: httpbin:8000` to `httpbin-shadow:8000` as Istio does. Each mirrored request is shown
 # when the shadow answers; Ctrl-C (or the end of the traffic) prints the summary. The same
 # agent compares a candidate build (a changed page) with the primary, a second instance of
@@ -11,13 +13,17 @@ MIRROR=${1:?usage: demo.sh path/to/mirror}
 id=$$
 CLI=mdemo-c-$id PRI=mdemo-p-$id SHA=mdemo-s-$id
 HC=mdc$id HP=mdp$id HS=mds$id
+METRICS=$((20000 + id % 20000))
 WWW=/tmp/mirror-demo-$id
+PIN=/sys/fs/bpf/mirror-demo-$id
 cleanup() {
     [[ -n ${AGENT:-} ]] && kill -INT "$AGENT" 2>/dev/null && wait "$AGENT" 2>/dev/null
     for p in ${SERVERS:-}; do kill "$p" 2>/dev/null || true; done
     for ns in "$CLI" "$PRI" "$SHA"; do ip netns del "$ns" 2>/dev/null || true; done
     for l in "$HC" "$HP" "$HS"; do ip link del "$l" 2>/dev/null || true; done
     rm -rf "$WWW"
+    [[ -d $PIN ]] && "$MIRROR" cleanup --pin "$PIN" >/dev/null
+    return 0
 }
 trap cleanup EXIT
 
@@ -53,13 +59,15 @@ for url in 10.251.2.2:8000 10.251.3.2:8000 10.251.3.2:8001 10.251.3.2:8002; do #
     done
 done
 
-echo "== mirror run -i $HP --port 8000 --shadow http://10.251.3.2:8000 --log-requests \\"
+echo "== mirror run --iface-pattern '$HP' --pin=$PIN --metrics 127.0.0.1:$METRICS \\"
+echo "       --port 8000 --shadow http://10.251.3.2:8000 --log-requests \\"
 echo "       --compare --candidate http://10.251.3.2:8001 --secondary http://10.251.3.2:8002"
-"$MIRROR" run -i "$HP" --port 8000 --shadow http://10.251.3.2:8000 --log-requests \
+"$MIRROR" run --iface-pattern "$HP" --pin="$PIN" --metrics "127.0.0.1:$METRICS" \
+    --port 8000 --shadow http://10.251.3.2:8000 --log-requests \
     --compare --candidate http://10.251.3.2:8001 --secondary http://10.251.3.2:8002 \
     2> >(tee "$WWW/agent.log" | sed -u 's/^/   [agent] /' >&2) &
 AGENT=$!
-for _ in $(seq 200); do # the agent prints "ready" once its programs are attached
+for _ in $(seq 200); do # "ready": its programs attached to the interfaces there are
     grep -q "mirror run: ready" "$WWW/agent.log" 2>/dev/null && break
     kill -0 "$AGENT" 2>/dev/null || { echo "the agent failed to start" >&2; exit 1; }
     sleep 0.05
@@ -73,5 +81,8 @@ ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" -d 'hello' \
 for i in 1 2 3; do
     ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" "http://10.251.2.2:8000/?n=$i"
 done
+echo "== mirror status --pin $PIN --metrics 127.0.0.1:$METRICS"
+sleep 1.1 # the kernel's counters reach the metrics each second
+"$MIRROR" status --pin "$PIN" --metrics "127.0.0.1:$METRICS" | sed 's/^/   /'
 echo "== stopping the agent (it mirrors everything already captured, then prints its summary)"
 kill -INT "$AGENT"; wait "$AGENT" || true; AGENT=

@@ -32,16 +32,22 @@ fn test_run(prog_fd: i32, frame: &[u8]) -> u32 {
     u32::from_ne_bytes(attr[36..40].try_into().unwrap())
 }
 
-/// A tc program that does nothing (`return TC_ACT_UNSPEC`): its time per run is the test-run
-/// harness's own cost, which the rows above include.
-fn empty_program() -> std::os::fd::OwnedFd {
-    // bpf_insn: code, dst/src registers, offset, immediate. mov64 r0, -1; exit.
-    let insns: [[u8; 8]; 2] =
-        [[0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff], [0x95, 0, 0, 0, 0, 0, 0, 0]];
+/// Program types for [`empty_program`].
+const SCHED_CLS: u32 = 3;
+const XDP: u32 = 6;
+
+/// A program of `prog_type` that does nothing but return (`TC_ACT_UNSPEC`, `XDP_PASS`): its
+/// time per run is the test-run harness's own cost, which the rows include.
+fn empty_program(prog_type: u32) -> std::os::fd::OwnedFd {
+    // bpf_insn: code, dst/src registers, offset, immediate. mov64 r0, -1 (or 2); exit.
+    let verdict: i32 = if prog_type == XDP { 2 } else { -1 };
+    let mut mov = [0xb7, 0, 0, 0, 0, 0, 0, 0];
+    mov[4..8].copy_from_slice(&verdict.to_le_bytes());
+    let insns: [[u8; 8]; 2] = [mov, [0x95, 0, 0, 0, 0, 0, 0, 0]];
     let license = c"GPL";
     // struct bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license (then zeros).
     let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&3u32.to_ne_bytes()); // BPF_PROG_TYPE_SCHED_CLS
+    attr[0..4].copy_from_slice(&prog_type.to_ne_bytes());
     attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
@@ -88,7 +94,7 @@ fn main() {
         ("segment of another port", TcpFrame::new(client, server, 40000, 9999, get), 0),
     ];
     // The test-run harness's own cost: the small request through a program that does nothing.
-    let empty = empty_program();
+    let empty = empty_program(SCHED_CLS);
     let frame = TcpFrame::new(client, server, 40000, PORT, get).build();
     let harness = Spread::of((0..ROUNDS).map(|_| test_run(empty.as_raw_fd(), &frame) as f64));
     let mut table = format!(
@@ -128,5 +134,55 @@ fn main() {
     let k = tap.counters().unwrap();
     assert_eq!(k.get(mirror_tap::Counter::Lost), 0, "the ring never filled: {k}");
     tap.detach();
+    table += &xdp_rows(&topo, client, server, get);
     bench::report("kernel_cost", &table);
+}
+
+/// The XDP form of the program (`mirror run --xdp`) on the same frames, against an empty
+/// XDP program's harness cost.
+fn xdp_rows(
+    topo: &Topology,
+    client: std::net::IpAddr,
+    server: std::net::IpAddr,
+    get: &[u8],
+) -> String {
+    let mut tap = Tap::attach(&TapSettings {
+        interfaces: vec![topo.client_host_if.clone()],
+        ports: vec![PORT],
+        xdp: true,
+        ..TapSettings::default()
+    })
+    .unwrap();
+    let mut source = tap.segments().unwrap();
+    let prog = aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.name_as_str() == Some("mirror_xdp"))
+        .expect("the XDP program is loaded");
+    let fd = prog.fd().unwrap();
+    let empty = empty_program(XDP);
+    let small = TcpFrame::new(client, server, 40000, PORT, get).build();
+    let harness = Spread::of((0..ROUNDS).map(|_| test_run(empty.as_raw_fd(), &small) as f64));
+    let mut rows = format!(
+        "\n| XDP form (`--xdp`) | ns per run | minus the harness |\n|---|---|---|\n\
+         | any, through an empty XDP program | {} | - |\n",
+        harness.show(0)
+    );
+    let large = TcpFrame::new(client, server, 40000, PORT, &[b'x'; 1448]).build();
+    let mut batch = Vec::new();
+    for (name, frame) in
+        [("small request (89 B payload), copied", small), ("1448 B segment, copied", large)]
+    {
+        let runs = (0..ROUNDS).map(|_| {
+            let ns = test_run(fd.as_fd().as_raw_fd(), &frame);
+            while source.drain_now(&mut batch) > 0 {
+                batch.clear();
+            }
+            ns as f64
+        });
+        let ns = Spread::of(runs);
+        rows += &format!("| {name} | {} | {:.0} |\n", ns.show(0), ns.median - harness.median);
+    }
+    let k = tap.counters().unwrap();
+    assert_eq!(k.get(mirror_tap::Counter::Lost), 0, "the ring never filled: {k}");
+    rows
 }

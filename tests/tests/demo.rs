@@ -1,6 +1,7 @@
 //! The README's first command: `cargo xtask demo` runs xtask/demo.sh with the built agent.
-//! It must show each mirrored request with its rewritten Host and the shadow's status, print
-//! the summary with the comparison's verdict, and leave no namespace or link behind.
+//! It must show each mirrored request with its rewritten Host and the shadow's status, the
+//! node agent's status, the summary with the comparison's verdict, and leave no namespace,
+//! link or pin behind.
 use std::{collections::BTreeSet, path::Path, process::Command};
 
 use mirror_tests::mirror_bin;
@@ -48,6 +49,14 @@ fn the_demo_mirrors_every_request_and_cleans_up() {
         stderr.contains("compare: GET /index.html body/line/1 text: candidate 1 noise 0"),
         "{stderr}"
     );
+
+    // The node agent's view: the followed veth pinned, its pod named, the shadow's answers
+    // (python's server sometimes closes the connection behind its 501 to the POST: an error).
+    assert_eq!(stdout.matches("ours runs 1 of 1").count(), 2, "{stdout}");
+    assert!(stdout.contains(&format!("pod mdemo-p-{id})")), "{stdout}");
+    assert!(stdout.contains("shadow http://10.251.3.2:8000: "), "{stdout}");
+    assert!(stdout.contains("answered: "), "{stdout}");
+    assert!(!Path::new(&format!("/sys/fs/bpf/mirror-demo-{id}")).exists(), "unpinned");
 
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let netns = String::from_utf8_lossy(&netns.stdout);

@@ -639,3 +639,43 @@ fn xdp_on_a_veth_mirrors_requests_and_leaves_the_primary_untouched() {
     let link = run(topo.server.command("ip").args(["link", "show", "dev", "eth0"])).unwrap();
     assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "detached at exit");
 }
+
+/// The watch stream names the pod a mirrored request went to: the interface the node routes
+/// the server's address through, and the pod the follower found behind it.
+#[test]
+fn the_watch_stream_names_the_pod() {
+    use std::io::BufRead;
+    mirror_tests::require_root();
+    let tag = tag();
+    let shadow_pod = Pod::new(&format!("{tag}s")).unwrap();
+    let shadow = RecordingServer::start(&shadow_pod.ns, &[PORT]);
+    let pod = Pod::new(&format!("{tag}p000")).unwrap();
+    let _server = RecordingServer::start(&pod.ns, &[PORT]);
+    let dir = std::env::temp_dir().join(format!("mirror-watch-{tag}"));
+    let socket = dir.join("watch.sock");
+    let args: Vec<String> = [
+        "run",
+        "--iface-pattern",
+        &format!("{tag}p*"),
+        "--port",
+        "8000",
+        "--shadow",
+        &http_url(shadow_pod.addr.into(), PORT, ""),
+        "--watch-socket",
+        &socket.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let agent = AgentProcess::start(&args, "mirror run: ready");
+    let watcher = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut lines = std::io::BufReader::new(watcher).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), r#"{"type":"hello"}"#);
+    let url = http_url(pod.addr.into(), PORT, "/watched");
+    run(Command::new("curl").args(["-sS", "--fail", "-o", "/dev/null", &url])).unwrap();
+    shadow.wait_for(1, WAIT);
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.contains(r#""target":"/watched""#), "{line}");
+    assert!(line.contains(&format!(r#""pod":"{}""#, pod.ns.name())), "{line}");
+    agent.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

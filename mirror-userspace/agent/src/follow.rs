@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use mirror_tap::{InterfacePatterns, Link, LinkEvent, LinkWatcher, NetnsNames, Tap, NETNS_DIR};
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, pods::Pods};
 
 /// Where the follower attaches and detaches: the tap, by interface index.
 pub trait FollowedTap {
@@ -41,7 +41,9 @@ pub struct Follower {
     /// Interfaces the follower attached, by index.
     followed: HashMap<u32, Followed>,
     /// Pods by their network namespace's id: the names under /run/netns.
-    pods: NetnsNames,
+    netns: NetnsNames,
+    /// The pods behind followed interfaces, for the watch stream.
+    pods: Pods,
 }
 
 /// A followed interface: its current name, and its pod (its peer's namespace name) if known.
@@ -53,9 +55,14 @@ struct Followed {
 impl Follower {
     /// Starts watching (before the list of links is read: nothing created meanwhile is
     /// missed). Within a tokio runtime.
-    pub fn start(patterns: InterfacePatterns) -> std::io::Result<Follower> {
-        let (patterns, pods) = (Some(patterns), NetnsNames::new(std::path::Path::new(NETNS_DIR)));
-        Ok(Follower { watcher: LinkWatcher::start()?, patterns, followed: HashMap::new(), pods })
+    pub fn start(patterns: InterfacePatterns, pods: Pods) -> std::io::Result<Follower> {
+        Ok(Follower {
+            watcher: LinkWatcher::start()?,
+            patterns: Some(patterns),
+            followed: HashMap::new(),
+            netns: NetnsNames::new(std::path::Path::new(NETNS_DIR)),
+            pods,
+        })
     }
 
     /// Follows these patterns from the next list of links on (asked for now).
@@ -127,12 +134,17 @@ impl Follower {
 
     /// The pod behind a veth: the name of its peer's network namespace, if it has one.
     fn pod(&mut self, link: &Link) -> Option<String> {
-        link.peer_netns_id.and_then(|id| self.pods.name(id)).map(str::to_owned)
+        let pod = link.peer_netns_id.and_then(|id| self.netns.name(id)).map(str::to_owned);
+        if let Some(pod) = &pod {
+            self.pods.insert(link.ifindex, pod);
+        }
+        pod
     }
 
     fn unfollow(&mut self, ifindex: u32, tap: &mut impl FollowedTap, m: &Metrics, why: &str) {
         if let Some(f) = self.followed.remove(&ifindex) {
             tap.detach(ifindex);
+            self.pods.remove(ifindex);
             tracing::info!("detached from {} (index {ifindex}): {why}", f.name);
             m.interface(&f.name, ifindex, f.pod.as_deref(), false);
         }

@@ -15,6 +15,7 @@ pub mod follow;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;
+pub mod pods;
 pub mod privileges;
 pub mod replay;
 pub mod rewrite;

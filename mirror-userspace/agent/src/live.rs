@@ -78,6 +78,8 @@ pub struct LiveAgent {
     store: Option<mirror_compare::Store>,
     /// Attaches to interfaces as they appear, if asked to.
     follower: Option<Follower>,
+    /// The pods behind followed interfaces (for a follower started by a reload).
+    pods: crate::pods::Pods,
     keep_attached: bool,
 }
 
@@ -95,12 +97,18 @@ impl LiveAgent {
         };
         let workers = opts.workers.clamp(1, MAX_RINGS);
         let shared = Shared::new(opts.results.clone(), workers);
+        let pods = crate::pods::Pods::default();
         let publisher = opts.watch_socket.as_ref().and_then(serve_watchers);
+        let publisher = match opts.tap.follow.is_some() {
+            true => publisher.map(|p| p.with_pods(pods.clone())),
+            false => publisher,
+        };
         let watch_socket = opts.watch_socket.filter(|_| publisher.is_some()).map(|w| w.path);
         // Link notifications first: interfaces created while the tap loads are not missed.
         let follower = match opts.tap.follow.clone() {
             Some(patterns) => {
-                Some(Follower::start(patterns).context("watching network interfaces")?)
+                let follower = Follower::start(patterns, pods.clone());
+                Some(follower.context("watching network interfaces")?)
             }
             None => None,
         };
@@ -141,6 +149,12 @@ impl LiveAgent {
         for (name, ifindex, _, _) in tap.attachments() {
             shared.metrics().interface(name, ifindex, None, true);
         }
+        let mut follower = follower;
+        if let Some(follower) = &mut follower {
+            // The first event lists the interfaces there are: ready means attached to them.
+            let listed = follower.next().await.context("listing network interfaces")?;
+            follower.apply(listed, &mut tap, shared.metrics());
+        }
         let (control, commands) = Control::channel();
         Ok(LiveAgent {
             tap,
@@ -153,6 +167,7 @@ impl LiveAgent {
             commands,
             store,
             follower,
+            pods,
             keep_attached: opts.keep_attached,
         })
     }
@@ -250,7 +265,8 @@ impl LiveAgent {
         match (&mut self.follower, patterns) {
             (Some(follower), patterns) => follower.set_patterns(patterns)?,
             (None, Some(patterns)) => {
-                let follower = Follower::start(patterns).context("watching network interfaces")?;
+                let follower = Follower::start(patterns, self.pods.clone())
+                    .context("watching network interfaces")?;
                 self.follower = Some(follower);
             }
             (None, None) => {}

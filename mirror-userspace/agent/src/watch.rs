@@ -25,7 +25,7 @@ pub enum WatchEvent {
     /// This watcher fell behind and lost `lines` lines.
     Lost { lines: u64 },
     /// A request was mirrored.
-    Mirrored(MirroredRequest),
+    Mirrored(Box<MirroredRequest>),
 }
 
 /// A mirrored request and the shadows its copies were queued for.
@@ -43,6 +43,9 @@ pub struct MirroredRequest {
     pub head_bytes: usize,
     pub body_bytes: usize,
     pub shadows: Vec<String>,
+    /// The pod the server is in, when the agent follows pods and knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 impl WatchEvent {
@@ -62,6 +65,8 @@ const BACKLOG: usize = 4096;
 #[derive(Clone)]
 pub struct Publisher {
     tx: broadcast::Sender<Arc<str>>,
+    /// Names the server's pod, when the agent follows pods.
+    pods: Option<crate::pods::Pods>,
 }
 
 /// Where watchers connect, and who may: the socket streams request heads, credentials
@@ -96,7 +101,7 @@ impl Publisher {
         }
         std::fs::rename(&unready, path)?;
         let (tx, _) = broadcast::channel(BACKLOG);
-        let publisher = Publisher { tx };
+        let publisher = Publisher { tx, pods: None };
         let subscribe = publisher.tx.clone();
         tokio::spawn(async move {
             let mut backoff = AcceptBackoff::new("watch socket");
@@ -138,6 +143,11 @@ impl Publisher {
         Ok(publisher)
     }
 
+    /// Names the server's pod in each line, from `pods`.
+    pub fn with_pods(self, pods: crate::pods::Pods) -> Publisher {
+        Publisher { pods: Some(pods), ..self }
+    }
+
     pub fn watched(&self) -> bool {
         self.tx.receiver_count() > 0
     }
@@ -148,7 +158,7 @@ impl Publisher {
             return;
         }
         let head = &req.head;
-        let event = WatchEvent::Mirrored(MirroredRequest {
+        let event = WatchEvent::Mirrored(Box::new(MirroredRequest {
             ts_ns: req.first_ts_ns,
             client: req.conn.client,
             server: req.conn.server,
@@ -159,7 +169,8 @@ impl Publisher {
             head_bytes: head.bytes().len(),
             body_bytes: req.body.len(),
             shadows: shadows.iter().map(|s| s.to_string()).collect(),
-        });
+            pod: self.pods.as_ref().and_then(|p| p.of(req.conn.server.ip())),
+        }));
         let _ = self.tx.send(event.to_line().into());
     }
 }
@@ -173,7 +184,7 @@ mod tests {
     fn lines_round_trip_in_the_documented_shape() {
         assert_eq!(WatchEvent::Hello.to_line(), r#"{"type":"hello"}"#);
         assert_eq!(WatchEvent::Lost { lines: 3 }.to_line(), r#"{"type":"lost","lines":3}"#);
-        let event = WatchEvent::Mirrored(MirroredRequest {
+        let event = WatchEvent::Mirrored(Box::new(MirroredRequest {
             ts_ns: 5,
             client: "10.0.0.1:4000".parse().unwrap(),
             server: "[fd00::2]:80".parse().unwrap(),
@@ -184,7 +195,8 @@ mod tests {
             head_bytes: 30,
             body_bytes: 0,
             shadows: vec!["s:80".into()],
-        });
+            pod: None,
+        }));
         let line = event.to_line();
         assert!(
             line.starts_with(

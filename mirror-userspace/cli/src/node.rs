@@ -128,8 +128,8 @@ fn print_agent(metrics: &str) {
     println!("kernel: {}", kernel.join(", "));
     let answers = samples(metrics, "mirror_shadow_requests_total");
     let drops = samples(metrics, "mirror_shadow_dropped_total");
-    let mut shadows: Vec<&str> = answers.iter().map(|(l, _)| label(l, "shadow")).collect();
-    shadows.dedup();
+    let shadows: std::collections::BTreeSet<&str> =
+        answers.iter().map(|(l, _)| label(l, "shadow")).collect();
     for shadow in shadows {
         let of = |set: &[(Vec<(String, String)>, u64)], key: &str| -> Vec<String> {
             set.iter()

@@ -33,6 +33,7 @@ use attach::{Attachment, OwnQdiscs};
 pub use iface::ifindex as interface_index;
 pub use links::{InterfacePatterns, Link, LinkEvent, LinkWatcher};
 pub use mirror_common::{Counter, Hook, PROG_EGRESS, PROG_INGRESS, PROG_XDP};
+pub use netlink::route_interface;
 pub use netns::{NetnsNames, NETNS_DIR};
 use pin::PinDir;
 pub use pin::{

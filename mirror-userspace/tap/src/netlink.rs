@@ -55,3 +55,30 @@ pub(crate) fn request(
         }
     }
 }
+
+/// The interface the node routes `addr` through (`ip route get ADDR`), if any.
+pub fn route_interface(addr: std::net::IpAddr) -> io::Result<Option<u32>> {
+    use netlink_packet_route::{
+        route::{RouteAttribute, RouteMessage},
+        AddressFamily,
+    };
+    let mut message = RouteMessage::default();
+    let (family, bits) = match addr {
+        std::net::IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        std::net::IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+    };
+    message.header.address_family = family;
+    message.header.destination_prefix_length = bits;
+    message.attributes.push(RouteAttribute::Destination(addr.into()));
+    let mut oif = None;
+    let socket = socket()?;
+    request(&socket, RouteNetlinkMessage::GetRoute(message), 1, |answer| {
+        if let RouteNetlinkMessage::NewRoute(route) = answer {
+            oif = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+        }
+    })?;
+    Ok(oif)
+}
