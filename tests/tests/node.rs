@@ -679,3 +679,54 @@ fn the_watch_stream_names_the_pod() {
     agent.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An upgrade: the old agent leaves its links attached at SIGTERM (`--keep-attached`), the
+/// new one, whose maps differ (another ring size, as another build's would), takes the same
+/// links over with its own maps and unpins the old ones (what the old rings held then is
+/// lost: say so), and mirrors from then on.
+#[test]
+fn an_upgraded_agent_takes_the_links_over_with_new_maps() {
+    mirror_tests::require_root();
+    let topo = Topology::new().unwrap();
+    let _primary = RecordingServer::start(&topo.server, &[PORT]);
+    let shadow = RecordingServer::start(&topo.shadow, &[PORT]);
+    let pin = PinDir::new("upgrade");
+    let shadow_url = http_url(topo.shadow_addr(Family::V4), PORT, "");
+    let agent = |ring: &str| {
+        let extra = [pin.arg(), "--keep-attached".into(), "--ring-bytes".into(), ring.into()];
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        AgentProcess::start(&run_args(&topo.server_host_if, PORT, &shadow_url, &extra), "ready")
+    };
+    let maps = || {
+        let dir = pin.0.join("v1/maps");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let send = |path: &str| {
+        let server = SocketAddr::new(topo.server_addr(Family::V4), PORT);
+        keep_alive(&topo.client, server, vec![RawRequest::new("GET", path, "svc", b"")]).unwrap();
+    };
+    let old = agent("1048576");
+    let links = pinned_link_ids(&pin.0);
+    let old_maps = maps();
+    assert_eq!(old_maps.len(), 1);
+    send("/before");
+    shadow.wait_for(1, WAIT);
+    old.stop(); // SIGTERM, keeping everything attached
+    assert_eq!(ours_on(&topo.server_host_if), [1, 1], "kept attached for the next agent");
+    let new = agent("2097152");
+    assert_eq!(pinned_link_ids(&pin.0), links, "the same links");
+    let new_maps = maps();
+    assert_eq!(new_maps.len(), 1, "the old maps unpinned: {new_maps:?}");
+    assert_ne!(new_maps, old_maps);
+    assert!(new_maps[0].ends_with("x2097152"), "{new_maps:?}");
+    send("/after");
+    let seen = shadow.wait_for(2, WAIT);
+    assert!(seen.iter().any(|r| r.target == "/after"), "{seen:?}");
+    assert_eq!(ours_on(&topo.server_host_if), [1, 1]);
+    drop(new); // SIGKILL: the pins stay, PinDir removes them
+}
