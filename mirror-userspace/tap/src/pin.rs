@@ -150,6 +150,16 @@ fn ensure_bpffs(root: &Path) -> Result<()> {
         return Ok(());
     }
     if existing == Path::new(BPFFS) {
+        // Agents starting together must not mount twice (the second mount would hide the
+        // first one's pins): one at a time, each looking again under the lock.
+        let dir = fs::File::open(BPFFS).with_context(|| format!("opening {BPFFS}"))?;
+        // SAFETY: flock on an fd we own; released when `dir` closes.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("locking {BPFFS}"));
+        }
+        if is_bpffs(Path::new(BPFFS))? {
+            return Ok(());
+        }
         let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
         let (source, target, fstype) = (c("bpf"), c(BPFFS), c("bpf"));
         // SAFETY: valid NUL-terminated strings; no data.
