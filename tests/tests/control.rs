@@ -74,6 +74,7 @@ async fn interfaces_and_settings_change_while_the_agent_runs() {
     let opts = RunOptions {
         tap,
         keep_attached: false,
+        cri_socket: None,
         metrics: Some(metrics),
         admin: None,
         watch_socket: None,

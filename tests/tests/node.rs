@@ -730,3 +730,115 @@ fn an_upgraded_agent_takes_the_links_over_with_new_maps() {
     assert_eq!(ours_on(&topo.server_host_if), [1, 1]);
     drop(new); // SIGKILL: the pins stay, PinDir removes them
 }
+
+/// A fake container runtime: the two CRI calls the agent makes (ListPodSandbox and a verbose
+/// PodSandboxStatus), over HTTP/2 on a unix socket, answering with one sandbox per entry of
+/// `pods`: (network namespace name, namespace, pod name).
+fn fake_cri(socket: &Path, pods: Vec<(String, String, String)>) -> std::thread::JoinHandle<()> {
+    use http_body_util::{BodyExt, Full};
+    use mirror_agent::cri::{grpc_frame, grpc_unframe, proto};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+            let pods = std::sync::Arc::new(pods);
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let pods = pods.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let pods = pods.clone();
+                    async move {
+                        let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let answer = match method.as_str() {
+                            "ListPodSandbox" => grpc_frame(&proto::ListPodSandboxResponse {
+                                items: pods
+                                    .iter()
+                                    .map(|(netns, namespace, name)| proto::PodSandbox {
+                                        id: format!("sandbox-{netns}"),
+                                        metadata: Some(proto::PodSandboxMetadata {
+                                            name: name.clone(),
+                                            uid: "u".into(),
+                                            namespace: namespace.clone(),
+                                        }),
+                                    })
+                                    .collect(),
+                            }),
+                            _ => {
+                                let asked: proto::PodSandboxStatusRequest = grpc_unframe(body).unwrap();
+                                assert!(asked.verbose);
+                                let netns = asked.pod_sandbox_id.trim_start_matches("sandbox-");
+                                let info = serde_json::json!({"runtimeSpec": {"linux": {"namespaces": [
+                                    {"type": "pid"},
+                                    {"type": "network", "path": format!("/var/run/netns/{netns}")},
+                                ]}}});
+                                let status = proto::PodSandboxStatusResponse {
+                                    info: [("info".to_owned(), info.to_string())].into(),
+                                };
+                                grpc_frame(&status)
+                            }
+                        };
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let body = Full::new(answer).with_trailers(async { Some(Ok(trailers)) });
+                        let response = hyper::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let builder =
+                        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    let _ = builder.serve_connection(io, service).await;
+                });
+            }
+        })
+    })
+}
+
+/// Where a containerd CRI socket exists (here a fake runtime's), pods are named
+/// `namespace/name` as the runtime knows them, in the metrics and the watch stream.
+#[test]
+fn pods_are_named_by_the_container_runtime() {
+    mirror_tests::require_root();
+    let tag = tag();
+    let dir = std::env::temp_dir().join(format!("mirror-cri-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("containerd.sock");
+    let pod = Pod::new(&format!("{tag}p000")).unwrap();
+    let _cri = fake_cri(&socket, vec![(pod.ns.name().into(), "shop".into(), "checkout-0".into())]);
+    let metrics = free_local_addr();
+    let args: Vec<String> = [
+        "run",
+        "--iface-pattern",
+        &format!("{tag}p*"),
+        "--port",
+        "8000",
+        "--shadow",
+        "http://127.0.0.1:9",
+        "--watch-socket",
+        "none",
+        "--metrics",
+        &metrics.to_string(),
+        "--cri-socket",
+        &socket.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let agent = AgentProcess::start(&args, "mirror run: ready");
+    let text = get(metrics, "/metrics").1;
+    let line = format!(
+        "interface=\"{}\",ifindex=\"{}\",pod=\"shop/checkout-0\"}} 1",
+        pod.host_if,
+        pod_index(&pod)
+    );
+    assert!(text.contains(&line), "{text}");
+    let stderr = agent.stop();
+    assert!(stderr.contains("pod shop/checkout-0"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use mirror_tap::{InterfacePatterns, Link, LinkEvent, LinkWatcher, NetnsNames, Tap, NETNS_DIR};
 
-use crate::{metrics::Metrics, pods::Pods};
+use crate::{cri::CriPods, metrics::Metrics, pods::Pods};
 
 /// Where the follower attaches and detaches: the tap, by interface index.
 pub trait FollowedTap {
@@ -44,6 +44,8 @@ pub struct Follower {
     netns: NetnsNames,
     /// The pods behind followed interfaces, for the watch stream.
     pods: Pods,
+    /// Pod names and namespaces from the container runtime, where it is reachable.
+    cri: Option<CriPods>,
 }
 
 /// A followed interface: its current name, and its pod (its peer's namespace name) if known.
@@ -55,13 +57,18 @@ struct Followed {
 impl Follower {
     /// Starts watching (before the list of links is read: nothing created meanwhile is
     /// missed). Within a tokio runtime.
-    pub fn start(patterns: InterfacePatterns, pods: Pods) -> std::io::Result<Follower> {
+    pub fn start(
+        patterns: InterfacePatterns,
+        pods: Pods,
+        cri: Option<CriPods>,
+    ) -> std::io::Result<Follower> {
         Ok(Follower {
             watcher: LinkWatcher::start()?,
             patterns: Some(patterns),
             followed: HashMap::new(),
             netns: NetnsNames::new(std::path::Path::new(NETNS_DIR)),
             pods,
+            cri,
         })
     }
 
@@ -77,7 +84,7 @@ impl Follower {
     }
 
     /// Applies one change to `tap`.
-    pub fn apply(&mut self, event: LinkEvent, tap: &mut impl FollowedTap, metrics: &Metrics) {
+    pub async fn apply(&mut self, event: LinkEvent, tap: &mut impl FollowedTap, metrics: &Metrics) {
         match event {
             LinkEvent::Listed(links) => {
                 let gone: Vec<u32> = self
@@ -90,15 +97,15 @@ impl Follower {
                     self.unfollow(ifindex, tap, metrics, "gone");
                 }
                 for link in &links {
-                    self.changed(link, tap, metrics);
+                    self.changed(link, tap, metrics).await;
                 }
             }
-            LinkEvent::Changed(link) => self.changed(&link, tap, metrics),
+            LinkEvent::Changed(link) => self.changed(&link, tap, metrics).await,
             LinkEvent::Gone(ifindex) => self.unfollow(ifindex, tap, metrics, "gone"),
         }
     }
 
-    fn changed(&mut self, link: &Link, tap: &mut impl FollowedTap, metrics: &Metrics) {
+    async fn changed(&mut self, link: &Link, tap: &mut impl FollowedTap, metrics: &Metrics) {
         let matches = self.patterns.as_ref().is_some_and(|p| p.matches(&link.name));
         match self.followed.get_mut(&link.ifindex) {
             Some(f) if matches && f.name != link.name => {
@@ -112,12 +119,12 @@ impl Follower {
             None if !matches => {}
             // Attached already: taken over from a pin at start, or given by name.
             None if tap.is_attached(link.ifindex) => {
-                let pod = self.pod(link);
+                let pod = self.pod(link).await;
                 self.followed.insert(link.ifindex, Followed { name: link.name.clone(), pod });
             }
             None => match tap.attach(link) {
                 Ok(()) => {
-                    let pod = self.pod(link);
+                    let pod = self.pod(link).await;
                     let of = pod.as_deref().map(|p| format!(", pod {p}")).unwrap_or_default();
                     tracing::info!("attached to {} (index {}{of})", link.name, link.ifindex);
                     metrics.interface(&link.name, link.ifindex, pod.as_deref(), true);
@@ -132,13 +139,16 @@ impl Follower {
         }
     }
 
-    /// The pod behind a veth: the name of its peer's network namespace, if it has one.
-    fn pod(&mut self, link: &Link) -> Option<String> {
-        let pod = link.peer_netns_id.and_then(|id| self.netns.name(id)).map(str::to_owned);
-        if let Some(pod) = &pod {
-            self.pods.insert(link.ifindex, pod);
-        }
-        pod
+    /// The pod behind a veth: `namespace/name` from the container runtime, else the name of
+    /// its peer's network namespace, if it has one.
+    async fn pod(&mut self, link: &Link) -> Option<String> {
+        let netns = link.peer_netns_id.and_then(|id| self.netns.name(id)).map(str::to_owned)?;
+        let pod = match &mut self.cri {
+            Some(cri) => cri.pod(&netns).await.unwrap_or(netns),
+            None => netns,
+        };
+        self.pods.insert(link.ifindex, &pod);
+        Some(pod)
     }
 
     fn unfollow(&mut self, ifindex: u32, tap: &mut impl FollowedTap, m: &Metrics, why: &str) {

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod compare;
 mod compare_metrics;
 pub mod control;
+pub mod cri;
 pub mod follow;
 pub mod live;
 pub mod metrics;

@@ -43,6 +43,9 @@ pub struct RunOptions {
     /// both directions, in one ring per worker, and ignores its own marked sockets whatever
     /// this says.
     pub tap: TapSettings,
+    /// The container runtime's CRI socket, to name pods `namespace/name` (else by their
+    /// network namespace's name).
+    pub cri_socket: Option<PathBuf>,
     /// At shutdown, leave the links and maps pinned (with `tap.pin_dir`): the programs go
     /// on capturing into the rings until the next agent takes them over (an upgrade).
     pub keep_attached: bool,
@@ -80,6 +83,7 @@ pub struct LiveAgent {
     follower: Option<Follower>,
     /// The pods behind followed interfaces (for a follower started by a reload).
     pods: crate::pods::Pods,
+    cri_socket: Option<PathBuf>,
     keep_attached: bool,
 }
 
@@ -107,7 +111,7 @@ impl LiveAgent {
         // Link notifications first: interfaces created while the tap loads are not missed.
         let follower = match opts.tap.follow.clone() {
             Some(patterns) => {
-                let follower = Follower::start(patterns, pods.clone());
+                let follower = Follower::start(patterns, pods.clone(), cri(&opts.cri_socket));
                 Some(follower.context("watching network interfaces")?)
             }
             None => None,
@@ -153,7 +157,7 @@ impl LiveAgent {
         if let Some(follower) = &mut follower {
             // The first event lists the interfaces there are: ready means attached to them.
             let listed = follower.next().await.context("listing network interfaces")?;
-            follower.apply(listed, &mut tap, shared.metrics());
+            follower.apply(listed, &mut tap, shared.metrics()).await;
         }
         let (control, commands) = Control::channel();
         Ok(LiveAgent {
@@ -168,6 +172,7 @@ impl LiveAgent {
             store,
             follower,
             pods,
+            cri_socket: opts.cri_socket,
             keep_attached: opts.keep_attached,
         })
     }
@@ -191,7 +196,7 @@ impl LiveAgent {
                     let _ = reply.send(self.apply(command).await);
                 }
                 Some(i) = self.ended.recv() => break Some(i),
-                event = next_link(&mut self.follower) => self.follow(event),
+                event = next_link(&mut self.follower) => self.follow(event).await,
                 _ = tick.tick() => self.sync_kernel_counters(),
                 _ = save.tick(), if self.store.is_some() => self.save_results().await,
             }
@@ -265,7 +270,7 @@ impl LiveAgent {
         match (&mut self.follower, patterns) {
             (Some(follower), patterns) => follower.set_patterns(patterns)?,
             (None, Some(patterns)) => {
-                let follower = Follower::start(patterns, self.pods.clone())
+                let follower = Follower::start(patterns, self.pods.clone(), cri(&self.cri_socket))
                     .context("watching network interfaces")?;
                 self.follower = Some(follower);
             }
@@ -274,10 +279,10 @@ impl LiveAgent {
         Ok(())
     }
 
-    fn follow(&mut self, event: std::io::Result<LinkEvent>) {
+    async fn follow(&mut self, event: std::io::Result<LinkEvent>) {
         let Some(follower) = &mut self.follower else { return };
         match event {
-            Ok(event) => follower.apply(event, &mut self.tap, self.shared.metrics()),
+            Ok(event) => follower.apply(event, &mut self.tap, self.shared.metrics()).await,
             Err(e) => {
                 // Interfaces attached stay; new ones are no longer followed.
                 tracing::error!("link notifications: {e}; no longer following interfaces");
@@ -321,6 +326,11 @@ fn agent_tap(tap: TapSettings, workers: usize) -> TapSettings {
         leave_out: true,
         ..tap
     }
+}
+
+/// The CRI client for the follower, if a socket is given.
+fn cri(socket: &Option<PathBuf>) -> Option<crate::cri::CriPods> {
+    socket.clone().map(crate::cri::CriPods::new)
 }
 
 /// The next link notification, if interfaces are followed (else never).

@@ -50,6 +50,10 @@ pub(crate) struct MirrorConfig {
     /// Attach the XDP program (ingress only: requests arriving on the interfaces).
     #[serde(default)]
     pub xdp: bool,
+    /// The container runtime's CRI socket ("none": do not ask; default: containerd's when it
+    /// exists).
+    #[serde(default)]
+    pub cri_socket: Option<PathBuf>,
     /// Service ports whose requests are mirrored.
     #[serde(default)]
     pub ports: Vec<u16>,
@@ -533,6 +537,18 @@ impl MirrorConfig {
     /// What a live run needs: where to capture, how to mirror, and this configuration.
     pub(crate) fn live(self) -> Result<(TapSettings, MirrorSettings, MirrorConfig)> {
         Ok((self.tap_settings()?, self.mirror_settings()?, self))
+    }
+
+    /// The CRI socket to ask pods' names of, if any.
+    pub(crate) fn cri_socket(&self) -> Option<PathBuf> {
+        match &self.cri_socket {
+            Some(path) if path.as_os_str() == "none" => None,
+            Some(path) => Some(path.clone()),
+            None => {
+                let default = Path::new(mirror_agent::cri::DEFAULT_SOCKET);
+                default.exists().then(|| default.to_owned())
+            }
+        }
     }
 
     /// Checks that a new configuration changes nothing that only a restart can: the

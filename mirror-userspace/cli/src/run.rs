@@ -35,6 +35,11 @@ pub(crate) struct RunArgs {
     /// upgrade). Without it, SIGTERM detaches and unpins everything.
     #[arg(long)]
     keep_attached: bool,
+    /// The container runtime's CRI socket, to name pods `namespace/name` (default: containerd's,
+    /// /run/containerd/containerd.sock, when it exists; "none": pods are named by their network
+    /// namespace's file under /run/netns).
+    #[arg(long, value_name = "PATH")]
+    cri_socket: Option<String>,
     /// Attach an XDP program instead of tc (services on the host network): in the driver
     /// where it has XDP, the generic path otherwise; it always passes the packet. XDP sees
     /// only what arrives on an interface, never what leaves it: the requests to a service
@@ -201,6 +206,9 @@ impl RunArgs {
         }
         c.pin = self.pin.clone().or(c.pin.take());
         c.xdp |= self.xdp;
+        if let Some(socket) = &self.cri_socket {
+            c.cri_socket = Some(socket.into());
+        }
         c.keep_attached |= self.keep_attached;
         c.ports.extend(&self.ports);
         c.service_nets.extend(&self.service_nets);
@@ -373,6 +381,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
         .then(|| WatchSocket { path: PathBuf::from(&args.watch_socket), group });
     let opts = RunOptions {
         tap,
+        cri_socket: config.cri_socket(),
         keep_attached: config.keep_attached,
         metrics: config.metrics,
         admin: config.admin,
