@@ -199,8 +199,8 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn total_len(&self) -> u32 {
-        // The linear part only: a multi-buffer frame's fragments are left to
-        // `bpf_xdp_load_bytes`, whose length checks make a longer copy fail (counted).
+        // The linear part only: the program is loaded without XDP fragments support, so a
+        // frame is all linear (a multi-buffer frame never reaches it).
         (XdpContext::data_end(self) - XdpContext::data(self)) as u32
     }
 

@@ -44,7 +44,6 @@ pub fn messages_in(file: &std::path::Path) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-/// `http://addr:port/path`, with IPv6 addresses in brackets.
 /// A pin directory of a test's agent (`mirror run --pin`), removed when dropped: after a
 /// failed test too, and after agents killed on purpose. Declare it before the agents, so it
 /// drops after them.
@@ -88,6 +87,7 @@ pub fn tcpdump_writer(iface: &str, file: &str, port: u16) -> std::process::Child
     child
 }
 
+/// `http://addr:port/path`, with IPv6 addresses in brackets.
 pub fn http_url(addr: std::net::IpAddr, port: u16, path: &str) -> String {
     format!("http://{}{path}", std::net::SocketAddr::new(addr, port))
 }

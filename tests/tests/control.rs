@@ -75,6 +75,7 @@ async fn interfaces_and_settings_change_while_the_agent_runs() {
         tap,
         keep_attached: false,
         cri_socket: None,
+        drop_privileges: false,
         metrics: Some(metrics),
         admin: None,
         watch_socket: None,

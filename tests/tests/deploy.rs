@@ -191,7 +191,8 @@ fn ulimits() -> Vec<String> {
 }
 
 /// deploy/image.sh builds the image from the binary and its libraries alone; podman runs it
-/// the way the DaemonSet does (privileged, host network, the bpffs and /run/netns mounted):
+/// the way the DaemonSet does (its capabilities only, host network, the bpffs and
+/// /run/netns mounted):
 /// a pod namespace's requests are mirrored, and stopping the container (SIGTERM) detaches.
 #[test]
 fn the_image_runs_as_the_daemonset_runs_it() {
@@ -211,7 +212,10 @@ fn the_image_runs_as_the_daemonset_runs_it() {
     // runc: Debian's crun refuses hybrid cgroup hierarchies (as on CI's machines).
     let started = run(Command::new("podman")
         .args(["--runtime", "runc", "run", "-d", "--name", &names.container])
-        .args(["--privileged", "--network", "host"])
+        // The DaemonSet's securityContext: not privileged, its capabilities only.
+        .args(["--cap-drop=ALL", "--cap-add=BPF,NET_ADMIN,PERFMON,SETPCAP"])
+        .args(["--security-opt", "seccomp=unconfined", "--security-opt", "no-new-privileges"])
+        .args(["--network", "host"])
         .args(["-v", "/sys/fs/bpf:/sys/fs/bpf", "-v", "/run/netns:/run/netns:ro"])
         .args(ulimits())
         .arg(&names.image)

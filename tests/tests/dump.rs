@@ -991,6 +991,10 @@ fn watching_a_running_agent_as_json_and_filtered() {
             &url,
             "--watch-socket",
             &sock,
+            // One worker: the watch stream is then in capture order (with two, the IPv4
+            // and IPv6 connections' workers publish in whatever order they get to them).
+            "--threads",
+            "1",
         ]),
         "mirror run: ready",
     );

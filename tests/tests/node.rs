@@ -474,14 +474,19 @@ fn reloads_apply_without_detaching() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The capability sets of process `pid` from /proc: (effective, bounding).
-fn capabilities(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let set = |name: &str| {
-        let line = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
-        u64::from_str_radix(line.trim(), 16).unwrap()
-    };
-    (set("CapEff:"), set("CapBnd:"))
+/// The capability sets of every thread of process `pid` (capabilities are per thread):
+/// (effective, bounding) each.
+fn capabilities(pid: u32) -> Vec<(u64, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let sets = tasks.map(|task| {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let set = |name: &str| {
+            let line = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
+            u64::from_str_radix(line.trim(), 16).unwrap()
+        };
+        (set("CapEff:"), set("CapBnd:"))
+    });
+    sets.collect()
 }
 
 /// The agent checks its capabilities before attaching (the missing one named, nothing
@@ -511,7 +516,12 @@ fn capabilities_are_checked_then_dropped_and_the_watch_socket_is_private() {
     let watch = [args.clone(), vec!["--watch-socket".into(), socket.clone()]].concat();
     let agent = AgentProcess::start(&watch, "mirror run: ready");
     let kept = (1 << 39) | (1 << 38) | (1 << 12);
-    assert_eq!(capabilities(agent.pid()), (kept, kept), "only BPF, PERFMON and NET_ADMIN kept");
+    let threads = capabilities(agent.pid());
+    assert!(threads.len() > 1, "the workers are threads of their own: {threads:?}");
+    assert!(
+        threads.iter().all(|&t| t == (kept, kept)),
+        "only BPF, PERFMON, NET_ADMIN: {threads:x?}"
+    );
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -565,7 +575,9 @@ fn other_programs_on_the_hooks_still_see_every_packet() {
     // The agent's counters reach its metrics each second: wait for them to be steady.
     let steady = || {
         let mut last = (u64::MAX, u64::MAX, u64::MAX);
+        let deadline = Instant::now() + WAIT;
         loop {
+            assert!(Instant::now() < deadline, "the counters never settled: {last:?}");
             std::thread::sleep(Duration::from_millis(1100));
             let now = (agent_seen(), seen(&tcx), seen(&legacy));
             if now == last {
@@ -668,6 +680,7 @@ fn the_watch_stream_names_the_pod() {
     .to_vec();
     let agent = AgentProcess::start(&args, "mirror run: ready");
     let watcher = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    watcher.set_read_timeout(Some(WAIT)).unwrap();
     let mut lines = std::io::BufReader::new(watcher).lines();
     assert_eq!(lines.next().unwrap().unwrap(), r#"{"type":"hello"}"#);
     let url = http_url(pod.addr.into(), PORT, "/watched");

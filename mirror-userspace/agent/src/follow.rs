@@ -2,8 +2,9 @@
 //! attached as they appear and detached as they go, told by rtnetlink
 //! ([`mirror_tap::LinkWatcher`]). Interfaces are known by index, so a rename keeps the
 //! attachment (unless the new name no longer matches) and a name taken over by a new
-//! interface is a new interface. An interface attached already when first seen (given by
-//! name, or taken over from an earlier agent's pins) is followed from then if it matches.
+//! interface is a new interface. An interface attached already when first seen (taken over
+//! from an earlier agent's pins) is followed from then if it matches. Interfaces given by
+//! name are the tap's: never followed, so never detached here.
 use std::collections::HashMap;
 
 use mirror_tap::{InterfacePatterns, Link, LinkEvent, LinkWatcher, NetnsNames, Tap, NETNS_DIR};
@@ -15,7 +16,7 @@ pub trait FollowedTap {
     fn attach(&mut self, link: &Link) -> anyhow::Result<()>;
     /// Detaches interface `ifindex` (also when it is already gone).
     fn detach(&mut self, ifindex: u32);
-    /// Attached already (given by name, or taken over from a pin at start).
+    /// Attached already (taken over from a pin at start).
     fn is_attached(&self, ifindex: u32) -> bool;
 }
 
@@ -46,6 +47,8 @@ pub struct Follower {
     pods: Pods,
     /// Pod names and namespaces from the container runtime, where it is reachable.
     cri: Option<CriPods>,
+    /// Interfaces given by name: the tap's, never followed (nor detached) here.
+    statics: Vec<String>,
 }
 
 /// A followed interface: its current name, and its pod (its peer's namespace name) if known.
@@ -69,7 +72,15 @@ impl Follower {
             netns: NetnsNames::new(std::path::Path::new(NETNS_DIR)),
             pods,
             cri,
+            statics: Vec::new(),
         })
+    }
+
+    /// The interfaces given by name: not followed from now on (those followed so far are
+    /// let go of, still attached: they are the tap's now).
+    pub fn set_static(&mut self, names: &[String]) {
+        self.statics = names.to_vec();
+        self.followed.retain(|_, f| !names.contains(&f.name));
     }
 
     /// Follows these patterns from the next list of links on (asked for now).
@@ -106,7 +117,8 @@ impl Follower {
     }
 
     async fn changed(&mut self, link: &Link, tap: &mut impl FollowedTap, metrics: &Metrics) {
-        let matches = self.patterns.as_ref().is_some_and(|p| p.matches(&link.name));
+        let matches = self.patterns.as_ref().is_some_and(|p| p.matches(&link.name))
+            && !self.statics.contains(&link.name);
         match self.followed.get_mut(&link.ifindex) {
             Some(f) if matches && f.name != link.name => {
                 tracing::info!("{} (index {}) is now {}", f.name, link.ifindex, link.name);
@@ -117,9 +129,10 @@ impl Follower {
             Some(_) if matches => {}
             Some(_) => self.unfollow(link.ifindex, tap, metrics, "no longer matches"),
             None if !matches => {}
-            // Attached already: taken over from a pin at start, or given by name.
+            // Attached already: taken over from an earlier agent's pin at start.
             None if tap.is_attached(link.ifindex) => {
                 let pod = self.pod(link).await;
+                metrics.interface(&link.name, link.ifindex, pod.as_deref(), true);
                 self.followed.insert(link.ifindex, Followed { name: link.name.clone(), pod });
             }
             None => match tap.attach(link) {

@@ -43,6 +43,9 @@ pub struct RunOptions {
     /// both directions, in one ring per worker, and ignores its own marked sockets whatever
     /// this says.
     pub tap: TapSettings,
+    /// Give up every capability but those attaching needs once attached (the CLI does; a
+    /// test running agents in its own process does not).
+    pub drop_privileges: bool,
     /// The container runtime's CRI socket, to name pods `namespace/name` (else by their
     /// network namespace's name).
     pub cri_socket: Option<PathBuf>,
@@ -116,7 +119,15 @@ impl LiveAgent {
             }
             None => None,
         };
+        let statics = opts.tap.interfaces.clone();
         let mut tap = Tap::attach(&agent_tap(opts.tap, workers))?;
+        if opts.drop_privileges {
+            // Attached (and the bpffs mounted if it had to be), and before any other thread
+            // exists: capabilities are per thread, and the workers inherit what is left.
+            if let Err(e) = crate::privileges::drop_others() {
+                tracing::warn!("giving up capabilities: {e:#}");
+            }
+        }
         let compare_thresholds = settings.compare.as_ref().map(|c| c.thresholds);
         let store = settings.compare.as_ref().and_then(|c| c.store.clone());
         if let Some(store) = &store {
@@ -142,7 +153,8 @@ impl LiveAgent {
             };
             started.push(Worker::spawn(start).await?);
         }
-        let ready = Arc::new(AtomicBool::new(true));
+        // Ready once attached to every interface there is (the follower's first listing).
+        let ready = Arc::new(AtomicBool::new(false));
         if let Some(listener) = listener {
             tokio::spawn(metrics::serve(listener, shared.metrics().clone(), ready.clone(), None));
         }
@@ -150,15 +162,26 @@ impl LiveAgent {
             let api = settings_api(&shared, &compare_thresholds);
             tokio::spawn(metrics::serve(listener, shared.metrics().clone(), ready.clone(), api));
         }
-        for (name, ifindex, _, _) in tap.attachments() {
-            shared.metrics().interface(name, ifindex, None, true);
+        // Interfaces given by name, once each (a follower registers those it follows).
+        let mut named: Vec<(String, u32)> = tap
+            .attachments()
+            .filter(|(name, ..)| statics.iter().any(|s| s == name))
+            .map(|(name, ifindex, ..)| (name.to_owned(), ifindex))
+            .collect();
+        named.dedup();
+        for (name, ifindex) in named {
+            shared.metrics().interface(&name, ifindex, None, true);
         }
         let mut follower = follower;
         if let Some(follower) = &mut follower {
-            // The first event lists the interfaces there are: ready means attached to them.
+            follower.set_static(&statics);
             let listed = follower.next().await.context("listing network interfaces")?;
             follower.apply(listed, &mut tap, shared.metrics()).await;
         }
+        // Started: from now on a stop unpins (unless kept attached); a failure before this
+        // left what was pinned in place for the next agent.
+        tap.started();
+        ready.store(true, Ordering::Relaxed);
         let (control, commands) = Control::channel();
         Ok(LiveAgent {
             tap,
@@ -250,6 +273,10 @@ impl LiveAgent {
                 let Reload { tap, settings } = *reload;
                 let tap = agent_tap(tap, self.workers.len());
                 self.tap.reconfigure(&tap)?;
+                if let Some(follower) = &mut self.follower {
+                    // Named interfaces are the tap's: the follower lets go of them.
+                    follower.set_static(&tap.interfaces);
+                }
                 self.follow_patterns(tap.follow)?;
                 self.replace(Box::new(settings)).await
             }

@@ -87,7 +87,11 @@ impl Publisher {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                let running = format!("{} is served by a running agent", path.display());
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, running));
+            }
             std::fs::remove_file(path)?; // left by an agent that is gone
         }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -552,7 +552,7 @@ impl MirrorConfig {
     }
 
     /// Checks that a new configuration changes nothing that only a restart can: the
-    /// metrics and admin addresses, pinning, keeping attached at exit.
+    /// metrics and admin addresses, keeping attached at exit, the ring size, pinning.
     pub(crate) fn unchanged_for_reload(&self, running: &MirrorConfig) -> Result<()> {
         let fixed = [
             ("metrics", self.metrics != running.metrics),

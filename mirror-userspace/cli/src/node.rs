@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::Args;
-use mirror_tap::{Hook, PinnedLinkEntry, DEFAULT_PIN_DIR};
+use mirror_tap::{hook_name, PinnedLinkEntry, DEFAULT_PIN_DIR};
 
 #[derive(Args, Debug)]
 pub(crate) struct StatusArgs {
@@ -100,13 +100,6 @@ fn hook_order(programs: &[(u32, String)], ours: u32) -> String {
     match position {
         Some(p) => format!("TCX {}: ours runs {} of {}", list.join(" -> "), p + 1, programs.len()),
         None => format!("TCX {}: ours is not among them", list.join(" -> ")),
-    }
-}
-
-fn hook_name(hook: Hook) -> &'static str {
-    match hook {
-        Hook::Ingress => "ingress",
-        Hook::Egress => "egress",
     }
 }
 

@@ -359,6 +359,8 @@ fn split_header(flag: &str, h: &str) -> Result<(String, String)> {
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
+    // What the file held before it was read: a change while the agent starts is reloaded.
+    let read_at_start = args.mirror.config_path().and_then(|p| std::fs::read(p).ok());
     let (tap, settings, config) = match args.config().and_then(|c| c.live()) {
         Ok(s) => s,
         Err(e) => {
@@ -381,6 +383,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
         .then(|| WatchSocket { path: PathBuf::from(&args.watch_socket), group });
     let opts = RunOptions {
         tap,
+        drop_privileges: true,
         cri_socket: config.cri_socket(),
         keep_attached: config.keep_attached,
         metrics: config.metrics,
@@ -398,11 +401,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode> {
     let shutdown = crate::signals::shutdown_signal()?;
     let hangup = signal(SignalKind::hangup())?;
     let agent = LiveAgent::start(settings, opts).await?;
-    // Attached (and the bpffs mounted if it had to be): only what attaching needs stays.
-    if let Err(e) = privileges::drop_others() {
-        tracing::warn!("giving up capabilities: {e:#}");
-    }
-    let reloads = tokio::spawn(reload_on_change(args, config, hangup, agent.control()));
+    let control = agent.control();
+    let reloads = tokio::spawn(reload_on_change(args, config, read_at_start, hangup, control));
     eprintln!("mirror run: ready");
     let summary = agent.run(shutdown).await?;
     reloads.abort();
@@ -435,11 +435,11 @@ fn group_id(group: &str) -> Result<u32> {
 async fn reload_on_change(
     args: RunArgs,
     started: MirrorConfig,
+    mut last: Option<Vec<u8>>,
     mut hangup: tokio::signal::unix::Signal,
     control: Control,
 ) {
     let path = args.mirror.config_path().map(PathBuf::from);
-    let mut last = path.as_deref().and_then(|p| std::fs::read(p).ok());
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     for n in 1.. {
         let why = loop {

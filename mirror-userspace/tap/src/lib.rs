@@ -37,7 +37,7 @@ pub use netlink::route_interface;
 pub use netns::{NetnsNames, NETNS_DIR};
 use pin::PinDir;
 pub use pin::{
-    cleanup as cleanup_pins, open_pinned, pinned_links, tcx_link_info, PinnedLinkEntry,
+    cleanup as cleanup_pins, hook_name, open_pinned, pinned_links, tcx_link_info, PinnedLinkEntry,
     TcxLinkInfo, DEFAULT_PIN_DIR,
 };
 use ring::SkipMap;
@@ -268,8 +268,10 @@ impl Tap {
             settings: settings.clone(),
             attachments: Vec::new(),
             qdiscs: OwnQdiscs::new(),
+            // Until started, a failure leaves what is pinned as it was found (an upgrade
+            // that fails to start must not detach the agent it replaces).
+            keep: pins.is_some(),
             pins,
-            keep: false,
         };
         if let Some(dir) = &maps_dir {
             tap.adopt_pinned(settings)?;
@@ -302,8 +304,12 @@ impl Tap {
         if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {
             bail!("{field}: cannot change while the agent runs (restart it)");
         }
-        let added: Vec<&String> =
-            settings.interfaces.iter().filter(|i| !old.interfaces.contains(i)).collect();
+        // New names not attached already (a followed interface named now stays as it is).
+        let added: Vec<&String> = settings
+            .interfaces
+            .iter()
+            .filter(|i| !old.interfaces.contains(i) && !self.is_attached(i))
+            .collect();
         let removed: Vec<String> =
             old.interfaces.iter().filter(|i| !settings.interfaces.contains(i)).cloned().collect();
         for (n, iface) in added.iter().enumerate() {
@@ -314,7 +320,12 @@ impl Tap {
                 return Err(e);
             }
         }
-        configure(&mut self.ebpf, settings)?;
+        if let Err(e) = configure(&mut self.ebpf, settings) {
+            for undo in &added {
+                self.detach_interface(undo);
+            }
+            return Err(e);
+        }
         for iface in &removed {
             self.detach_interface(iface);
         }
@@ -474,16 +485,17 @@ impl Tap {
         drop(self);
     }
 
+    /// The agent using this tap has started: from now on dropping it unpins (unless
+    /// [`Tap::keep_attached`]).
+    pub fn started(&mut self) {
+        self.keep = false;
+    }
+
     /// Closes everything but leaves the links and maps pinned, the programs attached and
     /// capturing into the rings, for the next agent to take over (an upgrade). Without a pin
     /// directory this is [`Tap::detach`].
     pub fn keep_attached(mut self) {
-        if self.pins.is_some() {
-            self.keep = true;
-            for a in &mut self.attachments {
-                a.keep_pinned();
-            }
-        }
+        self.keep = self.pins.is_some();
     }
 }
 
@@ -525,6 +537,11 @@ impl Drop for Tap {
     fn drop(&mut self) {
         // Every link (unpinned unless kept), then (with the last attachment on each
         // interface) the qdiscs we added; the programs and maps go with `ebpf` afterwards.
+        if self.keep {
+            for a in &mut self.attachments {
+                a.keep_pinned();
+            }
+        }
         self.attachments.clear();
         if let Some(pins) = self.pins.take() {
             if !self.keep {

@@ -49,8 +49,23 @@ pub struct LinkWatcher {
     buf: Vec<u8>,
     /// Events ready to hand out.
     ready: VecDeque<LinkEvent>,
-    /// While a dump is read: the links listed so far, and notifications held until its end.
-    dump: Option<(Vec<Link>, Vec<LinkEvent>)>,
+    /// The listing being read, if one is.
+    dump: Option<Dump>,
+    /// Another listing was asked for while one was being read: the kernel refuses a second
+    /// dump on a socket (EBUSY) until the first is done, so it is asked for then.
+    again: bool,
+}
+
+/// A listing being read.
+#[derive(Default)]
+struct Dump {
+    /// The links listed so far.
+    listed: Vec<Link>,
+    /// Notifications that came meanwhile, handed out after the list.
+    held: Vec<LinkEvent>,
+    /// Messages were lost meanwhile (an overflow): the list may lack links that exist, so
+    /// it is not handed out (it would detach them), and the links are listed again.
+    partial: bool,
 }
 
 impl LinkWatcher {
@@ -59,14 +74,14 @@ impl LinkWatcher {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.add_membership(libc::RTNLGRP_LINK)?;
-        // Best effort: without it the default buffer only overflows sooner (and we re-list).
-        let _ = socket.set_rx_buf_sz(RECEIVE_BUFFER);
+        grow_receive_buffer(&socket);
         socket.set_non_blocking(true)?;
         // SAFETY: the socket's fd stays open and the same while the AsyncFd owns it.
         let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
             .map_err(io::Error::other)?;
-        let mut watcher =
-            LinkWatcher { socket, buf: vec![0; 64 << 10], ready: VecDeque::new(), dump: None };
+        let buf = vec![0; 64 << 10];
+        let ready = VecDeque::new();
+        let mut watcher = LinkWatcher { socket, buf, ready, dump: None, again: false };
         watcher.request_dump()?;
         Ok(watcher)
     }
@@ -84,9 +99,12 @@ impl LinkWatcher {
             });
             match read {
                 Err(_would_block) => continue,
-                Ok(Ok(n)) => self.parse(n),
+                Ok(Ok(n)) => self.parse(n)?,
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     tracing::warn!("link notifications overflowed: listing the links again");
+                    if let Some(dump) = &mut self.dump {
+                        dump.partial = true;
+                    }
                     self.request_dump()?;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -100,6 +118,10 @@ impl LinkWatcher {
     }
 
     fn request_dump(&mut self) -> io::Result<()> {
+        if self.dump.is_some() {
+            self.again = true;
+            return Ok(());
+        }
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_DUMP;
         header.sequence_number = DUMP_SEQUENCE;
@@ -108,15 +130,13 @@ impl LinkWatcher {
         packet.finalize();
         let mut buf = vec![0u8; packet.header.length as usize];
         packet.serialize(&mut buf);
-        // A dump already under way is abandoned: its answers and the new one's share the
-        // sequence number, so the list starts over and its end closes both.
-        self.dump = Some((Vec::new(), self.dump.take().map(|(_, held)| held).unwrap_or_default()));
         self.socket.get_ref().send_to(&buf, &SocketAddr::new(0, 0), 0)?;
+        self.dump = Some(Dump::default());
         Ok(())
     }
 
     /// Turns the `n` bytes just read into events.
-    fn parse(&mut self, n: usize) {
+    fn parse(&mut self, n: usize) -> io::Result<()> {
         let mut at = 0;
         while at < n {
             let message = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[at..n])
@@ -124,47 +144,85 @@ impl LinkWatcher {
                 Ok(message) => message,
                 Err(e) => {
                     tracing::debug!("unreadable rtnetlink message: {e}");
-                    return;
+                    return Ok(());
                 }
             };
             let len = message.header.length as usize;
             let from_dump = message.header.sequence_number == DUMP_SEQUENCE;
-            self.message(message.payload, from_dump);
+            self.message(message.payload, from_dump)?;
             if len == 0 {
-                return;
+                return Ok(());
             }
             at += (len + 3) & !3; // NLMSG_ALIGN
         }
+        Ok(())
     }
 
-    fn message(&mut self, payload: NetlinkPayload<RouteNetlinkMessage>, from_dump: bool) {
+    fn message(
+        &mut self,
+        payload: NetlinkPayload<RouteNetlinkMessage>,
+        from_dump: bool,
+    ) -> io::Result<()> {
         let event = match payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => match link(&m) {
                 Some(link) if from_dump => {
-                    if let Some((listed, _)) = &mut self.dump {
-                        listed.push(link);
+                    if let Some(dump) = &mut self.dump {
+                        dump.listed.push(link);
                     }
-                    return;
+                    return Ok(());
                 }
                 Some(link) => LinkEvent::Changed(link),
-                None => return,
+                None => return Ok(()),
             },
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
                 LinkEvent::Gone(m.header.index)
             }
-            NetlinkPayload::Done(_) if from_dump => {
-                if let Some((listed, held)) = self.dump.take() {
-                    self.ready.push_back(LinkEvent::Listed(listed));
-                    self.ready.extend(held);
-                }
-                return;
+            // The end of the listing; an error ends it too (and it is asked for again).
+            NetlinkPayload::Done(_) | NetlinkPayload::Error(_) if from_dump => {
+                return self.dump_ended(matches!(payload, NetlinkPayload::Error(_)));
             }
-            _ => return,
+            _ => return Ok(()),
         };
         match &mut self.dump {
-            Some((_, held)) => held.push(event),
+            Some(dump) => dump.held.push(event),
             None => self.ready.push_back(event),
         }
+        Ok(())
+    }
+
+    fn dump_ended(&mut self, failed: bool) -> io::Result<()> {
+        let Some(dump) = self.dump.take() else { return Ok(()) };
+        if dump.partial || failed {
+            self.again = true;
+        } else {
+            self.ready.push_back(LinkEvent::Listed(dump.listed));
+        }
+        self.ready.extend(dump.held);
+        if std::mem::take(&mut self.again) {
+            self.request_dump()?;
+        }
+        Ok(())
+    }
+}
+
+/// Asks for a receive buffer of [`RECEIVE_BUFFER`]: forced past the system's `rmem_max`
+/// where the process may (CAP_NET_ADMIN), else as large as it allows. Best effort: a
+/// smaller buffer only overflows sooner (and the links are listed again).
+fn grow_receive_buffer(socket: &Socket) {
+    use std::os::fd::AsRawFd;
+    let size = RECEIVE_BUFFER as libc::c_int;
+    // SAFETY: setsockopt with a valid int option value and its size.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced != 0 {
+        let _ = socket.set_rx_buf_sz(RECEIVE_BUFFER);
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
     io,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use netlink_packet_route::{
@@ -27,11 +27,13 @@ pub struct NetnsNames {
     by_id: HashMap<i32, String>,
     /// The directory's modification time at the last scan: no rescan while it is the same.
     scanned: Option<SystemTime>,
+    /// When a scan last missed an id asked for.
+    missed: Option<Instant>,
 }
 
 impl NetnsNames {
     pub fn new(dir: &Path) -> NetnsNames {
-        NetnsNames { dir: dir.to_owned(), by_id: HashMap::new(), scanned: None }
+        NetnsNames { dir: dir.to_owned(), by_id: HashMap::new(), scanned: None, missed: None }
     }
 
     /// The name of the namespace with id `id` (in ours), if it is one of the directory's.
@@ -39,11 +41,16 @@ impl NetnsNames {
     /// to new ones, so a known id may name another namespace now.
     pub fn name(&mut self, id: i32) -> Option<&str> {
         let modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
-        if modified.is_none() || modified != self.scanned {
-            self.scanned = modified;
-            if let Err(e) = self.rescan() {
-                tracing::debug!("reading {}: {e}", self.dir.display());
+        // Also on a miss, at most once a second: a runtime creates the file, then
+        // bind-mounts the namespace on it, which does not change the directory.
+        let stale = self.missed.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        let unknown = !self.by_id.contains_key(&id) && stale;
+        if modified.is_none() || modified != self.scanned || unknown {
+            match self.rescan() {
+                Ok(()) => self.scanned = modified,
+                Err(e) => tracing::debug!("reading {}: {e}", self.dir.display()),
             }
+            self.missed = (!self.by_id.contains_key(&id)).then(Instant::now);
         }
         self.by_id.get(&id).map(String::as_str)
     }

@@ -47,6 +47,7 @@ pub struct PinnedLinkEntry {
 impl PinDir {
     /// Creates the directory (on a bpffs) if needed and locks it.
     pub(crate) fn lock(root: &Path) -> Result<PinDir> {
+        refuse_mount_root(root)?;
         ensure_bpffs(root)?;
         fs::create_dir_all(root.join(LAYOUT).join("links"))
             .with_context(|| format!("pin directory {}: creating it", root.display()))?;
@@ -85,8 +86,8 @@ impl PinDir {
         pinned_links(&self.root)
     }
 
-    /// Removes everything pinned here, and the directory: the links detach once no process
-    /// holds them (ours are closed by the caller first).
+    /// Removes everything pinned here, and the directory if nothing else is in it: the
+    /// links detach once no process holds them (ours are closed by the caller first).
     pub(crate) fn remove_all(self) -> Result<()> {
         remove_tree(&self.root)
     }
@@ -119,19 +120,46 @@ pub fn cleanup(root: &Path) -> Result<()> {
     if !root.exists() {
         return Ok(());
     }
+    refuse_mount_root(root)?;
     let _lock = lock(root)?;
     remove_tree(root)
 }
 
+/// Removes what we put under `root` (the layout's directory), then `root` itself unless
+/// something else is in it: a directory shared with other tools keeps their pins.
 fn remove_tree(root: &Path) -> Result<()> {
-    fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))
+    let ours = root.join(LAYOUT);
+    if ours.exists() {
+        fs::remove_dir_all(&ours).with_context(|| format!("removing {}", ours.display()))?;
+    }
+    match fs::remove_dir(root) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
+        other => other.with_context(|| format!("removing {}", root.display())),
+    }
+}
+
+/// A bpffs mount itself (`/sys/fs/bpf`) is refused as a pin directory: everyone's pins live
+/// there. Ours go in a directory of their own under it.
+fn refuse_mount_root(root: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(dir), Some(parent)) = (fs::metadata(root), root.parent()) else { return Ok(()) };
+    let parent = fs::metadata(parent).with_context(|| format!("{}", parent.display()))?;
+    if dir.dev() != parent.dev() || root == Path::new(BPFFS) {
+        bail!(
+            "pin: {} is a mount point; give a directory of mirror's own under it (default {})",
+            root.display(),
+            DEFAULT_PIN_DIR
+        );
+    }
+    Ok(())
 }
 
 fn links_dir(root: &Path) -> PathBuf {
     root.join(LAYOUT).join("links")
 }
 
-fn hook_name(hook: Hook) -> &'static str {
+/// A hook's name, as in pin file names and `mirror status`.
+pub fn hook_name(hook: Hook) -> &'static str {
     match hook {
         Hook::Ingress => "ingress",
         Hook::Egress => "egress",
