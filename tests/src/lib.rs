@@ -44,6 +44,16 @@ pub fn messages_in(file: &std::path::Path) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
+/// How many programs of ours (the tap's, by name) run on each TCX hook of `iface`:
+/// [ingress, egress].
+pub fn ours_on(iface: &str) -> [usize; 2] {
+    use mirror_tap::{Hook, PROG_EGRESS, PROG_INGRESS};
+    [Hook::Ingress, Hook::Egress].map(|hook| {
+        let programs = mirror_tap::hook_programs(iface, hook).unwrap();
+        programs.iter().filter(|(_, n)| n == PROG_INGRESS || n == PROG_EGRESS).count()
+    })
+}
+
 /// A pin directory of a test's agent (`mirror run --pin`), removed when dropped: after a
 /// failed test too, and after agents killed on purpose. Declare it before the agents, so it
 /// drops after them.

@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mirror_tap::{Hook, PROG_EGRESS, PROG_INGRESS};
 use mirror_tests::{
     client::{free_local_addr, get, keep_alive, RawRequest},
     http_url, mirror_bin,
@@ -107,14 +106,6 @@ fn dashboard_metrics() -> Vec<String> {
 fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// The programs of ours on each hook of `iface`.
-fn ours_on(iface: &str) -> [usize; 2] {
-    [Hook::Ingress, Hook::Egress].map(|hook| {
-        let programs = mirror_tap::hook_programs(iface, hook).unwrap();
-        programs.iter().filter(|(_, n)| n == PROG_INGRESS || n == PROG_EGRESS).count()
-    })
 }
 
 fn wait_ready(metrics: SocketAddr) {
@@ -232,11 +223,11 @@ fn the_image_runs_as_the_daemonset_runs_it() {
     assert_eq!(seen.len(), 10);
     assert!(seen.iter().all(|r| r.header("host") == Some(&b"svc-shadow:8000"[..])));
     assert_eq!(primary.requests().len(), 10);
-    assert_eq!(ours_on(&topo.server_host_if), [1, 1]);
+    assert_eq!(mirror_tests::ours_on(&topo.server_host_if), [1, 1]);
     let stopped = run(Command::new("podman").args(["stop", "-t", "20", &names.container]));
     assert!(stopped.is_ok(), "{stopped:?}");
     let logs = run(Command::new("podman").args(["logs", &names.container])).unwrap();
     assert!(text(&logs).contains("mirror run: stopped"), "{}", text(&logs));
-    assert_eq!(ours_on(&topo.server_host_if), [0, 0], "SIGTERM detached");
+    assert_eq!(mirror_tests::ours_on(&topo.server_host_if), [0, 0], "SIGTERM detached");
     assert!(!pin.0.exists(), "SIGTERM unpinned");
 }

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mirror_tap::{AttachMode, Hook, PROG_EGRESS, PROG_INGRESS};
+use mirror_tap::{AttachMode, Hook};
 use mirror_tests::{
     agent::{run_args, AgentProcess},
     client::{free_local_addr, get, keep_alive, metric, RawRequest},
@@ -202,15 +202,7 @@ fn churn_leaks_nothing() {
     agent.stop();
 }
 
-/// The TCX programs of ours on each hook of `iface` (ingress, egress), and the ids of the
-/// links pinned under `pin`.
-fn ours_on(iface: &str) -> [usize; 2] {
-    [Hook::Ingress, Hook::Egress].map(|hook| {
-        let programs = mirror_tap::hook_programs(iface, hook).unwrap();
-        programs.iter().filter(|(_, n)| n == PROG_INGRESS || n == PROG_EGRESS).count()
-    })
-}
-
+/// The ids of the links pinned under `pin`.
 fn pinned_link_ids(pin: &Path) -> Vec<u32> {
     let links = mirror_tap::pinned_links(pin);
     let info = |l: &mirror_tap::PinnedLinkEntry| {
@@ -292,11 +284,11 @@ fn a_killed_agent_restarts_without_a_gap() {
     shadow.wait_for(20, WAIT);
     drop(first); // SIGKILL
     let killed = Instant::now();
-    assert_eq!(ours_on(&iface), [1, 1], "still attached, through the pins");
+    assert_eq!(mirror_tests::ours_on(&iface), [1, 1], "still attached, through the pins");
     let at_kill = traffic.count();
     traffic.wait_for(at_kill + 30); // requests while no agent runs
     let second = AgentProcess::start(&args, "mirror run: ready");
-    assert_eq!(ours_on(&iface), [1, 1], "one program per hook after the restart");
+    assert_eq!(mirror_tests::ours_on(&iface), [1, 1], "one program per hook after the restart");
     assert_eq!(pinned_link_ids(&pin), links, "the same links, their program swapped");
     let at_ready = traffic.count();
     traffic.wait_for(at_ready + 30);
@@ -333,16 +325,16 @@ fn a_killed_agent_restarts_without_a_gap() {
     );
     assert!(before_kill <= 10 && in_window as u64 <= dropped, "{context}");
     assert!(mirrored.contains(&format!("/r{at_kill}")), "the window is mirrored: {context}");
-    assert_eq!(ours_on(&iface), [0, 0], "SIGTERM detaches");
+    assert_eq!(mirror_tests::ours_on(&iface), [0, 0], "SIGTERM detaches");
     assert!(!pin.exists(), "SIGTERM unpins");
 
     let third = AgentProcess::start(&args, "mirror run: ready");
     drop(third); // SIGKILL
-    assert_eq!(ours_on(&iface), [1, 1]);
+    assert_eq!(mirror_tests::ours_on(&iface), [1, 1]);
     let cleanup =
         run(Command::new(mirror_tests::mirror_bin()).args(["cleanup", "--pin"]).arg(&pin)).unwrap();
     assert!(String::from_utf8_lossy(&cleanup.stdout).contains("2 pinned links"), "{cleanup:?}");
-    assert_eq!(ours_on(&iface), [0, 0], "mirror cleanup detaches");
+    assert_eq!(mirror_tests::ours_on(&iface), [0, 0], "mirror cleanup detaches");
     assert!(!pin.exists(), "mirror cleanup unpins");
 }
 
@@ -513,7 +505,7 @@ fn capabilities_are_checked_then_dropped_and_the_watch_socket_is_private() {
     let said = String::from_utf8_lossy(&without_perfmon.stderr);
     assert_eq!(without_perfmon.status.code(), Some(2), "{said}");
     assert!(said.contains("missing capability CAP_PERFMON"), "{said}");
-    assert_eq!(ours_on(&iface), [0, 0], "nothing attached without the capabilities");
+    assert_eq!(mirror_tests::ours_on(&iface), [0, 0], "nothing attached without the capabilities");
 
     let watch = [args.clone(), vec!["--watch-socket".into(), socket.clone()]].concat();
     let agent = AgentProcess::start(&watch, "mirror run: ready");
@@ -610,7 +602,7 @@ fn other_programs_on_the_hooks_still_see_every_packet() {
         "{status}"
     );
     agent.stop();
-    assert_eq!(ours_on(&iface), [1, 1], "the other TCX program stays (and only it)");
+    assert_eq!(mirror_tests::ours_on(&iface), [1, 1], "the other TCX program stays (and only it)");
     let qdiscs = run(Command::new("tc").args(["qdisc", "show", "dev", &iface])).unwrap();
     let filters =
         run(Command::new("tc").args(["filter", "show", "dev", &iface, "ingress"])).unwrap();
@@ -732,7 +724,11 @@ fn an_upgraded_agent_takes_the_links_over_with_new_maps() {
     send("/before");
     shadow.wait_for(1, WAIT);
     old.stop(); // SIGTERM, keeping everything attached
-    assert_eq!(ours_on(&topo.server_host_if), [1, 1], "kept attached for the next agent");
+    assert_eq!(
+        mirror_tests::ours_on(&topo.server_host_if),
+        [1, 1],
+        "kept attached for the next agent"
+    );
     let new = agent("2097152");
     assert_eq!(pinned_link_ids(&pin.0), links, "the same links");
     let new_maps = maps();
@@ -742,7 +738,7 @@ fn an_upgraded_agent_takes_the_links_over_with_new_maps() {
     send("/after");
     let seen = shadow.wait_for(2, WAIT);
     assert!(seen.iter().any(|r| r.target == "/after"), "{seen:?}");
-    assert_eq!(ours_on(&topo.server_host_if), [1, 1]);
+    assert_eq!(mirror_tests::ours_on(&topo.server_host_if), [1, 1]);
     drop(new); // SIGKILL: the pins stay, PinDir removes them
 }
 

@@ -551,15 +551,14 @@ impl MirrorConfig {
         }
     }
 
-    /// Checks that a new configuration changes nothing that only a restart can: the
-    /// metrics and admin addresses, keeping attached at exit, the ring size, pinning.
+    /// Checks that a new configuration changes nothing that only a restart can and that
+    /// the tap does not check itself (`Tap::reconfigure`: ring size, hooks, pinning, XDP):
+    /// the metrics and admin addresses, keeping attached at exit.
     pub(crate) fn unchanged_for_reload(&self, running: &MirrorConfig) -> Result<()> {
         let fixed = [
             ("metrics", self.metrics != running.metrics),
             ("admin", self.admin != running.admin),
             ("keepAttached", self.keep_attached != running.keep_attached),
-            ("ringBytes", self.ring_bytes != running.ring_bytes),
-            ("pin", self.pin != running.pin),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {
             bail!("{field}: cannot change while the agent runs (restart it)");
