@@ -8,6 +8,7 @@ pub mod browser;
 pub mod client;
 pub mod digest;
 pub mod frames;
+pub mod h2;
 pub mod json_service;
 pub mod netns;
 pub mod server;

@@ -88,6 +88,7 @@ async fn requests_come_out_exactly_as_sent(family: Family) {
                 assert!(r.request_id.is_some(), "every response is paired");
                 responses += 1;
             }
+            HttpEvent::H2(e) => panic!("no HTTP/2 here: {e:?}"),
         }
     }
     // Likewise the extracted responses are what the server wrote, but for the interim

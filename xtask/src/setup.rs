@@ -29,10 +29,15 @@ const PACKAGES: &[&str] = &[
     "buildah",
     "podman",
     "runc",
+    "nghttp2-client",
+    "nghttp2-server",
 ];
 /// Tools from PyPI the tests drive: (command, exact requirement). kubernetes-validate checks
 /// deploy/'s manifests against the schemas it ships with (no cluster, no network).
 const PYPI_TOOLS: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate==1.37.0")];
+/// Python modules from PyPI the tests import: (module, exact requirement). grpcio is the
+/// real gRPC service and client of the HTTP/2 tests.
+const PYPI_MODULES: &[(&str, &str)] = &[("grpc", "grpcio==1.76.0")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -92,7 +97,15 @@ fn missing_pypi() -> Vec<&'static str> {
         let out = Command::new(cmd).arg("--version").output();
         matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains(version))
     };
-    PYPI_TOOLS.iter().filter(|t| !installed(t)).map(|(_, req)| *req).collect()
+    let imported = |(module, req): &(&str, &str)| {
+        let version = req.rsplit("==").next().unwrap_or_default();
+        let script = format!("import {module}; print({module}.__version__)");
+        let out = Command::new("python3").args(["-c", &script]).output();
+        matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == version)
+    };
+    let tools = PYPI_TOOLS.iter().filter(|t| !installed(t));
+    let modules = PYPI_MODULES.iter().filter(|m| !imported(m));
+    tools.chain(modules).map(|(_, req)| *req).collect()
 }
 
 fn install_pypi() -> Result<()> {

@@ -21,4 +21,5 @@ pub mod privileges;
 pub mod replay;
 pub mod rewrite;
 pub mod select;
+mod streams;
 pub mod watch;

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::accept::AcceptBackoff;
 
-use mirror_shadow::{Answer, CopyInfo, DropReason, ResultSink};
+use mirror_shadow::{Answer, CopyInfo, DropReason, GrpcAnswer, ResultSink};
 
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -45,6 +45,13 @@ pub struct Metrics {
     /// Requests that matched no rule, and requests that could not be copied: handles kept
     /// so the per-request path does not build label sets.
     pub not_matched: Counter,
+    /// HTTP/2 streams whose pseudo-fields make no request to copy.
+    pub uncopyable: Counter,
+    /// Length-prefixed messages of mirrored gRPC requests.
+    grpc_request_messages: Counter,
+    /// Shadows' gRPC answers by `grpc-status`, and their messages.
+    shadow_grpc_status: Family<Labels, Counter>,
+    shadow_grpc_messages: Family<Labels, Counter>,
     shadow_not_sampled: Family<Labels, Counter>,
     shadow_requests: Family<Labels, Counter>,
     shadow_dropped: Family<Labels, Counter>,
@@ -82,6 +89,25 @@ impl Default for Metrics {
         let skipped: Family<Labels, Counter> = Family::default();
         registry.register("requests_skipped", "Requests not mirrored, by reason", skipped.clone());
         let not_matched = skipped.get_or_create(&label("reason", "not_matched")).clone();
+        let uncopyable = skipped.get_or_create(&label("reason", "uncopyable")).clone();
+        let grpc_request_messages = Counter::default();
+        registry.register(
+            "grpc_request_messages",
+            "Length-prefixed messages of the gRPC requests mirrored",
+            grpc_request_messages.clone(),
+        );
+        let shadow_grpc_status = Family::default();
+        registry.register(
+            "shadow_grpc_status",
+            "gRPC calls answered by a shadow, by grpc-status (missing: none in the answer)",
+            shadow_grpc_status.clone(),
+        );
+        let shadow_grpc_messages = Family::default();
+        registry.register(
+            "shadow_grpc_messages",
+            "Length-prefixed messages in a shadow's gRPC answers",
+            shadow_grpc_messages.clone(),
+        );
         let shadow_not_sampled = Family::default();
         registry.register(
             "shadow_not_sampled",
@@ -135,6 +161,10 @@ impl Default for Metrics {
             reassembly,
             http,
             not_matched,
+            uncopyable,
+            grpc_request_messages,
+            shadow_grpc_status,
+            shadow_grpc_messages,
             shadow_not_sampled,
             shadow_requests,
             shadow_dropped,
@@ -145,6 +175,9 @@ impl Default for Metrics {
         }
     }
 }
+
+/// gRPC's status codes, 0 (OK) to 16 (UNAUTHENTICATED).
+const GRPC_CODES: usize = 17;
 
 /// Latency buckets from 0.5 ms to about 16 s.
 fn latency_histogram() -> Histogram {
@@ -178,6 +211,13 @@ impl Metrics {
         }
     }
 
+    /// A mirrored gRPC request ended with this many messages (None: not gRPC).
+    pub fn grpc_request_messages(&self, messages: Option<u64>) {
+        if let Some(n) = messages {
+            self.grpc_request_messages.inc_by(n);
+        }
+    }
+
     /// Handles for one shadow's metrics.
     pub fn shadow(&self, shadow: &str) -> ShadowMetrics {
         let with =
@@ -191,6 +231,14 @@ impl Metrics {
             latency: self.shadow_latency.get_or_create(&label("shadow", shadow)).clone(),
             queue_depth: self.shadow_queue.get_or_create(&label("shadow", shadow)).clone(),
             pipeline_depth: self.shadow_pipeline.get_or_create(&label("shadow", shadow)).clone(),
+            grpc_status: std::array::from_fn(|code| {
+                let code = if code < GRPC_CODES { code.to_string() } else { "missing".into() };
+                self.shadow_grpc_status.get_or_create(&with("code", &code)).clone()
+            }),
+            grpc_messages: self
+                .shadow_grpc_messages
+                .get_or_create(&label("shadow", shadow))
+                .clone(),
             pipelining_off: Mutex::default(),
         }
     }
@@ -233,6 +281,9 @@ pub struct ShadowMetrics {
     latency: Histogram,
     pub queue_depth: Gauge,
     pub pipeline_depth: Gauge,
+    /// gRPC answers by `grpc-status` 0..=16, then those without one (or another value).
+    grpc_status: [Counter; GRPC_CODES + 1],
+    grpc_messages: Counter,
     /// Why pipelining was turned off, if it was.
     pipelining_off: Mutex<Option<String>>,
 }
@@ -242,6 +293,13 @@ impl ShadowMetrics {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].inc();
         self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// A gRPC answer: its `grpc-status` and messages.
+    pub fn grpc(&self, grpc: &GrpcAnswer) {
+        let code = grpc.status.map_or(GRPC_CODES, |c| usize::from(c).min(GRPC_CODES));
+        self.grpc_status[code].inc();
+        self.grpc_messages.inc_by(grpc.messages);
     }
 
     pub fn dropped(&self, reason: DropReason) {
@@ -271,6 +329,9 @@ pub struct ShadowResults {
 impl ResultSink for ShadowResults {
     fn answered(&self, shadow: &str, copy: &CopyInfo, answer: &Answer) {
         self.metrics.answered(answer.status, answer.elapsed);
+        if let Some(grpc) = &answer.grpc {
+            self.metrics.grpc(grpc);
+        }
         if let Some(next) = &self.next {
             next.answered(shadow, copy, answer);
         }

@@ -16,8 +16,12 @@ use std::{
 use http::Uri;
 use mirror_capture::{CaptureSource, Segment};
 use mirror_flow::{FlowDriver, FlowSink, FlowTable, ReassemblyConfig, ReassemblyStats};
-use mirror_http::{extractor, HttpConfig, HttpConnection, HttpEvent, HttpRequest, HttpStats};
-use mirror_shadow::{ClientConfig, Limits, OwnSockets, ResultSink, ShadowClient, ShadowOptions};
+use mirror_http::{
+    extractor, H2Event, H2Fields, HttpConfig, HttpConnection, HttpEvent, HttpRequest, HttpStats,
+};
+use mirror_shadow::{
+    ClientConfig, Limits, OwnSockets, ResultSink, ShadowClient, ShadowOptions, StreamCopy,
+};
 use mirror_tap::KernelCounters;
 
 use crate::{
@@ -25,6 +29,7 @@ use crate::{
     metrics::{Metrics, ShadowMetrics, ShadowResults, Stage},
     rewrite::{HeaderEdits, HostRewrite, Rewriter},
     select::{MatchRule, RequestMatcher, Sampler},
+    streams::StreamCopies,
     watch::Publisher,
 };
 
@@ -64,7 +69,7 @@ pub struct MirrorSettings {
     pub compare: Option<CompareSettings>,
 }
 
-struct Shadow {
+pub(crate) struct Shadow {
     client: ShadowClient,
     percent: f64,
     metrics: Arc<ShadowMetrics>,
@@ -118,6 +123,8 @@ pub struct Mirroring {
 pub struct Shared {
     metrics: Arc<Metrics>,
     queued: Arc<AtomicUsize>,
+    /// HTTP/2 copies not finished, every worker's.
+    streams: Arc<AtomicUsize>,
     own: OwnSockets,
     results: Option<Arc<dyn ResultSink>>,
     /// Workers the per-shadow limits (in flight, queue, rate) are divided among.
@@ -134,6 +141,7 @@ impl Shared {
         Shared {
             metrics: Arc::new(Metrics::with_compare(verdicts.clone())),
             queued: Arc::new(AtomicUsize::new(0)),
+            streams: Arc::new(AtomicUsize::new(0)),
             own: OwnSockets::default(),
             results,
             workers: workers.max(1),
@@ -186,6 +194,7 @@ impl Shared {
         metrics.pipeline_depth.set(limits.pipeline.min(settings.limits.max_in_flight) as i64);
         let options = ShadowOptions {
             queued_bytes: self.queued.clone(),
+            unfinished_streams: self.streams.clone(),
             own: self.own.clone(),
             mark: OWN_MARK,
             tls: target.tls.clone(),
@@ -255,6 +264,7 @@ impl Shared {
             stages,
             shadows,
             comparer,
+            streams: StreamCopies::default(),
             captured_requests: 0,
             worker,
         }
@@ -337,10 +347,12 @@ impl Mirroring {
         self.dispatch.shadows.iter().map(|s| s.offered).sum()
     }
 
-    /// Waits (up to one per-copy timeout) for the copies already queued to finish.
+    /// Waits (up to one per-copy timeout) for the copies already queued to finish, HTTP/2
+    /// streams' copies included.
     pub async fn settle(&self) {
         let deadline = tokio::time::Instant::now() + self.timeout + Duration::from_millis(200);
-        while self.shared.queued.load(Ordering::Relaxed) > 0
+        let busy = |n: &AtomicUsize| n.load(Ordering::Relaxed) > 0;
+        while (busy(&self.shared.queued) || busy(&self.shared.streams))
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -397,6 +409,8 @@ pub(crate) struct Dispatch {
     pub(crate) stages: Stages,
     shadows: Vec<Shadow>,
     comparer: Option<Comparer>,
+    /// HTTP/2 streams whose copies are still being sent.
+    streams: StreamCopies,
     captured_requests: u64,
     /// The worker's number, which its counters are synced into the metrics under.
     worker: usize,
@@ -422,6 +436,10 @@ impl FlowSink<HttpConnection> for Dispatch {
                 if let Some(c) = &mut self.comparer {
                     c.primary(&resp);
                 }
+            }
+            HttpEvent::H2(e) => {
+                let id = &mut self.captured_requests;
+                self.streams.event(e, id, &mut self.stages, &mut self.shadows)
             }
         }
     }
@@ -488,6 +506,48 @@ impl Stages {
         if let (Some(watch), false) = (&self.watch, sent_to.is_empty()) {
             watch.mirrored(req, &sent_to);
         }
+    }
+}
+
+impl Stages {
+    /// Opens the copies of HTTP/2 stream number `id` (counted with the HTTP/1 requests) to
+    /// the shadows that sample it.
+    pub(crate) fn open_streams(
+        &mut self,
+        id: u64,
+        e: &H2Event,
+        fields: &H2Fields,
+        end_stream: bool,
+        shadows: &mut [Shadow],
+    ) -> Vec<StreamCopy> {
+        if !self.matcher.matches(fields) {
+            self.metrics.not_matched.inc();
+            return Vec::new();
+        }
+        let mut head = None;
+        let mut copies = Vec::new();
+        let mut sent_to: Vec<&str> = Vec::new();
+        for shadow in shadows.iter_mut() {
+            if !self.sampler.sample(shadow.percent, fields) {
+                shadow.metrics.not_sampled.inc();
+                continue;
+            }
+            let head =
+                head.get_or_insert_with(|| self.rewriter.h2_head(fields, e.conn.client.ip()));
+            let Some(head) = head.clone() else {
+                self.metrics.uncopyable.inc();
+                return Vec::new();
+            };
+            if let Ok(copy) = shadow.client.open_stream(id, head, end_stream) {
+                shadow.offered += 1;
+                sent_to.push(shadow.client.authority());
+                copies.push(copy);
+            }
+        }
+        if let (Some(watch), false) = (&self.watch, sent_to.is_empty()) {
+            watch.mirrored_stream(e, fields, &sent_to);
+        }
+        copies
     }
 }
 

@@ -11,7 +11,7 @@ use std::{fmt::Write as _, net::IpAddr};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 
-use mirror_http::{FieldLine, Head};
+use mirror_http::{FieldLine, H2Fields, Head, RequestView};
 use mirror_shadow::ShadowRequest;
 
 /// Envoy's shadow host: `host:port` -> `host-shadow:port`, `host` -> `host-shadow`,
@@ -166,6 +166,99 @@ impl Rewriter {
         if !seen.forwarded {
             let _ = write!(buf, "X-Forwarded-For: {client}\r\n");
         }
+    }
+}
+
+/// Fields HTTP/2 forbids (RFC 9113 section 8.2.2), never in a stream's copy; a captured
+/// stream should not have them, an h2c upgrade's request does.
+const CONNECTION_SPECIFIC: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+impl Rewriter {
+    /// The head of an HTTP/2 stream's copy: `:authority` rewritten by the Host rule, the
+    /// edits applied, the client appended to X-Forwarded-For; the other fields as captured,
+    /// in their order. None if the captured pseudo-fields make no request URI.
+    pub fn h2_head(&self, fields: &H2Fields, client: IpAddr) -> Option<http::request::Parts> {
+        let authority = fields.authority().unwrap_or_default();
+        let authority = match &self.host {
+            HostRewrite::Keep => authority.to_vec(),
+            HostRewrite::Literal(v) => v.as_bytes().to_vec(),
+            HostRewrite::ShadowSuffix => {
+                let (host, port) = split_port(authority);
+                [host, b"-shadow", port].concat()
+            }
+        };
+        let scheme = fields.get(":scheme").unwrap_or(b"http");
+        let uri = http::Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(fields.target())
+            .build()
+            .ok()?;
+        let method = http::Method::from_bytes(fields.method().as_bytes()).ok()?;
+        let (mut parts, ()) = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .version(http::Version::HTTP_2)
+            .body(())
+            .ok()?
+            .into_parts();
+        self.h2_fields(fields, client, &mut parts.headers);
+        Some(parts)
+    }
+
+    fn h2_fields(&self, fields: &H2Fields, client: IpAddr, headers: &mut http::HeaderMap) {
+        let edits = &self.edits;
+        let mut forwarded = false;
+        for (name, value) in fields.iter() {
+            let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            else {
+                continue; // pseudo-fields, and what HTTP/2 could not carry anyway
+            };
+            if edits.remove.contains(&name)
+                || edits.set.iter().any(|(n, _)| *n == name)
+                || name == http::header::HOST
+                || CONNECTION_SPECIFIC.contains(&name.as_str())
+                || (name == http::header::TE && value != "trailers")
+            {
+                continue;
+            }
+            if name == "x-forwarded-for" && !forwarded {
+                forwarded = true;
+                let mut v = value.as_bytes().to_vec();
+                let _ = write!(ByteWriter(&mut v), ", {client}");
+                if let Ok(v) = HeaderValue::from_bytes(&v) {
+                    headers.append(name, v);
+                }
+                continue;
+            }
+            headers.append(name, value);
+        }
+        for (name, value) in edits.set.iter().chain(&edits.add) {
+            headers.append(name.clone(), value.clone());
+        }
+        if !forwarded {
+            if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+                headers.append("x-forwarded-for", v);
+            }
+        }
+    }
+}
+
+/// `write!` into a byte vector.
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 

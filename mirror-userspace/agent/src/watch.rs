@@ -13,7 +13,7 @@ use tokio::{
     sync::broadcast::{self, error::RecvError},
 };
 
-use mirror_http::HttpRequest;
+use mirror_http::{H2Event, H2Fields, HttpRequest, RequestView};
 
 /// One line of the watch stream (JSON, tagged by `type`): the agent writes them, `mirror
 /// dump --watch` reads them back with the same types.
@@ -46,6 +46,9 @@ pub struct MirroredRequest {
     /// The pod the server is in, when the agent follows pods and knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// HTTP/2: the stream's id (its body follows the line, so `body_bytes` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u32>,
 }
 
 impl WatchEvent {
@@ -174,6 +177,29 @@ impl Publisher {
             body_bytes: req.body.len(),
             shadows: shadows.iter().map(|s| s.to_string()).collect(),
             pod: self.pods.as_ref().and_then(|p| p.of(req.conn.server.ip())),
+            stream: None,
+        }));
+        let _ = self.tx.send(event.to_line().into());
+    }
+
+    /// Publishes a mirrored HTTP/2 stream (at its request headers) and its shadows.
+    pub fn mirrored_stream(&self, e: &H2Event, fields: &H2Fields, shadows: &[&str]) {
+        if !self.watched() {
+            return;
+        }
+        let event = WatchEvent::Mirrored(Box::new(MirroredRequest {
+            ts_ns: e.ts_ns,
+            client: e.conn.client,
+            server: e.conn.server,
+            method: fields.method().to_owned(),
+            host: fields.authority().map(|h| String::from_utf8_lossy(h).into_owned()),
+            target: fields.target().to_owned(),
+            version: "HTTP/2".to_owned(),
+            head_bytes: fields.iter().map(|(n, v)| n.len() + v.len()).sum(),
+            body_bytes: 0,
+            shadows: shadows.iter().map(|s| s.to_string()).collect(),
+            pod: self.pods.as_ref().and_then(|p| p.of(e.conn.server.ip())),
+            stream: Some(e.stream),
         }));
         let _ = self.tx.send(event.to_line().into());
     }
@@ -200,6 +226,7 @@ mod tests {
             body_bytes: 0,
             shadows: vec!["s:80".into()],
             pod: None,
+            stream: None,
         }));
         let line = event.to_line();
         assert!(

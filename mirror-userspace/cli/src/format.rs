@@ -9,7 +9,7 @@ use serde_json::json;
 
 use mirror_capture::{frame::encode_ip, tcp_flags, Segment};
 use mirror_flow::ConnId;
-use mirror_http::{HttpEvent, HttpRequest, HttpResponse};
+use mirror_http::{H2Event, H2Fields, H2Part, HttpEvent, HttpRequest, HttpResponse, RequestView};
 
 /// How the time of a line is shown (tcpdump's default, `-t`, `-tt`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,10 +236,30 @@ struct Pending {
     ts_ns: u64,
 }
 
+/// An HTTP/2 stream whose response has not ended yet.
+struct H2Pending {
+    request: Pending,
+    status: Option<u16>,
+    body: u64,
+}
+
+/// Requests (and HTTP/2 streams) remembered for their responses; beyond this, responses
+/// are shown unpaired.
+const MAX_PENDING: usize = 100_000;
+
 /// Prints `--http` lines (or their JSON form), pairing responses with requests.
 #[derive(Default)]
 pub(crate) struct HttpPrinter {
     requests: HashMap<(ConnId, u64), Pending>,
+    streams: HashMap<(ConnId, u32), H2Pending>,
+}
+
+fn lossy_opt(v: Option<&[u8]>) -> Option<String> {
+    v.map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn lossy(v: Option<&[u8]>) -> String {
+    lossy_opt(v).unwrap_or_default()
 }
 
 impl HttpPrinter {
@@ -253,7 +273,129 @@ impl HttpPrinter {
         match event {
             HttpEvent::Request(r) => self.request(r, time_style, json, out),
             HttpEvent::Response(r) => self.response(r, time_style, json, out),
+            HttpEvent::H2(e) => self.h2(e, time_style, json, out),
         }
+    }
+
+    /// HTTP/2: a line when a stream's request headers arrive, and one when its response
+    /// ends (with `:status` and, for gRPC, the trailers' `grpc-status`) or it is reset.
+    fn h2(
+        &mut self,
+        e: &H2Event,
+        ts: TimeStyle,
+        json: bool,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        let key = (e.conn, e.stream);
+        let ended = match (&e.part, e.dir) {
+            (H2Part::Headers { fields, .. }, mirror_capture::Direction::Request) => {
+                return self.h2_request(e, fields, ts, json, out);
+            }
+            (H2Part::Headers { fields, end_stream }, _) => {
+                if let Some(p) = self.streams.get_mut(&key) {
+                    p.status = fields.status();
+                }
+                // A gRPC Trailers-Only response carries its grpc-status in the headers.
+                end_stream.then(|| lossy_opt(fields.get("grpc-status")))
+            }
+            (H2Part::Data { bytes, end_stream }, dir) => {
+                if let (Some(p), mirror_capture::Direction::Response) =
+                    (self.streams.get_mut(&key), dir)
+                {
+                    p.body += bytes.len() as u64;
+                }
+                (*end_stream && dir == mirror_capture::Direction::Response).then_some(None)
+            }
+            (H2Part::Trailers(fields), mirror_capture::Direction::Response) => {
+                Some(lossy_opt(fields.get("grpc-status")))
+            }
+            (H2Part::Trailers(_), _) => None,
+            (H2Part::Reset(reason), _) => {
+                let Some(p) = self.streams.remove(&key) else { return Ok(()) };
+                let reason = format!("{reason:?}");
+                if json {
+                    let v = json!({
+                        "type": "h2_reset", "ts_ns": e.ts_ns, "client": e.conn.client.to_string(),
+                        "server": e.conn.server.to_string(), "stream": e.stream, "reason": reason,
+                        "request_method": p.request.method, "request_target": p.request.target,
+                    });
+                    return writeln!(out, "{v}");
+                }
+                return writeln!(
+                    out,
+                    "{}{} < {}: h2 stream {} reset ({reason}) for {} {}",
+                    time(ts, e.ts_ns),
+                    endpoint(e.conn.client),
+                    endpoint(e.conn.server),
+                    e.stream,
+                    p.request.method,
+                    p.request.target
+                );
+            }
+        };
+        let Some(grpc_status) = ended else { return Ok(()) };
+        let Some(p) = self.streams.remove(&key) else { return Ok(()) };
+        let us = e.ts_ns.saturating_sub(p.request.ts_ns) / 1000;
+        let status = p.status.unwrap_or(0);
+        if json {
+            let v = json!({
+                "type": "h2_response", "ts_ns": e.ts_ns, "client": e.conn.client.to_string(),
+                "server": e.conn.server.to_string(), "stream": e.stream, "status": status,
+                "grpc_status": grpc_status, "body_bytes": p.body, "latency_us": us,
+                "request_method": p.request.method, "request_target": p.request.target,
+            });
+            return writeln!(out, "{v}");
+        }
+        let grpc = grpc_status.map(|g| format!(" grpc-status {g}")).unwrap_or_default();
+        writeln!(
+            out,
+            "{}{} < {}: h2 stream {} {status}{grpc} (body {}, {}.{:03} ms) for {} {}",
+            time(ts, e.ts_ns),
+            endpoint(e.conn.client),
+            endpoint(e.conn.server),
+            e.stream,
+            p.body,
+            us / 1000,
+            us % 1000,
+            p.request.method,
+            p.request.target
+        )
+    }
+
+    fn h2_request(
+        &mut self,
+        e: &H2Event,
+        fields: &H2Fields,
+        ts: TimeStyle,
+        json: bool,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        let (method, target) = (fields.method().to_owned(), fields.target().to_owned());
+        let authority = lossy(fields.authority());
+        if json {
+            let v = json!({
+                "type": "h2_request", "ts_ns": e.ts_ns, "client": e.conn.client.to_string(),
+                "server": e.conn.server.to_string(), "stream": e.stream, "method": method,
+                "authority": authority, "target": target, "version": "HTTP/2",
+                "content_type": lossy(fields.get("content-type")),
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "{}{} > {}: h2 stream {} {method} {authority} {target} ({} fields)",
+                time(ts, e.ts_ns),
+                endpoint(e.conn.client),
+                endpoint(e.conn.server),
+                e.stream,
+                fields.len()
+            )?;
+        }
+        if self.streams.len() < MAX_PENDING {
+            let request = Pending { method, target, ts_ns: e.ts_ns };
+            self.streams.insert((e.conn, e.stream), H2Pending { request, status: None, body: 0 });
+        }
+        Ok(())
     }
 
     fn request(
@@ -288,7 +430,7 @@ impl HttpPrinter {
                 r.head.version()
             )?;
         }
-        if self.requests.len() < 100_000 {
+        if self.requests.len() < MAX_PENDING {
             self.requests.insert((r.conn, r.id), Pending { method, target, ts_ns: r.first_ts_ns });
         }
         Ok(())

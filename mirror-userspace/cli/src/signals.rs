@@ -32,7 +32,18 @@ impl RequestLog {
 impl ResultSink for RequestLog {
     fn answered(&self, shadow: &str, copy: &CopyInfo, answer: &Answer) {
         let ms = answer.elapsed.as_secs_f64() * 1e3;
-        Self::line(shadow, copy, format_args!("{} in {ms:.1} ms", answer.status));
+        match &answer.grpc {
+            Some(g) => {
+                let status = g.status.map_or("-".into(), |s| s.to_string());
+                let (code, n) = (answer.status, g.messages);
+                Self::line(
+                    shadow,
+                    copy,
+                    format_args!("{code} grpc-status {status} ({n} messages) in {ms:.1} ms"),
+                )
+            }
+            None => Self::line(shadow, copy, format_args!("{} in {ms:.1} ms", answer.status)),
+        }
     }
 
     fn dropped(&self, shadow: &str, copy: &CopyInfo, reason: DropReason, error: &dyn fmt::Display) {
@@ -43,7 +54,9 @@ impl ResultSink for RequestLog {
             | DropReason::TlsUntrusted
             | DropReason::TlsExpired
             | DropReason::TlsNameMismatch
-            | DropReason::TlsError => {
+            | DropReason::TlsError
+            | DropReason::Cancelled
+            | DropReason::StreamBuffer => {
                 Self::line(shadow, copy, format_args!("{}: {error}", reason.name()))
             }
             DropReason::QueueFull | DropReason::ByteBudget | DropReason::RateLimited => {}

@@ -8,13 +8,13 @@
 use std::collections::VecDeque;
 
 use super::{
-    framer::{is_message_start, Decision, Frame, HttpFramer, Role},
+    framer::{Decision, Frame, HttpFramer, Role},
     head::{declared_body, BodyKind, Head, HeadError},
     response::{final_body, ResponseKind},
     HttpConfig, HttpEvent, HttpRequest, HttpResponse, HttpShared,
 };
 use mirror_capture::Direction;
-use mirror_flow::{ConnId, StreamConsumer, StreamEvent};
+use mirror_flow::{ConnId, StreamEvent};
 
 /// A request whose response has not been seen yet.
 #[derive(Clone, Copy, Debug)]
@@ -25,7 +25,7 @@ struct Outstanding {
 
 /// HTTP/1 state of one connection.
 #[derive(Debug)]
-pub struct HttpConnection {
+pub(crate) struct Http1Connection {
     requests: HttpFramer,
     responses: HttpFramer,
     outstanding: VecDeque<Outstanding>,
@@ -34,8 +34,8 @@ pub struct HttpConnection {
     scratch: Vec<Frame>,
 }
 
-impl HttpConnection {
-    pub fn new(config: &HttpConfig) -> Self {
+impl Http1Connection {
+    pub(crate) fn new(config: &HttpConfig) -> Self {
         Self {
             requests: HttpFramer::new(Role::Request, config.max_message_bytes, true),
             responses: HttpFramer::new(
@@ -124,23 +124,8 @@ impl HttpConnection {
     }
 }
 
-impl StreamConsumer for HttpConnection {
-    type Shared = HttpShared;
-    type Event = HttpEvent;
-
-    fn new(shared: &HttpShared) -> Self {
-        HttpConnection::new(&shared.config)
-    }
-
-    fn is_message_start(_shared: &HttpShared, dir: Direction, payload: &[u8]) -> bool {
-        let role = match dir {
-            Direction::Request => Role::Request,
-            Direction::Response => Role::Response,
-        };
-        is_message_start(role, payload)
-    }
-
-    fn on_stream(
+impl Http1Connection {
+    pub(crate) fn on_stream(
         &mut self,
         shared: &mut HttpShared,
         conn: &ConnId,
@@ -154,11 +139,11 @@ impl StreamConsumer for HttpConnection {
         }
     }
 
-    fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.requests.buffered() + self.responses.buffered()
     }
 
-    fn unneeded_ahead(&self, dir: Direction) -> u64 {
+    pub(crate) fn unneeded_ahead(&self, dir: Direction) -> u64 {
         match dir {
             Direction::Request => self.requests.unneeded_ahead(),
             Direction::Response => self.responses.unneeded_ahead(),

@@ -1,19 +1,26 @@
-//! HTTP/1.x framing: where ordered byte streams become requests and responses.
+//! HTTP framing: where ordered byte streams become requests and responses.
 //!
-//! [`HttpConnection`] is the [`mirror_flow::StreamConsumer`] of the flow table: per
-//! connection, an [`HttpFramer`] per direction cuts the stream into messages (httparse parses
-//! the heads), and responses are paired with their requests in order.
+//! [`HttpConnection`] is the [`mirror_flow::StreamConsumer`] of the flow table. It tells
+//! the versions apart by the client's first bytes (`connection`). For HTTP/1 an
+//! `HttpFramer` per direction cuts the stream into messages (httparse parses the heads),
+//! and responses are paired with their requests in order (`exchange`). HTTP/2 connections
+//! become stream events, headers, data and trailers as they arrive ([`h2`]).
 mod chunked;
 pub use chunked::{decode_chunked, ChunkedError};
+mod connection;
 mod exchange;
 mod framer;
+mod grpc;
+pub mod h2;
 mod head;
 mod response;
 mod view;
 
 use bytes::Bytes;
-pub use exchange::HttpConnection;
+pub use connection::HttpConnection;
 use framer::{Frame, Role};
+pub use grpc::{is_grpc, GrpcMessages};
+pub use h2::{H2Event, H2Fields, H2Part, ResetReason};
 pub use head::{FieldLine, Head, HeadError};
 pub use response::{ClientResponse, ReadError, ResponseReader};
 pub use view::{RequestView, Version};
@@ -73,6 +80,20 @@ mirror_common::counter_set! {
         resync_skipped_bytes,
         /// Messages cut off by the end of their stream.
         incomplete_at_end,
+        /// Connections that spoke HTTP/2 (its preface, or frames when joined mid-stream).
+        h2_connections,
+        /// HTTP/2 streams opened by a client's request headers.
+        h2_streams,
+        /// HTTP/2 connections given up: joined mid-stream, bytes never captured, an HPACK
+        /// or protocol error, a header block over the cap. Their streams are not guessed.
+        h2_out_of_sync,
+        /// HTTP/2 connections given up on a protocol error (also in `h2_out_of_sync`).
+        h2_protocol_errors,
+        /// HTTP/2 streams ended early: RST_STREAM, GOAWAY, the connection's end or loss.
+        h2_reset_streams,
+        /// HTTP/2 streams not followed: above a GOAWAY's last stream, beyond the streams
+        /// followed per connection, or with header lists over the cap.
+        h2_refused_streams,
     }
 }
 
@@ -157,6 +178,8 @@ impl HttpResponse {
 pub enum HttpEvent {
     Request(HttpRequest),
     Response(HttpResponse),
+    /// A part of an HTTP/2 stream.
+    H2(H2Event),
 }
 
 /// The reassembly and framing stages together: segments in, HTTP events out.

@@ -1,9 +1,9 @@
-//! A short run of the fuzz target inside the test suite: every input of the committed corpus
-//! (fuzz/corpus/segments, grown by `cargo fuzz run segments`) and deterministic mutations of
+//! A short run of the fuzz targets inside the test suite: every input of a committed corpus
+//! (fuzz/corpus/<target>, grown by `cargo fuzz run <target>`) and deterministic mutations of
 //! it go through reassembly and framing with the fuzz target's invariant checks.
 use std::path::Path;
 
-use mirror_testkit::fuzz_extract;
+use mirror_testkit::{fuzz_extract, fuzz_h2};
 
 /// xorshift64: deterministic, no dependency.
 fn next(state: &mut u64) -> u64 {
@@ -15,14 +15,23 @@ fn next(state: &mut u64) -> u64 {
 
 #[test]
 fn corpus_and_mutations_keep_the_invariants() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/segments");
+    replay("segments", fuzz_extract);
+}
+
+#[test]
+fn h2_corpus_and_mutations_keep_the_invariants() {
+    replay("h2", fuzz_h2);
+}
+
+fn replay(target: &str, run: fn(&[u8])) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
     let mut corpus: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .expect("fuzz corpus")
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
         .collect();
     assert!(corpus.len() >= 4, "corpus at {}", dir.display());
     for input in &corpus {
-        fuzz_extract(input);
+        run(input);
     }
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let seeds = corpus.len();
@@ -39,7 +48,7 @@ fn corpus_and_mutations_keep_the_invariants() {
                 input[i] ^= next(&mut rng) as u8;
             }
         }
-        fuzz_extract(&input);
+        run(&input);
         corpus.push(input);
     }
 }

@@ -125,7 +125,7 @@ proptest! {
             .iter()
             .filter_map(|e| match e {
                 HttpEvent::Request(r) => Some(r.to_bytes()),
-                HttpEvent::Response(_) => None,
+                _ => None,
             })
             .collect();
         prop_assert_eq!(got, requests);

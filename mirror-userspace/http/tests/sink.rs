@@ -40,6 +40,7 @@ async fn requests_and_responses_arrive_paired_with_identity_and_time() {
         match e {
             HttpEvent::Request(r) => requests.push(r),
             HttpEvent::Response(r) => responses.push(r),
+            HttpEvent::H2(e) => panic!("no HTTP/2 here: {e:?}"),
         }
     }
     assert_eq!((requests.len(), responses.len()), (5, 5));

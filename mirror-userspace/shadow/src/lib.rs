@@ -21,13 +21,15 @@ use http::Uri;
 use tokio::sync::mpsc;
 
 mod connect;
+mod h2;
 mod outcome;
 mod pipelined;
 mod tls;
 
 pub use connect::OwnSockets;
+pub use h2::{StreamCopy, STREAM_PIECES};
 use outcome::Outcomes;
-pub use outcome::{Answer, CopyInfo, DropReason, ResultSink};
+pub use outcome::{Answer, CopyInfo, DropReason, GrpcAnswer, ResultSink};
 pub use rustls::ClientConfig;
 pub use tls::{TlsOptions, TlsSetupError};
 
@@ -135,6 +137,9 @@ impl RateLimit {
 pub struct ShadowOptions {
     /// Shared by all shadows: one byte budget (`limits.max_queued_bytes`) across them.
     pub queued_bytes: Arc<AtomicUsize>,
+    /// HTTP/2 copies started and not finished, added to by every shadow given it (so that
+    /// one can wait for all of them).
+    pub unfinished_streams: Arc<AtomicUsize>,
     /// Where the client registers its connections' local addresses.
     pub own: OwnSockets,
     /// SO_MARK of every connection (0: none), which the kernel tap ignores.
@@ -159,6 +164,8 @@ pub struct ShadowClient {
     rate: Option<Mutex<RateLimit>>,
     label_copies: bool,
     sink: Arc<dyn ResultSink>,
+    /// HTTP/2 streams' copies, on a connection of their own.
+    h2: Arc<h2::H2Shadow>,
 }
 
 impl ShadowClient {
@@ -192,6 +199,10 @@ impl ShadowClient {
             keep_responses: options.keep_body.is_some(),
             sink: options.sink.clone(),
         };
+        let h2_tls = h2::h2_tls(options.tls.clone());
+        let h2_endpoint = connect::Endpoint::new(uri, options.mark, options.own.clone(), h2_tls);
+        let unfinished = options.unfinished_streams.clone();
+        let h2 = h2::H2Shadow::new(h2_endpoint, limits, outcomes.clone(), unfinished);
         let endpoint = connect::Endpoint::new(uri, options.mark, options.own.clone(), options.tls);
         let keep_body = options.keep_body.unwrap_or(0);
         let connections = pipelined::Pipelines::new(endpoint, limits, keep_body, outcomes, rx);
@@ -207,6 +218,7 @@ impl ShadowClient {
             rate,
             label_copies: options.label_copies,
             sink: options.sink,
+            h2: Arc::new(h2),
         }
     }
 
@@ -219,6 +231,34 @@ impl ShadowClient {
         let label = self.label_copies.then(|| label(&request));
         let job = Job { request, info: CopyInfo { id, label }, attempts: 0 };
         self.try_offer(job).map_err(|(reason, info)| {
+            self.sink.dropped(&self.authority, &info, reason, &reason.name());
+            reason
+        })
+    }
+
+    /// Starts the copy of an HTTP/2 stream: `head` as it goes to the shadow (`:authority`
+    /// from its URI), its body pushed into the returned [`StreamCopy`] as it is captured
+    /// (`end_stream`: there is none). Or drops it (told to the sink) if a limit is reached.
+    /// Never waits.
+    pub fn open_stream(
+        &self,
+        id: u64,
+        head: http::request::Parts,
+        end_stream: bool,
+    ) -> Result<StreamCopy, DropReason> {
+        let label = self.label_copies.then(|| {
+            let host = head.uri.authority().map_or("-", |a| a.as_str());
+            let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+            format!("{} {path} :authority: {host}", head.method).into()
+        });
+        let info = CopyInfo { id, label };
+        if let Some(rate) = &self.rate {
+            if !rate.lock().expect("not poisoned").allow() {
+                self.sink.dropped(&self.authority, &info, DropReason::RateLimited, &"rate_limited");
+                return Err(DropReason::RateLimited);
+            }
+        }
+        self.h2.open(info, head, end_stream).map_err(|(reason, info)| {
             self.sink.dropped(&self.authority, &info, reason, &reason.name());
             reason
         })

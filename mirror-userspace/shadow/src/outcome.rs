@@ -25,6 +25,10 @@ mirror_common::named_enum! {
         TlsNameMismatch = "tls_name_mismatch",
         /// TLS: any other handshake failure or alert (a client certificate refused...).
         TlsError = "tls_error",
+        /// HTTP/2: the captured stream was reset (or the copy abandoned) before it ended.
+        Cancelled = "cancelled",
+        /// HTTP/2: the shadow did not take a stream's DATA as fast as it was captured.
+        StreamBuffer = "stream_buffer",
     }
 }
 
@@ -46,6 +50,17 @@ pub struct Answer {
     /// The response's head, and its body as sent up to [`crate::ShadowOptions::keep_body`]
     /// bytes; only when the client keeps responses.
     pub response: Option<ClientResponse>,
+    /// An HTTP/2 copy's gRPC outcome, if the answer was gRPC.
+    pub grpc: Option<GrpcAnswer>,
+}
+
+/// What a shadow answered to a gRPC call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrpcAnswer {
+    /// `grpc-status` of its trailers (or of a Trailers-Only response); None if missing.
+    pub status: Option<u16>,
+    /// Length-prefixed messages in the answer.
+    pub messages: u64,
 }
 
 /// Receives the outcome of every copy offered to a shadow: answered, or dropped with a reason.
@@ -66,6 +81,7 @@ pub trait ResultSink: Send + Sync + 'static {
 
 /// What happens once a copy is answered or abandoned: the sink is told, the byte budget
 /// released.
+#[derive(Clone)]
 pub(crate) struct Outcomes {
     pub(crate) shadow: Arc<str>,
     pub(crate) timeout: Duration,
@@ -86,9 +102,19 @@ impl Outcomes {
         response: Option<ClientResponse>,
     ) {
         let response = response.filter(|_| self.keep_responses);
-        let answer = Answer { status, elapsed: start.elapsed(), response };
+        let answer = Answer { status, elapsed: start.elapsed(), response, grpc: None };
         self.sink.answered(&self.shadow, copy, &answer);
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// An HTTP/2 copy's answer (its bytes were given back as the shadow took them).
+    pub(crate) fn answered_h2(&self, copy: &CopyInfo, start: Instant, answer: crate::h2::H2Answer) {
+        let grpc = answer
+            .grpc_messages
+            .map(|messages| GrpcAnswer { status: answer.grpc_status, messages });
+        let answer =
+            Answer { status: answer.status, elapsed: start.elapsed(), response: None, grpc };
+        self.sink.answered(&self.shadow, copy, &answer);
     }
 
     pub(crate) fn failed(

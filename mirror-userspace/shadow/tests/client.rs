@@ -88,6 +88,7 @@ fn start(addr: SocketAddr, limits: Limits, keep_body: Option<usize>) -> Started 
     let (fallback_tx, fallbacks) = watch::channel(0);
     let options = ShadowOptions {
         queued_bytes: Arc::new(AtomicUsize::new(0)),
+        unfinished_streams: Default::default(),
         own: OwnSockets::default(),
         mark: 0,
         tls: None,

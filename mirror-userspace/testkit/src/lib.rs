@@ -214,6 +214,74 @@ pub fn fuzz_extract(data: &[u8]) {
         }
     }
 }
+/// Runs arbitrary bytes as both directions of one HTTP/2 connection (the preface is
+/// supplied): each record is a control byte, bit 0 the direction and the rest the payload
+/// length, then the payload, as one segment. Checks after every segment that the
+/// connection's memory stays under its caps, and that every stream's events come in the
+/// order the protocol allows: headers first, nothing after its end or a reset.
+pub fn fuzz_h2(data: &[u8]) {
+    use mirror_flow::ReassemblyConfig;
+    use mirror_http::{extractor, H2Part, HttpConfig, HttpEvent};
+    use std::collections::HashMap;
+    let mut x = extractor(ReassemblyConfig::default(), HttpConfig::default());
+    let client: SocketAddr = "10.0.0.1:40000".parse().expect("literal");
+    let mut conv = Conversation::new(client, "10.0.0.2:50051".parse().expect("literal"), 1, 2);
+    let mut segments = conv.open();
+    segments.extend(conv.request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24));
+    let mut rest = data;
+    while let Some((&ctl, tail)) = rest.split_first() {
+        let len = usize::from(ctl >> 1).min(tail.len());
+        let (payload, tail) = tail.split_at(len);
+        rest = tail;
+        if payload.is_empty() {
+            continue;
+        }
+        let dir = if ctl & 1 == 0 { Direction::Request } else { Direction::Response };
+        segments.extend(match dir {
+            Direction::Request => conv.request(payload, len),
+            Direction::Response => conv.response(payload, len),
+        });
+    }
+    segments.extend(conv.close());
+    let mut events = Vec::new();
+    for seg in &segments {
+        x.push(seg, &mut events);
+        // Two directions, each a frame (256 KiB) and a header block (256 KiB) at most.
+        assert!(x.buffered() <= 4 * 256 * 1024 + 4096, "{} bytes held", x.buffered());
+    }
+    x.finish(&mut events);
+    assert_eq!((x.connections(), x.buffered()), (0, 0));
+    // Per stream and direction: 0 nothing yet, 1 headers seen, 2 ended.
+    let mut state: HashMap<(u32, bool), u8> = HashMap::new();
+    for e in &events {
+        let HttpEvent::H2(e) = e else { continue };
+        let done = |state: &HashMap<(u32, bool), u8>, req| state.get(&(e.stream, req)) == Some(&2);
+        if let H2Part::Reset(_) = e.part {
+            assert!(!(done(&state, true) && done(&state, false)), "reset of an ended stream");
+            state.insert((e.stream, true), 2);
+            state.insert((e.stream, false), 2);
+            continue;
+        }
+        let s = state.entry((e.stream, e.dir == Direction::Request)).or_default();
+        assert!(*s < 2, "stream {} {:?} went on after its end: {:?}", e.stream, e.dir, e.part);
+        match &e.part {
+            H2Part::Headers { end_stream, .. } => {
+                assert_eq!(*s, 0, "headers twice");
+                *s = if *end_stream { 2 } else { 1 };
+            }
+            H2Part::Data { end_stream, .. } => {
+                assert_eq!(*s, 1, "data before headers");
+                *s = if *end_stream { 2 } else { 1 };
+            }
+            H2Part::Trailers(_) => {
+                assert_eq!(*s, 1, "trailers before headers");
+                *s = 2;
+            }
+            H2Part::Reset(_) => {}
+        }
+    }
+}
+
 /// A source replaying segments held in memory, in batches of a fixed size.
 pub struct MemorySource {
     segments: VecDeque<Segment>,

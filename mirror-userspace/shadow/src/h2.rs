@@ -1,0 +1,527 @@
+//! HTTP/2 copies: each captured stream becomes a stream to the shadow, on one multiplexed
+//! connection per shadow and worker (hyper's HTTP/2 client: flow control, SETTINGS and HPACK
+//! towards the shadow are its own), opened on first use and again after it fails.
+//!
+//! A copy starts with the request's headers and its DATA follows as it is captured: a
+//! client-streaming or bidirectional call streams to the shadow while it goes on. What waits
+//! for the shadow's flow control is bounded twice: by frames per stream
+//! ([`STREAM_PIECES`]) and by the byte budget all copies share. A copy that would exceed
+//! either is cancelled (RST_STREAM to the shadow) and counted; the capture never waits.
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU8, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, Request};
+use http_body::{Body, Frame, SizeHint};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::{
+    connect::{Connected, Endpoint, OwnGuard, ShadowStream},
+    outcome::Outcomes,
+    CopyInfo, DropReason,
+};
+use mirror_http::GrpcMessages;
+
+/// Pieces (DATA payloads, trailers) of one stream waiting for the shadow to take them.
+pub const STREAM_PIECES: usize = 64;
+
+/// What goes down a copy's channel.
+enum Piece {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+}
+
+/// The request body of a copy: the pieces as they are captured. Ends when told to; a copy
+/// dropped before its end makes the body fail, which resets the shadow's stream rather than
+/// ending it cleanly with half a request.
+pub(crate) struct CopyBody {
+    rx: Option<mpsc::Receiver<Piece>>,
+    queued_bytes: Arc<AtomicUsize>,
+    /// Fired when the request is complete: the copy's timeout runs from there.
+    ended: Option<oneshot::Sender<()>>,
+}
+
+/// The copy's body failed: the captured stream was reset or the copy abandoned.
+#[derive(Debug, thiserror::Error)]
+#[error("the captured stream was cancelled")]
+pub(crate) struct Cancelled;
+
+impl CopyBody {
+    fn finish(&mut self) {
+        self.rx = None;
+        if let Some(ended) = self.ended.take() {
+            let _ = ended.send(());
+        }
+    }
+}
+
+impl Body for CopyBody {
+    type Data = Bytes;
+    type Error = Cancelled;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Cancelled>>> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let piece = std::task::ready!(rx.poll_recv(cx));
+        Poll::Ready(match piece {
+            Some(Piece::Data(bytes)) => {
+                self.queued_bytes.fetch_sub(bytes.len(), Ordering::Relaxed);
+                Some(Ok(Frame::data(bytes)))
+            }
+            Some(Piece::Trailers(trailers)) => {
+                self.finish();
+                Some(Ok(Frame::trailers(trailers)))
+            }
+            Some(Piece::End) => {
+                self.finish();
+                None
+            }
+            None => {
+                self.rx = None;
+                Some(Err(Cancelled))
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Drop for CopyBody {
+    /// Pieces never taken give their bytes back to the budget.
+    fn drop(&mut self) {
+        if let Some(rx) = self.rx.as_mut() {
+            rx.close();
+            while let Ok(piece) = rx.try_recv() {
+                if let Piece::Data(bytes) = piece {
+                    self.queued_bytes.fetch_sub(bytes.len(), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Why a copy was cancelled from the capture side (0: it was not), read by the copy's task
+/// when its exchange fails: the one place its outcome is reported.
+#[derive(Clone, Default)]
+struct CancelReason(Arc<AtomicU8>);
+
+impl CancelReason {
+    fn set(&self, reason: DropReason) {
+        let _ = self.0.compare_exchange(0, reason as u8 + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<DropReason> {
+        let n = self.0.load(Ordering::Relaxed);
+        DropReason::ALL.get(usize::from(n).checked_sub(1)?).copied()
+    }
+}
+
+/// The capture side of a copy: the agent pushes the stream's pieces into it as they arrive.
+/// Dropped without [`StreamCopy::end`] or [`StreamCopy::trailers`], the copy is cancelled.
+pub struct StreamCopy {
+    tx: Option<mpsc::Sender<Piece>>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
+    cancel: CancelReason,
+}
+
+impl StreamCopy {
+    /// The next DATA of the request. A copy the shadow does not keep up with is cancelled
+    /// (`Err` says why; the outcome is reported once, by the copy): push nothing more.
+    pub fn data(&mut self, bytes: Bytes) -> Result<(), DropReason> {
+        let Some(tx) = &self.tx else {
+            return Err(self.cancel.get().unwrap_or(DropReason::Cancelled));
+        };
+        let len = bytes.len();
+        let reason =
+            if self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > self.max_queued_bytes {
+                DropReason::ByteBudget
+            } else {
+                match tx.try_send(Piece::Data(bytes)) {
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => DropReason::StreamBuffer,
+                    // The copy already ended (the shadow answered or failed).
+                    Err(mpsc::error::TrySendError::Closed(_)) => DropReason::Error,
+                }
+            };
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        self.cancel(reason);
+        Err(reason)
+    }
+
+    /// Cancels the copy (the captured stream was reset, or a limit was reached).
+    pub fn cancel(&mut self, reason: DropReason) {
+        if self.tx.take().is_some() {
+            self.cancel.set(reason);
+        }
+    }
+
+    /// The request's trailers, which end it.
+    pub fn trailers(mut self, trailers: HeaderMap) {
+        self.close(Piece::Trailers(trailers));
+    }
+
+    /// The request ended (END_STREAM on its last DATA).
+    pub fn end(mut self) {
+        self.close(Piece::End);
+    }
+
+    fn close(&mut self, last: Piece) {
+        if let Some(tx) = self.tx.take() {
+            if tx.try_send(last).is_err() {
+                self.cancel.set(DropReason::StreamBuffer);
+            }
+        }
+    }
+}
+
+impl Drop for StreamCopy {
+    fn drop(&mut self) {
+        self.cancel(DropReason::Cancelled);
+    }
+}
+
+/// One shadow's HTTP/2 side, shared by its copies' tasks.
+pub(crate) struct H2Shadow {
+    endpoint: std::io::Result<Endpoint>,
+    connection: tokio::sync::Mutex<Option<SendRequest<CopyBody>>>,
+    in_flight: Arc<Semaphore>,
+    /// Copies started and not finished: in flight, or waiting for a slot (at most
+    /// `max_in_flight + queue_length`; beyond, copies are dropped as `queue_full`).
+    copies: Arc<AtomicUsize>,
+    max_copies: usize,
+    /// The same, summed with other shadows' ([`crate::ShadowOptions::unfinished_streams`]).
+    all_copies: Arc<AtomicUsize>,
+    outcomes: Outcomes,
+    max_queued_bytes: usize,
+}
+
+impl H2Shadow {
+    pub(crate) fn new(
+        endpoint: std::io::Result<Endpoint>,
+        limits: &crate::Limits,
+        outcomes: Outcomes,
+        all_copies: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            endpoint,
+            connection: tokio::sync::Mutex::new(None),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            copies: Arc::default(),
+            max_copies: limits.max_in_flight + limits.queue_length,
+            all_copies,
+            outcomes,
+            max_queued_bytes: limits.max_queued_bytes,
+        }
+    }
+
+    /// Starts a copy of a stream whose request head is `head` (its body follows through the
+    /// returned [`StreamCopy`]; `end_stream`: it has none).
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        copy: CopyInfo,
+        head: http::request::Parts,
+        end_stream: bool,
+    ) -> Result<StreamCopy, (DropReason, CopyInfo)> {
+        if self.copies.fetch_add(1, Ordering::Relaxed) >= self.max_copies {
+            self.copies.fetch_sub(1, Ordering::Relaxed);
+            return Err((DropReason::QueueFull, copy));
+        }
+        self.all_copies.fetch_add(1, Ordering::Relaxed);
+        let unfinished = Unfinished([self.copies.clone(), self.all_copies.clone()]);
+        let queued_bytes = self.outcomes.queued_bytes.clone();
+        let (tx, rx) = mpsc::channel(STREAM_PIECES);
+        let (ended, ended_rx) = oneshot::channel();
+        let mut body =
+            CopyBody { rx: Some(rx), queued_bytes: queued_bytes.clone(), ended: Some(ended) };
+        if end_stream {
+            body.finish();
+        }
+        let request = Request::from_parts(head, body);
+        let cancel = CancelReason::default();
+        tokio::spawn(self.clone().send(copy, request, ended_rx, cancel.clone(), unfinished));
+        let tx = (!end_stream).then_some(tx);
+        Ok(StreamCopy { tx, queued_bytes, max_queued_bytes: self.max_queued_bytes, cancel })
+    }
+
+    async fn send(
+        self: Arc<Self>,
+        copy: CopyInfo,
+        request: Request<CopyBody>,
+        ended: oneshot::Receiver<()>,
+        cancel: CancelReason,
+        _unfinished: Unfinished,
+    ) {
+        // Waiting for a slot, the copy's DATA gathers in its channel (bounded).
+        let Ok(_permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let start = Instant::now();
+        let timeout = self.outcomes.timeout;
+        // The timeout runs from the request's end: a long client stream is not a slow shadow.
+        let deadline = async {
+            if ended.await.is_err() {
+                std::future::pending::<()>().await; // cancelled: the body's error ends it
+            }
+            tokio::time::sleep(timeout).await;
+        };
+        let exchange = self.exchange(request);
+        tokio::select! {
+            result = exchange => match result {
+                Ok(answer) => self.outcomes.answered_h2(&copy, start, answer),
+                Err(e) => {
+                    let reason = cancel.get().unwrap_or(e.reason);
+                    self.outcomes.failed(0, &copy, reason, &e)
+                }
+            },
+            () = deadline => self.outcomes.failed(0, &copy, DropReason::Timeout, &"no answer in time"),
+        }
+    }
+
+    /// Sends the request and reads the whole answer.
+    async fn exchange(&self, request: Request<CopyBody>) -> Result<H2Answer, CopyError> {
+        let mut sender = self.sender().await.map_err(CopyError::connect)?;
+        sender.ready().await.map_err(CopyError::http)?;
+        let response = sender.send_request(request).await.map_err(CopyError::http)?;
+        let (parts, mut body) = response.into_parts();
+        let mut answer = H2Answer { status: parts.status.as_u16(), ..Default::default() };
+        let grpc = mirror_http::is_grpc(parts.headers.get("content-type").map(|v| v.as_bytes()));
+        answer.grpc_status = grpc_status(&parts.headers);
+        let mut messages = GrpcMessages::default();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let frame = frame.map_err(CopyError::http)?;
+            match frame.into_data() {
+                Ok(mut data) => {
+                    answer.body_bytes += data.len() as u64;
+                    if grpc {
+                        messages.push(data.chunk());
+                    }
+                    data.advance(data.len());
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        answer.grpc_status = grpc_status(&trailers).or(answer.grpc_status);
+                    }
+                }
+            }
+        }
+        answer.grpc_messages = grpc.then(|| messages.complete());
+        Ok(answer)
+    }
+
+    /// The shadow's connection, opened if there is none or it failed.
+    async fn sender(&self) -> std::io::Result<SendRequest<CopyBody>> {
+        let mut connection = self.connection.lock().await;
+        if let Some(sender) = connection.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let endpoint =
+            self.endpoint.as_ref().map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
+        let Connected { stream, guard } = endpoint.connect().await?;
+        let sender = match stream {
+            ShadowStream::Plain(s) => handshake(s, guard).await?,
+            ShadowStream::Tls(s) => handshake(*s, guard).await?,
+        };
+        *connection = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+/// HTTP/2's handshake on a new connection, which then runs on its own task.
+async fn handshake<T>(io: T, guard: OwnGuard) -> std::io::Result<SendRequest<CopyBody>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+        drop(guard); // the local address is ours until the connection ends
+    });
+    Ok(sender)
+}
+
+/// The TLS settings of an HTTP/2 shadow: the HTTP/1 client's, offering `h2` by ALPN.
+pub(crate) fn h2_tls(tls: Option<Arc<rustls::ClientConfig>>) -> Option<Arc<rustls::ClientConfig>> {
+    let config = match tls {
+        Some(config) => config,
+        None => crate::TlsOptions::default().client_config().ok()?,
+    };
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Some(Arc::new(config))
+}
+
+/// Counts a copy as unfinished while it lives.
+struct Unfinished([Arc<AtomicUsize>; 2]);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        for count in &self.0 {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the shadow answered to a stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct H2Answer {
+    pub status: u16,
+    /// `grpc-status` of the trailers, or of the headers of a Trailers-Only response.
+    pub grpc_status: Option<u16>,
+    /// Length-prefixed messages of a gRPC answer.
+    pub grpc_messages: Option<u64>,
+    pub body_bytes: u64,
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+struct CopyError {
+    reason: DropReason,
+    error: String,
+}
+
+impl CopyError {
+    fn connect(e: std::io::Error) -> Self {
+        let reason = crate::tls::failure_reason(&e).unwrap_or(DropReason::Error);
+        Self { reason, error: e.to_string() }
+    }
+
+    fn http(e: impl std::fmt::Display) -> Self {
+        Self { reason: DropReason::Error, error: e.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Mutex, time::Duration};
+
+    use super::*;
+    use crate::{Answer, Limits, ResultSink, ShadowClient, ShadowOptions};
+    use http_body_util::{BodyExt, Full};
+    use hyper::{server::conn::http2 as server, service::service_fn};
+
+    #[derive(Default)]
+    struct Outcomes(Mutex<Vec<Result<Answer, DropReason>>>);
+
+    impl ResultSink for Outcomes {
+        fn answered(&self, _: &str, _: &CopyInfo, answer: &Answer) {
+            self.0.lock().unwrap().push(Ok(answer.clone()));
+        }
+
+        fn dropped(&self, _: &str, _: &CopyInfo, reason: DropReason, _: &dyn std::fmt::Display) {
+            self.0.lock().unwrap().push(Err(reason));
+        }
+    }
+
+    /// An HTTP/2 server answering every stream, once its body is complete, with its length.
+    async fn server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let len = Bytes::from(body.len().to_string());
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(len)))
+                    });
+                    let _ = server::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn client(addr: std::net::SocketAddr, sink: Arc<Outcomes>, limits: Limits) -> ShadowClient {
+        let options = ShadowOptions {
+            queued_bytes: Arc::default(),
+            unfinished_streams: Arc::default(),
+            own: Default::default(),
+            mark: 0,
+            tls: None,
+            label_copies: false,
+            keep_body: None,
+            sink,
+        };
+        ShadowClient::start(&format!("http://{addr}").parse().unwrap(), &limits, options)
+    }
+
+    fn head(path: &str) -> http::request::Parts {
+        let uri = format!("http://api-shadow:80{path}");
+        Request::post(uri).body(()).unwrap().into_parts().0
+    }
+
+    async fn outcomes(sink: &Outcomes, n: usize) -> Vec<Result<Answer, DropReason>> {
+        for _ in 0..500 {
+            if sink.0.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sink.0.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn streams_are_multiplexed_and_their_data_follows_as_it_comes() {
+        let addr = server().await;
+        let sink = Arc::new(Outcomes::default());
+        let shadow = client(addr, sink.clone(), Limits { max_in_flight: 300, ..Limits::default() });
+        let mut open = Vec::new();
+        for i in 0..200 {
+            let mut copy = shadow.open_stream(i, head("/s"), false).unwrap();
+            copy.data(Bytes::from(vec![1u8; i as usize])).unwrap();
+            open.push(copy);
+        }
+        for copy in open {
+            copy.end();
+        }
+        let got = outcomes(&sink, 200).await;
+        assert_eq!(got.len(), 200);
+        assert!(got.iter().all(|o| matches!(o, Ok(a) if a.status == 200)), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn bodiless_streams_end_with_their_headers() {
+        let addr = server().await;
+        let sink = Arc::new(Outcomes::default());
+        let shadow = client(addr, sink.clone(), Limits::default());
+        for i in 0..500 {
+            while shadow.open_stream(i, head("/get"), true).is_err() {
+                tokio::task::yield_now().await;
+            }
+        }
+        let got = outcomes(&sink, 500).await;
+        assert!(got.iter().filter(|o| o.is_ok()).count() == 500, "{got:?}");
+    }
+}
