@@ -13,22 +13,35 @@ use mirror_tests::{
     agent::{run_args, AgentProcess},
     bench::wait_listening,
     h2::{grpc_messages, H2Recorder, SeenStream},
+    mirror_bin,
     netns::Netns,
+    tcpdump_writer,
     topology::{Family, Topology},
 };
 
 const PORT: u16 = 50051;
 const WAIT: Duration = Duration::from_secs(30);
 
-fn script() -> String {
-    format!("{}/grpc/echo.py", env!("CARGO_MANIFEST_DIR"))
+/// `python3 tests/grpc/SCRIPT ARGS` in `ns`, stdout piped.
+fn python_script(ns: &Netns, script: &str, args: &[&str]) -> Child {
+    let mut cmd = ns.command("python3");
+    cmd.arg(format!("{}/grpc/{script}", env!("CARGO_MANIFEST_DIR")));
+    cmd.args(args).stdout(Stdio::piped()).stdin(Stdio::piped());
+    cmd.spawn().expect("python3")
 }
 
-/// `python3 echo.py ARGS` in `ns`, stdout piped.
+/// `python3 echo.py ARGS` in `ns`: the gRPC service or its clients.
 fn python(ns: &Netns, args: &[&str]) -> Child {
-    let mut cmd = ns.command("python3");
-    cmd.arg(script()).args(args).stdout(Stdio::piped()).stdin(Stdio::piped());
-    cmd.spawn().expect("python3")
+    python_script(ns, "echo.py", args)
+}
+
+/// A server script started in `ns`, once it printed "ready".
+fn ready(mut child: Child, what: &str) -> Running {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let running = Running(child);
+    assert_eq!(line.trim(), "ready", "{what} did not start");
+    running
 }
 
 /// A server process, killed when dropped (a failed test included).
@@ -46,11 +59,7 @@ struct GrpcServer;
 
 impl GrpcServer {
     fn start(ns: &Netns) -> Running {
-        let mut child = Running(python(ns, &["server", &PORT.to_string()]));
-        let mut line = String::new();
-        BufReader::new(child.0.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "the gRPC server did not start");
-        child
+        ready(python(ns, &["server", &PORT.to_string()]), "the gRPC server")
     }
 }
 
@@ -90,17 +99,26 @@ fn summary_count(summary: &str, prefix: &str, word: &str) -> u64 {
 
 /// Unary, client-streaming, server-streaming and bidi calls, three rounds on one long-lived
 /// connection: the shadow gets every call with the same messages and metadata, `:authority`
-/// rewritten, the stream's `te: trailers` kept; the shadow's grpc-status is counted.
+/// rewritten, the stream's `te: trailers` kept; the shadow's grpc-status is counted. A
+/// capture of the calls (tcpdump) shows every stream in `mirror dump -r --http`, and
+/// `mirror replay -r` mirrors them again.
 #[test]
 fn grpc_calls_of_every_kind_on_one_connection_are_mirrored() {
     let (topo, shadow, target) = setup();
     let _server = GrpcServer::start(&topo.server);
     let agent = agent(&topo, &target, &[]);
+    let pcap = format!("/tmp/mirror-h2-{}.pcap", std::process::id());
+    let mut tcpdump = tcpdump_writer(&topo.server_host_if, &pcap, PORT);
     let calls = client(&topo.client, &["client", &primary(&topo), "api:50051", "3"]);
     assert_eq!(calls.len(), 12);
     let seen = shadow.wait_for(12, WAIT);
     let summary = agent.stop();
+    // SAFETY: kill(2) on our child's pid.
+    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
+    tcpdump.wait().unwrap();
     assert_eq!(seen.len(), 12, "{summary}");
+    captured_calls_are_shown_and_replayed(&topo, &pcap, &seen);
+    let _ = std::fs::remove_file(&pcap);
     let by_call: HashMap<Vec<u8>, &SeenStream> =
         seen.iter().map(|s| (s.header("x-call").unwrap().to_vec(), s)).collect();
     for call in &calls {
@@ -122,6 +140,38 @@ fn grpc_calls_of_every_kind_on_one_connection_are_mirrored() {
     assert_eq!(summary_count(&summary, "http:", "h2_streams"), 12, "{summary}");
     assert_eq!(summary_count(&summary, "http:", "h2_out_of_sync"), 0, "{summary}");
     assert_eq!(summary_count(&summary, "shadow ", "2xx"), 12, "{summary}");
+}
+
+/// `mirror dump -r --http` shows each stream's request and its answer with its
+/// grpc-status; `mirror replay -r` sends every call again, as the live agent did.
+fn captured_calls_are_shown_and_replayed(topo: &Topology, pcap: &str, live: &[SeenStream]) {
+    let dump = std::process::Command::new(mirror_bin())
+        .args(["dump", "-r", pcap, "--http", "-t", "port", &PORT.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&dump.stdout);
+    let requests = text.lines().filter(|l| l.contains(" > ") && l.contains(": h2 stream "));
+    assert_eq!(requests.count(), 12, "{text}");
+    let answers = text.lines().filter(|l| l.contains(" 200 grpc-status 0 (body "));
+    assert_eq!(answers.count(), 12, "{text}");
+    assert!(text.contains("POST api:50051 /echo.Echo/Bidi"), "{text}");
+
+    let again = H2Recorder::start(&topo.shadow, PORT + 1);
+    let url = format!("http://{}:{}", topo.shadow_addr(Family::V4), PORT + 1);
+    let out = std::process::Command::new(mirror_bin())
+        .args(["replay", "-r", pcap, "--port", &PORT.to_string(), "--shadow", &url])
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{summary}");
+    let replayed = again.wait_for(12, WAIT);
+    assert_eq!(replayed.len(), 12, "{summary}");
+    let key = |s: &SeenStream| (s.header("x-call").unwrap().to_vec(), s.body.clone());
+    let mut a: Vec<_> = replayed.iter().map(key).collect();
+    let mut b: Vec<_> = live.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same calls, the same messages");
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -227,4 +277,31 @@ fn joining_mid_stream_is_counted_and_a_new_connection_is_mirrored() {
     let summary = agent.stop();
     assert_eq!(seen.len(), 5, "only the new connection's calls: {summary}");
     assert!(summary_count(&summary, "http:", "h2_out_of_sync") >= 1, "{summary}");
+}
+
+/// nghttp's h2c upgrade (`-u`) to a server that takes it (the h2 library's; nghttpd does
+/// not): the upgrading GET becomes stream 1, the other URIs streams 3 and 5 of the upgraded
+/// connection; all three are mirrored over HTTP/2.
+#[test]
+fn an_h2c_upgrade_is_mirrored_from_its_first_request() {
+    let (topo, shadow, target) = setup();
+    let port = PORT.to_string();
+    let _server = ready(python_script(&topo.server, "h2c_server.py", &[&port]), "h2c server");
+    let agent = agent(&topo, &target, &[]);
+    let urls: Vec<String> = ["a?one", "a?two", "a?three"]
+        .iter()
+        .map(|p| format!("http://{}/{p}", primary(&topo)))
+        .collect();
+    let out = topo.client.command("nghttp").args(["-u", "-n", "-v"]).args(&urls).output().unwrap();
+    let verbose = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && verbose.contains("HTTP Upgrade success"), "{verbose}");
+    let seen = shadow.wait_for(3, WAIT);
+    let summary = agent.stop();
+    let mut paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/a?one", "/a?three", "/a?two"], "{summary}");
+    let authority = format!("{}-shadow:{PORT}", topo.server_addr(Family::V4));
+    assert!(seen.iter().all(|s| s.authority == authority), "{seen:?}");
+    assert!(seen.iter().all(|s| s.header("upgrade").is_none() && s.header("connection").is_none()));
+    assert_eq!(summary_count(&summary, "http:", "h2_streams"), 3, "{summary}");
 }

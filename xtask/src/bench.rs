@@ -16,6 +16,7 @@ pub const NAMES: &[&str] = &[
     "extract",
     "compare",
     "userspace_path",
+    "h2_calls",
     "kernel_cost",
     "agent_memory",
     "primary_path",

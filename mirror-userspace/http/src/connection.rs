@@ -75,6 +75,20 @@ impl HttpConnection {
         }
     }
 
+    /// After a response: if it was the 101 of an h2c upgrade, the connection goes on as
+    /// HTTP/2 from here, the upgrading request its stream 1.
+    fn h2c_upgrade(&mut self, shared: &mut HttpShared, conn: &ConnId, out: &mut Vec<HttpEvent>) {
+        let Mode::Http1(http1) = &mut self.mode else { return };
+        let Some(upgraded) = http1.take_upgrade() else { return };
+        let h2 = H2Connection::upgraded(&upgraded.request, shared, out);
+        self.mode = Mode::Http2(Box::new(h2));
+        if let Some(bytes) = upgraded.after {
+            let ts_ns = upgraded.request.last_ts_ns;
+            let event = StreamEvent::Data { ts_ns, bytes, segment_start: false };
+            self.forward(shared, conn, Direction::Response, event, out);
+        }
+    }
+
     /// The client's first bytes (with any beginning of the preface held before them).
     fn first_request_bytes(
         &mut self,
@@ -156,6 +170,10 @@ impl StreamConsumer for HttpConnection {
                     let http1 = Mode::Http1(Http1Connection::new(&shared.config));
                     self.decide(http1, shared, conn, out);
                 }
+            }
+            (Mode::Http1(_), Direction::Response) => {
+                self.forward(shared, conn, dir, event, out);
+                self.h2c_upgrade(shared, conn, out);
             }
             _ => self.forward(shared, conn, dir, event, out),
         }

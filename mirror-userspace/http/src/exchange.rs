@@ -23,6 +23,25 @@ struct Outstanding {
     head_request: bool,
 }
 
+/// An h2c upgrade (RFC 7540 section 3.2) in progress: its request is held until the
+/// response says whether it became HTTP/2's stream 1 (101) or stays an HTTP/1 request.
+#[derive(Debug, Default)]
+enum H2c {
+    #[default]
+    None,
+    /// The request's head asked for h2c; it is being framed.
+    Asked(u64),
+    Held(Box<HttpRequest>),
+}
+
+/// The connection switched to HTTP/2: the upgrading request, and the server's first
+/// HTTP/2 bytes that followed its 101 in the same segment.
+#[derive(Debug)]
+pub(crate) struct Upgraded {
+    pub(crate) request: HttpRequest,
+    pub(crate) after: Option<bytes::Bytes>,
+}
+
 /// HTTP/1 state of one connection.
 #[derive(Debug)]
 pub(crate) struct Http1Connection {
@@ -32,6 +51,8 @@ pub(crate) struct Http1Connection {
     next_id: u64,
     pairing_lost: bool,
     scratch: Vec<Frame>,
+    h2c: H2c,
+    upgraded: Option<Upgraded>,
 }
 
 impl Http1Connection {
@@ -47,7 +68,14 @@ impl Http1Connection {
             next_id: 0,
             pairing_lost: false,
             scratch: Vec::new(),
+            h2c: H2c::None,
+            upgraded: None,
         }
+    }
+
+    /// The connection became HTTP/2 by an h2c upgrade: what the HTTP/2 side starts from.
+    pub(crate) fn take_upgrade(&mut self) -> Option<Upgraded> {
+        self.upgraded.take()
     }
 
     fn on_request_event(
@@ -58,24 +86,34 @@ impl Http1Connection {
         out: &mut Vec<HttpEvent>,
     ) {
         let resyncs = self.requests.resyncs();
-        let Self { requests, outstanding, next_id, scratch, .. } = self;
+        let Self { requests, outstanding, next_id, scratch, h2c, .. } = self;
         let mut decide = |head: &Head| -> Result<Decision, HeadError> {
             let method = head.method().unwrap_or("");
             let upgrade =
                 head.header("upgrade").is_some() && head.has_token("connection", "upgrade");
-            if method == "CONNECT" || upgrade {
+            let to_h2c = upgrade && head.has_token("upgrade", "h2c") && method != "CONNECT";
+            if (method == "CONNECT" || upgrade) && !to_h2c {
                 return Ok(Decision::Stop);
             }
             let body = declared_body(head)?.unwrap_or(BodyKind::None);
             let id = *next_id;
             *next_id += 1;
             outstanding.push_back(Outstanding { id, head_request: method == "HEAD" });
+            if to_h2c {
+                // Framed like any request (its body included), the server's answer decides
+                // what it becomes.
+                *h2c = H2c::Asked(id);
+            }
             Ok(Decision::Message { body, tag: Some(id) })
         };
         requests.push(event, &mut decide, shared, scratch);
         for frame in self.scratch.drain(..) {
             shared.stats.requests += 1;
-            out.push(HttpEvent::Request(HttpRequest::new(*conn, frame)));
+            let request = HttpRequest::new(*conn, frame);
+            match self.h2c {
+                H2c::Asked(id) if request.id == id => self.h2c = H2c::Held(Box::new(request)),
+                _ => out.push(HttpEvent::Request(request)),
+            }
         }
         if self.requests.is_opaque() {
             // CONNECT or Upgrade: the rest of the connection, both ways, is not HTTP/1.
@@ -101,10 +139,14 @@ impl Http1Connection {
         out: &mut Vec<HttpEvent>,
     ) {
         let Self { responses, outstanding, scratch, pairing_lost, .. } = self;
+        let mut switched = false;
         let mut decide = |head: &Head| -> Result<Decision, HeadError> {
             match ResponseKind::of(head.status().unwrap_or(0)) {
                 ResponseKind::Interim => return Ok(Decision::Interim),
-                ResponseKind::SwitchingProtocols => return Ok(Decision::Stop),
+                ResponseKind::SwitchingProtocols => {
+                    switched = true;
+                    return Ok(Decision::Stop);
+                }
                 ResponseKind::Final => {}
             }
             // A final response answers the oldest request, even if its own framing is
@@ -114,12 +156,24 @@ impl Http1Connection {
             Ok(Decision::Message { body, tag: request.map(|r| r.id) })
         };
         responses.push(event, &mut decide, shared, scratch);
-        for frame in scratch.drain(..) {
+        let after = self.responses.take_after_stop();
+        for frame in self.scratch.drain(..) {
             shared.stats.responses += 1;
             if frame.tag.is_none() {
                 shared.stats.unpaired_responses += 1;
             }
+            if matches!(&self.h2c, H2c::Held(r) if frame.tag == Some(r.id)) {
+                if let H2c::Held(request) = std::mem::take(&mut self.h2c) {
+                    // The server kept HTTP/1: the upgrade request is an ordinary one.
+                    out.push(HttpEvent::Request(*request));
+                }
+            }
             out.push(HttpEvent::Response(HttpResponse::new(*conn, frame)));
+        }
+        if switched {
+            if let H2c::Held(request) = std::mem::take(&mut self.h2c) {
+                self.upgraded = Some(Upgraded { request: *request, after });
+            }
         }
     }
 }

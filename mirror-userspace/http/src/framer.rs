@@ -100,6 +100,11 @@ pub(crate) struct HttpFramer {
     max_message: u64,
     /// Times this framer lost its place and had to resynchronise.
     resyncs: u64,
+    /// The bytes that followed the head that stopped the framer (an upgrade's 101), in
+    /// their segment: the other protocol's first bytes. Taken by the connection.
+    after_stop: Option<Bytes>,
+    /// The framer stopped in the data being handled.
+    just_stopped: bool,
 }
 
 impl HttpFramer {
@@ -121,6 +126,8 @@ impl HttpFramer {
             last_ts_ns: 0,
             max_message,
             resyncs: 0,
+            after_stop: None,
+            just_stopped: false,
         }
     }
 
@@ -147,6 +154,11 @@ impl HttpFramer {
 
     pub(crate) fn is_opaque(&self) -> bool {
         self.state == State::Opaque
+    }
+
+    /// What followed the head that made the framer stop, in the same segment.
+    pub(crate) fn take_after_stop(&mut self) -> Option<Bytes> {
+        self.after_stop.take()
     }
 
     /// Consumes one stream event. `decide` is asked about every parsed head.
@@ -191,6 +203,11 @@ impl HttpFramer {
         self.last_ts_ns = ts_ns;
         while !data.is_empty() {
             match self.state {
+                State::Opaque if std::mem::take(&mut self.just_stopped) => {
+                    // Just stopped: what follows belongs to the next protocol.
+                    self.after_stop = Some(std::mem::take(&mut data));
+                    return;
+                }
                 State::Resync | State::Opaque | State::SkipUntilClose | State::Closed => return,
                 State::Head => {
                     if self.head_buf.is_empty() {
@@ -309,6 +326,7 @@ impl HttpFramer {
             Ok(Decision::Stop) => {
                 stats.upgraded_connections += 1;
                 self.state = State::Opaque;
+                self.just_stopped = true;
             }
             Ok(Decision::Message { body, tag }) => {
                 let mut head = head;

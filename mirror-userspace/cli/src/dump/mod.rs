@@ -373,11 +373,12 @@ async fn watch(path: &std::path::Path, filter: &Filter, args: &DumpArgs) -> Resu
             let r = &request;
             writeln!(
                 out,
-                "{}{} > {}{}: {} {} {} {} (head {}, body {}) mirrored to {}",
+                "{}{} > {}{}: {}{} {} {} {} (head {}, body {}) mirrored to {}",
                 crate::format::time(TimeStyle::from_t_flags(args.time), r.ts_ns),
                 endpoint(r.client),
                 endpoint(r.server),
                 r.pod.as_deref().map(|p| format!(" (pod {p})")).unwrap_or_default(),
+                r.stream.map(|s| format!("h2 stream {s} ")).unwrap_or_default(),
                 r.method,
                 r.host.as_deref().unwrap_or(""),
                 r.target,

@@ -59,6 +59,51 @@ fn other(dir: Direction) -> Direction {
     }
 }
 
+/// The SETTINGS of an HTTP2-Settings field (base64url, RFC 7540 section 3.2.1).
+fn client_settings(value: &[u8]) -> Option<Frame> {
+    use base64::Engine as _;
+    let trimmed = value.trim_ascii().strip_suffix(b"=").unwrap_or(value.trim_ascii());
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed).ok()?;
+    let header = super::frame::FrameHeader {
+        len: payload.len() as u32,
+        kind: super::frame::kind::SETTINGS,
+        flags: 0,
+        stream: 0,
+    };
+    super::frame::parse_frame(header, Bytes::from(payload)).ok()
+}
+
+/// Header fields HTTP/2 forbids (RFC 9113 section 8.2.2), left out of an upgrading
+/// request's stream.
+const CONNECTION_SPECIFIC: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "host",
+];
+
+/// The HTTP/1 upgrading request's head as stream 1's fields: pseudo-fields from the
+/// request line and Host, then its fields, names in lower case.
+fn upgrade_fields(head: &crate::Head) -> H2Fields {
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (b":method".to_vec(), head.method().unwrap_or("GET").as_bytes().to_vec()),
+        (b":scheme".to_vec(), b"http".to_vec()),
+        (b":authority".to_vec(), head.header("host").unwrap_or_default().to_vec()),
+        (b":path".to_vec(), head.target().unwrap_or("/").as_bytes().to_vec()),
+    ];
+    for (name, value) in head.headers() {
+        let name = name.to_ascii_lowercase();
+        let te_other = name == "te" && !value.eq_ignore_ascii_case(b"trailers");
+        if !CONNECTION_SPECIFIC.contains(&name.as_str()) && !te_other {
+            pairs.push((name.into_bytes(), value.to_vec()));
+        }
+    }
+    H2Fields::from_pairs(pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice())))
+}
+
 /// Why a connection was given up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lost {
@@ -117,6 +162,51 @@ impl H2Connection {
             out_of_sync: false,
             keep_response_bodies,
         }
+    }
+
+    /// A connection upgraded from HTTP/1 (h2c, RFC 7540 section 3.2): the upgrading
+    /// request is stream 1, half closed by the client; the client's preface follows on the
+    /// request side, the server's frames after its 101.
+    pub(crate) fn upgraded(
+        request: &crate::HttpRequest,
+        shared: &mut HttpShared,
+        out: &mut Vec<HttpEvent>,
+    ) -> Self {
+        let mut c = Self::new(shared.config.response_bodies);
+        // HTTP2-Settings carries the client's SETTINGS, acknowledged by the 101.
+        let settings = request.head.header("http2-settings").and_then(client_settings);
+        if let Some(Frame::Settings { header_table_size, .. }) = settings {
+            let decoder = &mut c.halves[side(Direction::Response)].hpack;
+            decoder.advertised(header_table_size);
+            decoder.acknowledged();
+        }
+        let head = &request.head;
+        let body = if head.has_token("transfer-encoding", "chunked") {
+            crate::decode_chunked(&request.body).unwrap_or_default()
+        } else {
+            request.body.clone()
+        };
+        shared.stats.h2_connections += 1;
+        shared.stats.h2_streams += 1;
+        c.last_opened = 1;
+        let end_stream = body.is_empty();
+        c.streams.insert(1, StreamState { headers: [true, false], ended: [true, false] });
+        let mut ctx = Ctx {
+            conn: &request.conn,
+            dir: Direction::Request,
+            ts_ns: request.first_ts_ns,
+            stats: &mut shared.stats,
+            out,
+        };
+        ctx.emit(
+            1,
+            Direction::Request,
+            H2Part::Headers { fields: upgrade_fields(head), end_stream },
+        );
+        if !end_stream {
+            ctx.emit(1, Direction::Request, H2Part::Data { bytes: body, end_stream: true });
+        }
+        c
     }
 
     pub(crate) fn buffered(&self) -> usize {

@@ -92,6 +92,12 @@ impl H2Conv {
         self.client_sends(&settings_ack());
     }
 
+    /// After an h2c upgrade: the client's preface and SETTINGS, acknowledged both ways.
+    fn handshake_after_upgrade(&mut self) {
+        self.client_sends(&[&PREFACE[..], &settings(&[]), &settings_ack()].concat());
+        self.server_sends(&settings_ack());
+    }
+
     fn request_headers(
         &mut self,
         stream: u32,
@@ -473,4 +479,58 @@ fn a_connection_end_resets_open_streams() {
     c.feed(vec![fin]);
     assert_eq!(c.parts(3, RESP), [&H2Part::Reset(ResetReason::Closed)]);
     assert_eq!(c.parts(1, RESP).len(), 1);
+}
+
+const UPGRADE: &str =
+    "GET /up HTTP/1.1\r\nHost: api:8080\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                       Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nAccept: */*\r\n\r\n";
+
+#[test]
+fn an_h2c_upgrade_makes_the_request_stream_1() {
+    let mut c = H2Conv::new(40018);
+    c.client_sends(UPGRADE.as_bytes());
+    assert!(c.events.is_empty(), "held until the server answers");
+    // The 101, the server's SETTINGS and stream 1's answer in one segment.
+    let mut wire =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    wire.extend(settings(&[]));
+    wire.extend(c.response_headers(1, &[(":status", "200")], false));
+    wire.extend(frame(kind::DATA, flag::END_STREAM, 1, b"upgraded"));
+    c.server_sends(&wire);
+    c.handshake_after_upgrade();
+    c.send_request(3, &pairs(&get("/after")), true);
+
+    let up = fields_of(c.parts(1, REQ)[0]);
+    assert_eq!((up.method(), up.target(), up.authority()), ("GET", "/up", Some(&b"api:8080"[..])));
+    let names: Vec<&[u8]> = up.iter().map(|(n, _)| n).collect();
+    assert_eq!(names, [&b":method"[..], b":scheme", b":authority", b":path", b"accept"]);
+    assert!(matches!(c.parts(1, REQ)[0], H2Part::Headers { end_stream: true, .. }));
+    let response = c.parts(1, RESP);
+    assert_eq!(fields_of(response[0]).status(), Some(200));
+    assert_eq!(
+        response[1],
+        &H2Part::Data { bytes: Bytes::from_static(b"upgraded"), end_stream: true }
+    );
+    assert_eq!(fields_of(c.parts(3, REQ)[0]).target(), "/after");
+    let s = c.stats();
+    assert_eq!((s.h2_connections, s.h2_streams, s.h2_out_of_sync, s.requests), (1, 2, 0, 1));
+}
+
+#[test]
+fn an_h2c_upgrade_the_server_refuses_stays_http1() {
+    let mut c = H2Conv::new(40019);
+    c.client_sends(UPGRADE.as_bytes());
+    c.server_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    c.client_sends(b"GET /next HTTP/1.1\r\nHost: api\r\n\r\n");
+    let kinds: Vec<String> = c
+        .events
+        .iter()
+        .map(|e| match e {
+            HttpEvent::Request(r) => format!("request {}", r.head.target().unwrap()),
+            HttpEvent::Response(r) => format!("response {:?}", r.request_id),
+            HttpEvent::H2(e) => format!("h2 {e:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, ["request /up", "response Some(0)", "request /next"]);
+    assert_eq!(c.stats().h2_connections, 0);
 }
