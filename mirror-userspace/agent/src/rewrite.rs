@@ -169,17 +169,6 @@ impl Rewriter {
     }
 }
 
-/// Fields HTTP/2 forbids (RFC 9113 section 8.2.2), never in a stream's copy; a captured
-/// stream should not have them, an h2c upgrade's request does.
-const CONNECTION_SPECIFIC: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-];
-
 impl Rewriter {
     /// The head of an HTTP/2 stream's copy: `:authority` rewritten by the Host rule, the
     /// edits applied, the client appended to X-Forwarded-For; the other fields as captured,
@@ -225,7 +214,7 @@ impl Rewriter {
             if edits.remove.contains(&name)
                 || edits.set.iter().any(|(n, _)| *n == name)
                 || name == http::header::HOST
-                || CONNECTION_SPECIFIC.contains(&name.as_str())
+                || mirror_http::h2::CONNECTION_SPECIFIC.contains(&name.as_str())
                 || (name == http::header::TE && value != "trailers")
             {
                 continue;

@@ -73,18 +73,6 @@ fn client_settings(value: &[u8]) -> Option<Frame> {
     super::frame::parse_frame(header, Bytes::from(payload)).ok()
 }
 
-/// Header fields HTTP/2 forbids (RFC 9113 section 8.2.2), left out of an upgrading
-/// request's stream.
-const CONNECTION_SPECIFIC: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-    "host",
-];
-
 /// The HTTP/1 upgrading request's head as stream 1's fields: pseudo-fields from the
 /// request line and Host, then its fields, names in lower case.
 fn upgrade_fields(head: &crate::Head) -> H2Fields {
@@ -97,7 +85,7 @@ fn upgrade_fields(head: &crate::Head) -> H2Fields {
     for (name, value) in head.headers() {
         let name = name.to_ascii_lowercase();
         let te_other = name == "te" && !value.eq_ignore_ascii_case(b"trailers");
-        if !CONNECTION_SPECIFIC.contains(&name.as_str()) && !te_other {
+        if !super::CONNECTION_SPECIFIC.contains(&name.as_str()) && !te_other && name != "host" {
             pairs.push((name.into_bytes(), value.to_vec()));
         }
     }

@@ -22,6 +22,17 @@ use mirror_flow::ConnId;
 /// The client's connection preface (RFC 9113 section 3.4).
 pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Header fields HTTP/2 forbids (RFC 9113 section 8.2.2; `te` is allowed as `trailers`):
+/// left out of an h2c upgrade's stream and of every HTTP/2 copy.
+pub const CONNECTION_SPECIFIC: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
 /// Something that happened on one HTTP/2 stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct H2Event {
