@@ -62,6 +62,11 @@ pub struct H2Recorder {
 
 impl H2Recorder {
     pub fn start(ns: &Netns, port: u16) -> H2Recorder {
+        Self::answering(ns, port, None)
+    }
+
+    /// A recorder answering requests other than gRPC calls with this JSON body.
+    pub fn answering(ns: &Netns, port: u16, json: Option<&'static str>) -> H2Recorder {
         let seen: Seen = Arc::default();
         let s = seen.clone();
         let thread = ServerThread::start(ns, port, move |listener| async move {
@@ -70,7 +75,7 @@ impl H2Recorder {
                 let client = SocketAddr::new(client.ip().to_canonical(), client.port());
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| answer(req, client, s.clone()));
+                    let service = service_fn(move |req| answer(req, client, s.clone(), json));
                     let _ = http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -100,6 +105,7 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
     client: SocketAddr,
     seen: Seen,
+    json: Option<&'static str>,
 ) -> Result<Response<Body>, hyper::Error> {
     let (parts, body) = req.into_parts();
     let collected = body.collect().await?;
@@ -121,6 +127,11 @@ async fn answer(
         trailers: pairs(&trailers),
         client,
     });
+    if let (false, Some(json)) = (grpc, json) {
+        let body = Full::new(Bytes::from_static(json.as_bytes())).boxed();
+        let response = Response::builder().header("content-type", "application/json").body(body);
+        return Ok(response.expect("static parts"));
+    }
     if !grpc {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok")).boxed()));
     }

@@ -305,3 +305,39 @@ fn an_h2c_upgrade_is_mirrored_from_its_first_request() {
     assert!(seen.iter().all(|s| s.header("upgrade").is_none() && s.header("connection").is_none()));
     assert_eq!(summary_count(&summary, "http:", "h2_streams"), 3, "{summary}");
 }
+
+/// `--compare` on HTTP/2: h2load's GETs on one connection to a primary answering
+/// `{"id": 7, "name": "a"}`, the secondary the same, the candidate `{"id": "7", ...}`: the
+/// type change is the one regression reported, over every call compared.
+#[test]
+fn http2_answers_are_compared() {
+    let (topo, shadow, target) = setup();
+    let primary_json = Some(r#"{"id": 7, "name": "a"}"#);
+    let _primary = H2Recorder::answering(&topo.server, PORT, primary_json);
+    let _secondary = H2Recorder::answering(&topo.shadow, PORT + 1, primary_json);
+    let _candidate =
+        H2Recorder::answering(&topo.shadow, PORT + 2, Some(r#"{"id": "7", "name": "a"}"#));
+    let at = |port: u16| format!("http://{}:{port}", topo.shadow_addr(Family::V4));
+    let (candidate, secondary) = (at(PORT + 2), at(PORT + 1));
+    let args = ["--compare", "--candidate", &candidate, "--secondary", &secondary];
+    let agent = agent(&topo, &target, &args);
+    let url = format!("http://{}/users/1", primary(&topo));
+    let load = topo
+        .client
+        .command("h2load")
+        .args(["-n", "100", "-c", "1", "-m", "4", &url])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&load.stdout).contains("100 succeeded"));
+    shadow.wait_for(100, WAIT);
+    let summary = agent.stop();
+    let verdict = summary.lines().find(|l| l.starts_with("compare: ")).expect(&summary);
+    assert!(
+        verdict.starts_with("compare: 100 compared over 1 endpoints, 1 with regressions"),
+        "{summary}"
+    );
+    let regressions: Vec<&str> =
+        summary.lines().filter(|l| l.starts_with("compare: GET")).collect();
+    assert_eq!(regressions.len(), 1, "{summary}");
+    assert!(regressions[0].contains("body/id"), "{summary}");
+}

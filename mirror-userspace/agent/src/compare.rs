@@ -12,8 +12,8 @@ use mirror_compare::{
     compare, Answer, Caps, CompareRules, EndpointNamer, Results, Sample, SampleAnswer, Thresholds,
 };
 use mirror_flow::ConnId;
-use mirror_http::{Head, HttpRequest, HttpResponse};
-use mirror_shadow::{self as shadow, CopyInfo, DropReason, ResultSink, ShadowRequest};
+use mirror_http::{H2Event, H2Fields, Head, HttpRequest, HttpResponse, RequestView};
+use mirror_shadow::{self as shadow, CopyInfo, DropReason, ResultSink, ShadowRequest, StreamCopy};
 
 use crate::pipeline::ShadowTarget;
 
@@ -61,6 +61,24 @@ mirror_common::counter_set! {
         /// The copy could not be queued to the candidate or the secondary.
         not_queued,
     }
+}
+
+/// The request id of HTTP/2 stream `stream` in the comparison's keys: apart from HTTP/1
+/// requests' numbers on the same connection.
+pub(crate) fn stream_request_id(stream: u32) -> u64 {
+    1 << 63 | u64::from(stream)
+}
+
+/// A stream's fields as lines, for a sample.
+fn field_lines(fields: &H2Fields) -> String {
+    let mut out = String::new();
+    for (name, value) in fields.iter() {
+        out.push_str(&String::from_utf8_lossy(name));
+        out.push_str(": ");
+        out.push_str(&String::from_utf8_lossy(value));
+        out.push_str("\r\n");
+    }
+    out
 }
 
 /// What every worker's comparisons add to.
@@ -283,6 +301,54 @@ impl Comparer {
         if !queued {
             self.joiner.lock().expect("not poisoned").skip(id, |s| &mut s.not_queued);
         }
+    }
+
+    /// Whether a matched HTTP/2 stream of this method is compared.
+    pub(crate) fn wants_stream(&self, fields: &H2Fields) -> bool {
+        self.settings.methods.iter().any(|m| m == fields.method())
+    }
+
+    /// Opens copy `id` of HTTP/2 stream `e` (its request `fields`, rewritten as `head`) to
+    /// the candidate and the secondary: the copies the stream's DATA feeds. Their answers
+    /// and the primary's (given to [`Comparer::primary`] with request id
+    /// [`stream_request_id`]) are compared.
+    pub(crate) fn offer_stream(
+        &mut self,
+        id: u64,
+        e: &H2Event,
+        fields: &H2Fields,
+        head: &http::request::Parts,
+        end_stream: bool,
+    ) -> Vec<StreamCopy> {
+        let endpoint = self.settings.endpoints.name(fields.method(), fields.target());
+        self.verdicts.lock().expect("not poisoned").results.offered(&endpoint);
+        let mut joiner = self.joiner.lock().expect("not poisoned");
+        if joiner.pending.len() >= self.settings.max_pending {
+            drop(joiner);
+            self.verdicts.lock().expect("not poisoned").skipped.pending_full += 1;
+            return Vec::new();
+        }
+        let key = (e.conn, stream_request_id(e.stream));
+        let request =
+            format!("{} {} HTTP/2\r\n{}", fields.method(), fields.target(), field_lines(fields));
+        let pending = Pending {
+            endpoint,
+            request: Bytes::from(request),
+            key,
+            started: Instant::now(),
+            request_ts_ns: e.ts_ns,
+            answers: [None, None, None],
+        };
+        joiner.pending.insert(id, pending);
+        joiner.by_request.insert(key, id);
+        drop(joiner);
+        let clients = std::iter::once(&self.candidate).chain(self.secondary.as_ref());
+        let copies: Vec<StreamCopy> =
+            clients.filter_map(|c| c.open_stream(id, head.clone(), end_stream).ok()).collect();
+        if copies.len() < 1 + usize::from(self.secondary.is_some()) {
+            self.joiner.lock().expect("not poisoned").skip(id, |s| &mut s.not_queued);
+        }
+        copies
     }
 
     /// The primary's answer, captured.

@@ -248,6 +248,7 @@ impl Shared {
             })
             .collect();
         let stages = Stages {
+            max_compared_body: settings.compare.as_ref().map_or(0, |c| c.max_body),
             matcher: RequestMatcher::new(settings.rules),
             // Workers draw from streams of their own; by-header sampling is the same in all.
             sampler: Sampler::new(
@@ -439,7 +440,8 @@ impl FlowSink<HttpConnection> for Dispatch {
             }
             HttpEvent::H2(e) => {
                 let id = &mut self.captured_requests;
-                self.streams.event(e, id, &mut self.stages, &mut self.shadows)
+                let comparer = self.comparer.as_mut();
+                self.streams.event(e, id, &mut self.stages, &mut self.shadows, comparer)
             }
         }
     }
@@ -464,6 +466,8 @@ pub(crate) struct Stages {
     rewriter: Rewriter,
     pub(crate) metrics: Arc<Metrics>,
     watch: Option<Publisher>,
+    /// Body bytes of a primary's HTTP/2 answer kept for a comparison.
+    max_compared_body: usize,
 }
 
 impl Stages {
@@ -510,6 +514,33 @@ impl Stages {
 }
 
 impl Stages {
+    /// Opens the copies of compared HTTP/2 stream `id` to the candidate and the secondary,
+    /// if the comparison wants it and samples it.
+    pub(crate) fn compare_stream(
+        &mut self,
+        comparer: &mut Comparer,
+        id: u64,
+        e: &H2Event,
+        fields: &H2Fields,
+        end_stream: bool,
+    ) -> Vec<StreamCopy> {
+        if !self.matcher.matches(fields)
+            || !comparer.wants_stream(fields)
+            || !self.sampler.sample(comparer.percent(), fields)
+        {
+            return Vec::new();
+        }
+        let Some(head) = self.rewriter.h2_head(fields, e.conn.client.ip()) else {
+            return Vec::new();
+        };
+        comparer.offer_stream(id, e, fields, &head, end_stream)
+    }
+
+    /// Body bytes of a primary's answer kept for a comparison.
+    pub(crate) fn max_compared_body(&self) -> usize {
+        self.max_compared_body
+    }
+
     /// Opens the copies of HTTP/2 stream number `id` (counted with the HTTP/1 requests) to
     /// the shadows that sample it.
     pub(crate) fn open_streams(

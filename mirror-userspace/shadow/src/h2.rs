@@ -29,7 +29,7 @@ use crate::{
     outcome::Outcomes,
     CopyInfo, DropReason,
 };
-use mirror_http::GrpcMessages;
+use mirror_http::{ClientResponse, GrpcMessages};
 
 /// Pieces (DATA payloads, trailers) of one stream waiting for the shadow to take them.
 pub const STREAM_PIECES: usize = 64;
@@ -214,6 +214,8 @@ pub(crate) struct H2Shadow {
     all_copies: Arc<AtomicUsize>,
     outcomes: Outcomes,
     max_queued_bytes: usize,
+    /// Body bytes of an answer kept for the sink (when it keeps answers).
+    keep_body: usize,
 }
 
 impl H2Shadow {
@@ -222,6 +224,7 @@ impl H2Shadow {
         limits: &crate::Limits,
         outcomes: Outcomes,
         all_copies: Arc<AtomicUsize>,
+        keep_body: usize,
     ) -> Self {
         Self {
             endpoint,
@@ -232,6 +235,7 @@ impl H2Shadow {
             all_copies,
             outcomes,
             max_queued_bytes: limits.max_queued_bytes,
+            keep_body,
         }
     }
 
@@ -250,17 +254,19 @@ impl H2Shadow {
         self.all_copies.fetch_add(1, Ordering::Relaxed);
         let unfinished = Unfinished([self.copies.clone(), self.all_copies.clone()]);
         let queued_bytes = self.outcomes.queued_bytes.clone();
-        let (tx, rx) = mpsc::channel(STREAM_PIECES);
-        let (ended, ended_rx) = oneshot::channel();
-        let mut body =
-            CopyBody { rx: Some(rx), queued_bytes: queued_bytes.clone(), ended: Some(ended) };
-        if end_stream {
-            body.finish();
-        }
+        // A request without a body (most unary GETs) needs no channel: its HEADERS end it.
+        let (tx, body, ended) = if end_stream {
+            (None, CopyBody { rx: None, queued_bytes: queued_bytes.clone(), ended: None }, None)
+        } else {
+            let (tx, rx) = mpsc::channel(STREAM_PIECES);
+            let (ended, ended_rx) = oneshot::channel();
+            let body =
+                CopyBody { rx: Some(rx), queued_bytes: queued_bytes.clone(), ended: Some(ended) };
+            (Some(tx), body, Some(ended_rx))
+        };
         let request = Request::from_parts(head, body);
         let cancel = CancelReason::default();
-        tokio::spawn(self.clone().send(copy, request, ended_rx, cancel.clone(), unfinished));
-        let tx = (!end_stream).then_some(tx);
+        tokio::spawn(self.clone().send(copy, request, ended, cancel.clone(), unfinished));
         Ok(StreamCopy { tx, queued_bytes, max_queued_bytes: self.max_queued_bytes, cancel })
     }
 
@@ -268,7 +274,7 @@ impl H2Shadow {
         self: Arc<Self>,
         copy: CopyInfo,
         request: Request<CopyBody>,
-        ended: oneshot::Receiver<()>,
+        ended: Option<oneshot::Receiver<()>>,
         cancel: CancelReason,
         _unfinished: Unfinished,
     ) {
@@ -280,8 +286,10 @@ impl H2Shadow {
         let timeout = self.outcomes.timeout;
         // The timeout runs from the request's end: a long client stream is not a slow shadow.
         let deadline = async {
-            if ended.await.is_err() {
-                std::future::pending::<()>().await; // cancelled: the body's error ends it
+            if let Some(ended) = ended {
+                if ended.await.is_err() {
+                    std::future::pending::<()>().await; // cancelled: the body's error ends it
+                }
             }
             tokio::time::sleep(timeout).await;
         };
@@ -304,10 +312,13 @@ impl H2Shadow {
         sender.ready().await.map_err(CopyError::http)?;
         let response = sender.send_request(request).await.map_err(CopyError::http)?;
         let (parts, mut body) = response.into_parts();
-        let mut answer = H2Answer { status: parts.status.as_u16(), ..Default::default() };
+        let status = parts.status.as_u16();
+        let mut answer = H2Answer { status, ..Default::default() };
         let grpc = mirror_http::is_grpc(parts.headers.get("content-type").map(|v| v.as_bytes()));
         answer.grpc_status = grpc_status(&parts.headers);
         let mut messages = GrpcMessages::default();
+        let mut kept = bytes::BytesMut::new();
+        let mut trailers = HeaderMap::new();
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
         {
             let frame = frame.map_err(CopyError::http)?;
@@ -317,16 +328,33 @@ impl H2Shadow {
                     if grpc {
                         messages.push(data.chunk());
                     }
+                    let keep = self.keep_body.saturating_sub(kept.len()).min(data.len());
+                    kept.extend_from_slice(&data.chunk()[..keep]);
                     data.advance(data.len());
                 }
                 Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        answer.grpc_status = grpc_status(&trailers).or(answer.grpc_status);
+                    if let Ok(t) = frame.into_trailers() {
+                        answer.grpc_status = grpc_status(&t).or(answer.grpc_status);
+                        trailers = t;
                     }
                 }
             }
         }
         answer.grpc_messages = grpc.then(|| messages.complete());
+        if self.outcomes.keep_responses {
+            // The answer as the comparison reads answers: a head (its trailers after its
+            // fields) and the body kept.
+            let fields = parts.headers.iter().chain(trailers.iter());
+            let head = mirror_http::h2::response_head(
+                status,
+                fields.map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            );
+            answer.response = head.map(|head| ClientResponse {
+                head,
+                body: kept.freeze(),
+                body_dropped: answer.body_bytes.saturating_sub(self.keep_body as u64),
+            });
+        }
         Ok(answer)
     }
 
@@ -387,9 +415,11 @@ impl Drop for Unfinished {
 }
 
 /// What the shadow answered to a stream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct H2Answer {
     pub status: u16,
+    /// The answer kept for a comparison, if the client keeps answers.
+    pub response: Option<ClientResponse>,
     /// `grpc-status` of the trailers, or of the headers of a Trailers-Only response.
     pub grpc_status: Option<u16>,
     /// Length-prefixed messages of a gRPC answer.

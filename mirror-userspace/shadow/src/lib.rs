@@ -202,7 +202,8 @@ impl ShadowClient {
         let h2_tls = h2::h2_tls(options.tls.clone());
         let h2_endpoint = connect::Endpoint::new(uri, options.mark, options.own.clone(), h2_tls);
         let unfinished = options.unfinished_streams.clone();
-        let h2 = h2::H2Shadow::new(h2_endpoint, limits, outcomes.clone(), unfinished);
+        let keep = options.keep_body.unwrap_or(0);
+        let h2 = h2::H2Shadow::new(h2_endpoint, limits, outcomes.clone(), unfinished, keep);
         let endpoint = connect::Endpoint::new(uri, options.mark, options.own.clone(), options.tls);
         let keep_body = options.keep_body.unwrap_or(0);
         let connections = pipelined::Pipelines::new(endpoint, limits, keep_body, outcomes, rx);

@@ -112,8 +112,8 @@ impl Outcomes {
         let grpc = answer
             .grpc_messages
             .map(|messages| GrpcAnswer { status: answer.grpc_status, messages });
-        let answer =
-            Answer { status: answer.status, elapsed: start.elapsed(), response: None, grpc };
+        let response = answer.response.filter(|_| self.keep_responses);
+        let answer = Answer { status: answer.status, elapsed: start.elapsed(), response, grpc };
         self.sink.answered(&self.shadow, copy, &answer);
     }
 

@@ -74,6 +74,31 @@ pub enum ResetReason {
     OutOfSync,
 }
 
+/// An HTTP/2 answer as an HTTP/1 response head (`HTTP/1.1 STATUS`, then its fields and its
+/// trailers, pseudo-fields left out), so that what reads heads (the comparison) reads it
+/// unchanged. None if a field cannot be written in HTTP/1 or there are too many.
+pub fn response_head<'a>(
+    status: u16,
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Option<crate::Head> {
+    let mut text = format!("HTTP/1.1 {status} \r\n").into_bytes();
+    for (name, value) in fields {
+        if name.starts_with(b":") {
+            continue;
+        }
+        if value.iter().any(|&b| b == b'\r' || b == b'\n') {
+            return None;
+        }
+        text.extend_from_slice(name);
+        text.extend_from_slice(b": ");
+        text.extend_from_slice(value);
+        text.extend_from_slice(b"\r\n");
+    }
+    text.extend_from_slice(b"\r\n");
+    let (_, parts) = crate::Head::parse_response(&text).ok()??;
+    Some(parts.with_bytes(bytes::Bytes::from(text)))
+}
+
 /// Whether `payload` starts with something an HTTP/2 peer could send: the preface, or a
 /// frame header whose type, flags, length and stream are plausible together. Used to place
 /// a direction that was joined mid-stream, only to recognise (and count) it as HTTP/2.

@@ -534,3 +534,17 @@ fn an_h2c_upgrade_the_server_refuses_stays_http1() {
     assert_eq!(kinds, ["request /up", "response Some(0)", "request /next"]);
     assert_eq!(c.stats().h2_connections, 0);
 }
+
+#[test]
+fn an_answer_reads_as_an_http1_head() {
+    let fields = H2Fields::from_pairs([
+        (&b":status"[..], &b"200"[..]),
+        (b"content-type", b"application/json"),
+        (b"grpc-status", b"0"),
+    ]);
+    let head = response_head(200, fields.iter()).unwrap();
+    assert_eq!(head.status(), Some(200));
+    assert_eq!(head.header("content-type"), Some(&b"application/json"[..]));
+    assert_eq!(head.header("grpc-status"), Some(&b"0"[..]));
+    assert!(response_head(200, [(&b"x"[..], &b"a\r\nb"[..])]).is_none());
+}
