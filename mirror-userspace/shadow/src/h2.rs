@@ -554,4 +554,65 @@ mod tests {
         let got = outcomes(&sink, 500).await;
         assert!(got.iter().filter(|o| o.is_ok()).count() == 500, "{got:?}");
     }
+
+    /// A copy cancelled mid-body (the captured stream was reset): the shadow's stream is
+    /// reset, not ended with half a body; the outcome is `cancelled`, and the bytes that
+    /// waited for the shadow are given back to the budget.
+    #[tokio::test]
+    async fn a_cancelled_copy_resets_the_shadows_stream() {
+        let addr = server().await;
+        let sink = Arc::new(Outcomes::default());
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let options = ShadowOptions {
+            queued_bytes: queued_bytes.clone(),
+            unfinished_streams: Arc::default(),
+            own: Default::default(),
+            mark: 0,
+            tls: None,
+            label_copies: false,
+            keep_body: None,
+            sink: sink.clone(),
+        };
+        let uri = format!("http://{addr}").parse().unwrap();
+        let shadow = ShadowClient::start(&uri, &Limits::default(), options);
+        let mut copy = shadow.open_stream(1, head("/upload"), false).unwrap();
+        copy.data(Bytes::from(vec![7u8; 10_000])).unwrap();
+        copy.cancel(DropReason::Cancelled);
+        assert_eq!(copy.data(Bytes::from_static(b"late")), Err(DropReason::Cancelled));
+        let got = outcomes(&sink, 1).await;
+        assert_eq!(got, [Err(DropReason::Cancelled)]);
+        assert_eq!(queued_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    /// A shadow that does not read: HTTP/2 flow control stops the client after the initial
+    /// window (and hyper's send buffer), the stream's pieces then wait up to
+    /// [`STREAM_PIECES`], and the copy is cancelled and counted (`stream_buffer`); pushing
+    /// never blocks.
+    #[tokio::test]
+    async fn a_shadow_that_does_not_keep_up_costs_a_bounded_buffer() {
+        // Accepts connections, never reads: HTTP/2 flow control stops the client at once.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                held.push(listener.accept().await.unwrap());
+            }
+        });
+        let sink = Arc::new(Outcomes::default());
+        let shadow = client(addr, sink.clone(), Limits::default());
+        let mut copy = shadow.open_stream(1, head("/stream"), false).unwrap();
+        let mut pushed = 0;
+        let refused = loop {
+            match copy.data(Bytes::from(vec![1u8; 1024])) {
+                Ok(()) => pushed += 1,
+                Err(reason) => break reason,
+            }
+            // The copy's task takes what the window and hyper's buffer allow.
+            tokio::task::yield_now().await;
+            assert!(pushed < 2048, "the buffer is bounded");
+        };
+        assert_eq!(refused, DropReason::StreamBuffer);
+        drop(copy);
+    }
 }
