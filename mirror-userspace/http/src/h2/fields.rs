@@ -2,8 +2,8 @@
 //!
 //! HPACK is stateful: every block of a direction must be decoded, in order, sampled or
 //! not, or the dynamic table diverges from the peer's. One [`HeaderDecoder`] per direction
-//! does that with loona-hpack's decoder (h2's is private to h2); its table limit follows
-//! SETTINGS_HEADER_TABLE_SIZE as the peers agree on it.
+//! does that (`hpack`); its table limit follows SETTINGS_HEADER_TABLE_SIZE as the peers
+//! agree on it.
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
@@ -155,18 +155,13 @@ pub(crate) enum Decoded {
 }
 
 /// One direction's HPACK decoder.
+#[derive(Debug)]
 pub(crate) struct HeaderDecoder {
-    hpack: loona_hpack::Decoder<'static>,
+    hpack: super::hpack::Hpack,
     /// Table sizes the receiving peer advertised, waiting for the sender's SETTINGS ACK
     /// (`None`: a SETTINGS frame without the table size).
     advertised: VecDeque<Option<u32>>,
     buf: BytesMut,
-}
-
-impl std::fmt::Debug for HeaderDecoder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeaderDecoder").field("advertised", &self.advertised).finish()
-    }
 }
 
 /// SETTINGS frames waiting for their ACK beyond this are not tracked (peers send one or
@@ -175,8 +170,7 @@ const MAX_UNACKED_SETTINGS: usize = 8;
 
 impl Default for HeaderDecoder {
     fn default() -> Self {
-        let mut hpack = loona_hpack::Decoder::new();
-        hpack.set_max_allowed_table_size(DEFAULT_TABLE_SIZE);
+        let hpack = super::hpack::Hpack::new(DEFAULT_TABLE_SIZE);
         Self { hpack, advertised: VecDeque::new(), buf: BytesMut::new() }
     }
 }
@@ -197,7 +191,7 @@ impl HeaderDecoder {
     /// the decoder only learns the limit (capped at [`MAX_TABLE_SIZE`]).
     pub(crate) fn acknowledged(&mut self) {
         if let Some(Some(size)) = self.advertised.pop_front() {
-            self.hpack.set_max_allowed_table_size((size as usize).min(MAX_TABLE_SIZE));
+            self.hpack.set_max_allowed((size as usize).min(MAX_TABLE_SIZE));
         }
     }
 
@@ -206,7 +200,7 @@ impl HeaderDecoder {
         let mut builder = FieldsBuilder::default();
         let buf = &mut self.buf;
         self.hpack
-            .decode_with_cb(block, |name, value| builder.push(buf, &name, &value))
+            .decode(block, &mut |name, value| builder.push(buf, name, value))
             .map_err(|_| BlockError::Hpack)?;
         if builder.oversized {
             self.buf.clear();

@@ -9,6 +9,8 @@
 mod connection;
 mod fields;
 mod frame;
+mod hpack;
+mod hpack_tables;
 #[cfg(test)]
 mod tests;
 
