@@ -7,7 +7,9 @@
 # `Host: httpbin:8000` to `httpbin-shadow:8000` as Istio does. Each mirrored request is shown
 # when the shadow answers; Ctrl-C (or the end of the traffic) prints the summary. The same
 # agent compares a candidate build (a changed page) with the primary, a second instance of
-# the primary's build telling noise apart, and prints the verdict with the summary.
+# the primary's build telling noise apart, and prints the verdict with the summary. The
+# primary and the shadow speak HTTP/1.1 and HTTP/2: one call goes over HTTP/2 (prior
+# knowledge), mirrored as an HTTP/2 stream with `:authority` rewritten.
 set -euo pipefail
 MIRROR=${1:?usage: demo.sh path/to/mirror}
 id=$$
@@ -45,10 +47,10 @@ mkdir -p "$WWW/primary" "$WWW/shadow" "$WWW/candidate"
 echo "primary" > "$WWW/primary/index.html"; echo "shadow" > "$WWW/shadow/index.html"
 echo "primary, version 2" > "$WWW/candidate/index.html"
 touch -r "$WWW/primary/index.html" "$WWW/candidate/index.html" # the same Last-Modified
+HERE=$(dirname "$0")
 for server in "$PRI:8000:primary" "$SHA:8000:shadow" "$SHA:8001:candidate" "$SHA:8002:primary"; do
-    IFS=: read -r ns port dir <<<"$server"
-    ip netns exec "$ns" python3 -m http.server "$port" --protocol HTTP/1.1 \
-        --directory "$WWW/$dir" >/dev/null 2>&1 &
+    IFS=: read -r ns port dir <<<"$server" # files over HTTP/1.1 and HTTP/2 (h2c)
+    ip netns exec "$ns" python3 "$HERE/demo_server.py" "$WWW/$dir" "$port" >/dev/null 2>&1 &
     SERVERS="${SERVERS:-} $!"
 done
 
@@ -81,6 +83,9 @@ ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" -d 'hello' \
 for i in 1 2 3; do
     ip netns exec "$CLI" curl -s -o /dev/null -H "Host: httpbin:8000" "http://10.251.2.2:8000/?n=$i"
 done
+echo "== client: an HTTP/2 call (prior knowledge) with :authority httpbin:8000"
+ip netns exec "$CLI" curl -s -o /dev/null --http2-prior-knowledge -H "Host: httpbin:8000" \
+    "http://10.251.2.2:8000/index.html?h2=1"
 echo "== mirror status --pin $PIN --metrics 127.0.0.1:$METRICS"
 sleep 1.1 # the kernel's counters reach the metrics each second
 "$MIRROR" status --pin "$PIN" --metrics "127.0.0.1:$METRICS" | sed 's/^/   /'

@@ -25,20 +25,28 @@ fn the_demo_mirrors_every_request_and_cleans_up() {
     let mirrored: Vec<&str> = stdout.lines().filter(|l| l.starts_with("mirrored ")).collect();
     let paths: BTreeSet<&str> = mirrored.iter().filter_map(|l| l.split(' ').nth(2)).collect();
     let want: BTreeSet<&str> =
-        ["/", "/index.html", "/missing", "/form", "/?n=1", "/?n=2", "/?n=3"].into();
-    assert_eq!((mirrored.len(), paths), (7, want), "{stdout}");
+        ["/", "/index.html", "/missing", "/form", "/?n=1", "/?n=2", "/?n=3", "/index.html?h2=1"]
+            .into();
+    assert_eq!((mirrored.len(), paths), (8, want), "{stdout}");
     for line in &mirrored {
-        assert!(line.contains(" Host: httpbin-shadow:8000 -> 10.251.3.2:8000: "), "{line}");
+        // HTTP/2 copies name the `:authority` they carry, HTTP/1 copies their Host.
+        let host = if line.contains("?h2=1") { " :authority: " } else { " Host: " };
+        let rewritten = format!("{host}httpbin-shadow:8000 -> 10.251.3.2:8000: ");
+        assert!(line.contains(&rewritten), "{line}");
     }
     assert!(mirrored
         .iter()
+        .any(|l| l.starts_with("mirrored GET /index.html?h2=1 ") && l.contains(": 200 ")));
+    assert!(mirrored
+        .iter()
         .any(|l| l.starts_with("mirrored GET /missing ") && l.contains(": 404 ")));
-    assert!(stderr.contains("requests: 7 captured"), "{stderr}");
-    assert!(stderr.contains(": 7 mirrored, 0 not sampled"), "{stderr}");
-    // The verdict: six GETs compared (the POST is not); the changed page is reported where
-    // it is served, the 404 page is the same.
+    assert!(stderr.contains("requests: 8 captured"), "{stderr}");
+    assert!(stderr.contains(": 8 mirrored, 0 not sampled"), "{stderr}");
+    assert!(stderr.contains("h2_connections 1, h2_streams 1"), "{stderr}");
+    // The verdict: seven GETs compared (the POST is not), the HTTP/2 one included; the
+    // changed page is reported where it is served, the 404 page is the same.
     assert!(
-        stderr.contains("compare: 6 compared over 3 endpoints, 2 with regressions"),
+        stderr.contains("compare: 7 compared over 3 endpoints, 2 with regressions"),
         "{stderr}"
     );
     assert!(
@@ -46,7 +54,7 @@ fn the_demo_mirrors_every_request_and_cleans_up() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("compare: GET /index.html body/line/1 text: candidate 1 noise 0"),
+        stderr.contains("compare: GET /index.html body/line/1 text: candidate 2 noise 0"),
         "{stderr}"
     );
 

@@ -60,6 +60,8 @@ mirror_common::counter_set! {
         primary_missing,
         /// The copy could not be queued to the candidate or the secondary.
         not_queued,
+        /// An HTTP/2 stream reset before its answers were complete.
+        stream_reset,
     }
 }
 
@@ -349,6 +351,27 @@ impl Comparer {
             self.joiner.lock().expect("not poisoned").skip(id, |s| &mut s.not_queued);
         }
         copies
+    }
+
+    /// The captured request of compared stream `stream` ended at `ts_ns`: the waiting for
+    /// its answers (and the primary's latency) count from here, as for an HTTP/1 request.
+    pub(crate) fn stream_request_ended(&mut self, conn: ConnId, stream: u32, ts_ns: u64) {
+        let mut joiner = self.joiner.lock().expect("not poisoned");
+        let Some(&copy) = joiner.by_request.get(&(conn, stream_request_id(stream))) else {
+            return;
+        };
+        if let Some(p) = joiner.pending.get_mut(&copy) {
+            p.started = Instant::now();
+            p.request_ts_ns = ts_ns;
+        }
+    }
+
+    /// Compared stream `stream` was reset: its answers will not all come.
+    pub(crate) fn stream_reset(&mut self, conn: ConnId, stream: u32) {
+        let mut joiner = self.joiner.lock().expect("not poisoned");
+        if let Some(&copy) = joiner.by_request.get(&(conn, stream_request_id(stream))) {
+            joiner.skip(copy, |s| &mut s.stream_reset);
+        }
     }
 
     /// The primary's answer, captured.

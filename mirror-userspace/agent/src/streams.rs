@@ -52,10 +52,25 @@ impl StreamCopies {
         shadows: &mut [Shadow],
         comparer: Option<&mut Comparer>,
     ) {
+        let key = (e.conn, e.stream);
+        if let H2Part::Reset(_) = e.part {
+            // Either side's reset (RST_STREAM, GOAWAY, the connection's end or loss) ends
+            // the stream both ways: its copies are cancelled, its comparison skipped.
+            if self.answers.remove(&key).is_some() {
+                if let Some(c) = comparer {
+                    c.stream_reset(e.conn, e.stream);
+                }
+            }
+            if let Some(open) = self.open.remove(&key) {
+                for mut copy in open.copies {
+                    copy.cancel(DropReason::Cancelled);
+                }
+            }
+            return;
+        }
         if e.dir == Direction::Response {
             return self.answer(e, comparer, stages.max_compared_body());
         }
-        let key = (e.conn, e.stream);
         match e.part {
             H2Part::Headers { ref fields, end_stream } => {
                 *id += 1;
@@ -77,11 +92,14 @@ impl StreamCopies {
                 if let Some(grpc) = &mut open.grpc {
                     grpc.push(&bytes);
                 }
-                open.copies.retain_mut(|c| c.data(bytes.clone()).is_ok());
+                if !bytes.is_empty() {
+                    open.copies.retain_mut(|c| c.data(bytes.clone()).is_ok());
+                }
                 if end_stream {
                     let open = self.open.remove(&key).expect("just found");
                     stages.metrics.grpc_request_messages(open.grpc.map(|g| g.complete()));
                     open.copies.into_iter().for_each(StreamCopy::end);
+                    self.request_ended(e.conn, e.stream, e.ts_ns, comparer);
                 }
             }
             H2Part::Trailers(fields) => {
@@ -91,15 +109,22 @@ impl StreamCopies {
                 for copy in open.copies {
                     copy.trailers(trailers.clone());
                 }
+                self.request_ended(e.conn, e.stream, e.ts_ns, comparer);
             }
-            H2Part::Reset(_) => {
-                self.answers.remove(&key);
-                if let Some(open) = self.open.remove(&key) {
-                    for mut copy in open.copies {
-                        copy.cancel(DropReason::Cancelled);
-                    }
-                }
-            }
+            H2Part::Reset(_) => {}
+        }
+    }
+
+    /// A compared stream's request ended: its comparison waits from here.
+    fn request_ended(
+        &self,
+        conn: ConnId,
+        stream: u32,
+        ts_ns: u64,
+        comparer: Option<&mut Comparer>,
+    ) {
+        if let (true, Some(c)) = (self.answers.contains_key(&(conn, stream)), comparer) {
+            c.stream_request_ended(conn, stream, ts_ns);
         }
     }
 
@@ -124,10 +149,7 @@ impl StreamCopies {
                 answer.trailers = Some(fields);
                 true
             }
-            H2Part::Reset(_) => {
-                self.answers.remove(&key);
-                return;
-            }
+            H2Part::Reset(_) => return, // (handled in `event`)
         };
         if !ended {
             return;

@@ -119,7 +119,7 @@ impl HttpConnection {
                 return;
             }
             shared.stats.h2_connections += 1;
-            Mode::Http2(Box::new(H2Connection::new(shared.config.response_bodies)))
+            Mode::Http2(Box::new(H2Connection::new()))
         } else if !is_message_start(Role::Request, &seen) && is_frame_start(&seen) {
             shared.stats.h2_connections += 1;
             shared.stats.h2_out_of_sync += 1;

@@ -108,11 +108,14 @@ impl Http1Connection {
         };
         requests.push(event, &mut decide, shared, scratch);
         for frame in self.scratch.drain(..) {
-            shared.stats.requests += 1;
             let request = HttpRequest::new(*conn, frame);
             match self.h2c {
+                // Counted once it is known to be an HTTP/1 request (else it is stream 1).
                 H2c::Asked(id) if request.id == id => self.h2c = H2c::Held(Box::new(request)),
-                _ => out.push(HttpEvent::Request(request)),
+                _ => {
+                    shared.stats.requests += 1;
+                    out.push(HttpEvent::Request(request));
+                }
             }
         }
         if self.requests.is_opaque() {
@@ -165,6 +168,7 @@ impl Http1Connection {
             if matches!(&self.h2c, H2c::Held(r) if frame.tag == Some(r.id)) {
                 if let H2c::Held(request) = std::mem::take(&mut self.h2c) {
                     // The server kept HTTP/1: the upgrade request is an ordinary one.
+                    shared.stats.requests += 1;
                     out.push(HttpEvent::Request(*request));
                 }
             }

@@ -204,8 +204,11 @@ impl HttpFramer {
         while !data.is_empty() {
             match self.state {
                 State::Opaque if std::mem::take(&mut self.just_stopped) => {
-                    // Just stopped: what follows belongs to the next protocol.
-                    self.after_stop = Some(std::mem::take(&mut data));
+                    // Just stopped: what follows belongs to the next protocol (kept for a
+                    // response: an h2c upgrade's 101 is followed by the server's frames).
+                    if self.role == Role::Response {
+                        self.after_stop = Some(std::mem::take(&mut data));
+                    }
                     return;
                 }
                 State::Resync | State::Opaque | State::SkipUntilClose | State::Closed => return,

@@ -84,6 +84,8 @@ mirror_common::counter_set! {
         h2_connections,
         /// HTTP/2 streams opened by a client's request headers.
         h2_streams,
+        /// HTTP/2 streams' final response headers.
+        h2_responses,
         /// HTTP/2 connections given up: joined mid-stream, bytes never captured, an HPACK
         /// or protocol error, a header block over the cap. Their streams are not guessed.
         h2_out_of_sync,

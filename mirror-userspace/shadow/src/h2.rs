@@ -21,7 +21,7 @@ use bytes::{Buf, Bytes};
 use http::{HeaderMap, Request};
 use http_body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{
@@ -47,23 +47,12 @@ enum Piece {
 pub(crate) struct CopyBody {
     rx: Option<mpsc::Receiver<Piece>>,
     queued_bytes: Arc<AtomicUsize>,
-    /// Fired when the request is complete: the copy's timeout runs from there.
-    ended: Option<oneshot::Sender<()>>,
 }
 
 /// The copy's body failed: the captured stream was reset or the copy abandoned.
 #[derive(Debug, thiserror::Error)]
 #[error("the captured stream was cancelled")]
 pub(crate) struct Cancelled;
-
-impl CopyBody {
-    fn finish(&mut self) {
-        self.rx = None;
-        if let Some(ended) = self.ended.take() {
-            let _ = ended.send(());
-        }
-    }
-}
 
 impl Body for CopyBody {
     type Data = Bytes;
@@ -83,11 +72,11 @@ impl Body for CopyBody {
                 Some(Ok(Frame::data(bytes)))
             }
             Some(Piece::Trailers(trailers)) => {
-                self.finish();
+                self.rx = None;
                 Some(Ok(Frame::trailers(trailers)))
             }
             Some(Piece::End) => {
-                self.finish();
+                self.rx = None;
                 None
             }
             None => {
@@ -136,10 +125,20 @@ impl CancelReason {
     }
 }
 
+/// What the capture side tells a copy's task once: the request ended (its timeout runs from
+/// here: a long client stream is not a slow shadow), or the copy was cancelled (the task
+/// drops its exchange, which resets the shadow's stream, whatever hyper is waiting for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Done {
+    Ended,
+    Cancelled,
+}
+
 /// The capture side of a copy: the agent pushes the stream's pieces into it as they arrive.
 /// Dropped without [`StreamCopy::end`] or [`StreamCopy::trailers`], the copy is cancelled.
 pub struct StreamCopy {
     tx: Option<mpsc::Sender<Piece>>,
+    done: Option<oneshot::Sender<Done>>,
     queued_bytes: Arc<AtomicUsize>,
     max_queued_bytes: usize,
     cancel: CancelReason,
@@ -173,6 +172,13 @@ impl StreamCopy {
     pub fn cancel(&mut self, reason: DropReason) {
         if self.tx.take().is_some() {
             self.cancel.set(reason);
+            self.tell(Done::Cancelled);
+        }
+    }
+
+    fn tell(&mut self, done: Done) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(done);
         }
     }
 
@@ -190,7 +196,9 @@ impl StreamCopy {
         if let Some(tx) = self.tx.take() {
             if tx.try_send(last).is_err() {
                 self.cancel.set(DropReason::StreamBuffer);
+                return self.tell(Done::Cancelled);
             }
+            self.tell(Done::Ended);
         }
     }
 }
@@ -255,54 +263,58 @@ impl H2Shadow {
         let unfinished = Unfinished([self.copies.clone(), self.all_copies.clone()]);
         let queued_bytes = self.outcomes.queued_bytes.clone();
         // A request without a body (most unary GETs) needs no channel: its HEADERS end it.
-        let (tx, body, ended) = if end_stream {
-            (None, CopyBody { rx: None, queued_bytes: queued_bytes.clone(), ended: None }, None)
+        let (tx, rx, done, done_rx) = if end_stream {
+            (None, None, None, None)
         } else {
             let (tx, rx) = mpsc::channel(STREAM_PIECES);
-            let (ended, ended_rx) = oneshot::channel();
-            let body =
-                CopyBody { rx: Some(rx), queued_bytes: queued_bytes.clone(), ended: Some(ended) };
-            (Some(tx), body, Some(ended_rx))
+            let (done, done_rx) = oneshot::channel();
+            (Some(tx), Some(rx), Some(done), Some(done_rx))
         };
+        let body = CopyBody { rx, queued_bytes: queued_bytes.clone() };
         let request = Request::from_parts(head, body);
         let cancel = CancelReason::default();
-        tokio::spawn(self.clone().send(copy, request, ended, cancel.clone(), unfinished));
-        Ok(StreamCopy { tx, queued_bytes, max_queued_bytes: self.max_queued_bytes, cancel })
+        tokio::spawn(self.clone().send(copy, request, done_rx, cancel.clone(), unfinished));
+        let max_queued_bytes = self.max_queued_bytes;
+        Ok(StreamCopy { tx, done, queued_bytes, max_queued_bytes, cancel })
     }
 
     async fn send(
         self: Arc<Self>,
         copy: CopyInfo,
         request: Request<CopyBody>,
-        ended: Option<oneshot::Receiver<()>>,
+        done: Option<oneshot::Receiver<Done>>,
         cancel: CancelReason,
         _unfinished: Unfinished,
     ) {
-        // Waiting for a slot, the copy's DATA gathers in its channel (bounded).
-        let Ok(_permit) = self.in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let start = Instant::now();
         let timeout = self.outcomes.timeout;
-        // The timeout runs from the request's end: a long client stream is not a slow shadow.
-        let deadline = async {
-            if let Some(ended) = ended {
-                if ended.await.is_err() {
-                    std::future::pending::<()>().await; // cancelled: the body's error ends it
-                }
+        let capture = async {
+            // No channel: the request ended with its headers. A copy dropped without a word
+            // was cancelled.
+            let ended = match done {
+                None => true,
+                Some(rx) => rx.await == Ok(Done::Ended),
+            };
+            if !ended {
+                return cancel.get().unwrap_or(DropReason::Cancelled);
             }
             tokio::time::sleep(timeout).await;
+            DropReason::Timeout
         };
-        let exchange = self.exchange(request);
+        let work = async {
+            // Waiting for a slot, the copy's DATA gathers in its channel (bounded).
+            let _permit = self.in_flight.clone().acquire_owned().await.map_err(CopyError::http)?;
+            let start = Instant::now();
+            self.exchange(request).await.map(|answer| (answer, start))
+        };
         tokio::select! {
-            result = exchange => match result {
-                Ok(answer) => self.outcomes.answered_h2(&copy, start, answer),
+            result = work => match result {
+                Ok((answer, start)) => self.outcomes.answered_h2(&copy, start, answer),
                 Err(e) => {
                     let reason = cancel.get().unwrap_or(e.reason);
                     self.outcomes.failed(0, &copy, reason, &e)
                 }
             },
-            () = deadline => self.outcomes.failed(0, &copy, DropReason::Timeout, &"no answer in time"),
+            reason = capture => self.outcomes.failed(0, &copy, reason, &reason.name()),
         }
     }
 
@@ -368,8 +380,8 @@ impl H2Shadow {
             self.endpoint.as_ref().map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
         let Connected { stream, guard } = endpoint.connect().await?;
         let sender = match stream {
-            ShadowStream::Plain(s) => handshake(s, guard).await?,
-            ShadowStream::Tls(s) => handshake(*s, guard).await?,
+            ShadowStream::Plain(s) => handshake(s, guard, self.outcomes.timeout).await?,
+            ShadowStream::Tls(s) => handshake(*s, guard, self.outcomes.timeout).await?,
         };
         *connection = Some(sender.clone());
         Ok(sender)
@@ -377,11 +389,20 @@ impl H2Shadow {
 }
 
 /// HTTP/2's handshake on a new connection, which then runs on its own task.
-async fn handshake<T>(io: T, guard: OwnGuard) -> std::io::Result<SendRequest<CopyBody>>
+async fn handshake<T>(
+    io: T,
+    guard: OwnGuard,
+    keep_alive: std::time::Duration,
+) -> std::io::Result<SendRequest<CopyBody>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // PINGs every `timeout` of silence: a shadow gone without a FIN (a blackholed route)
+    // fails its connection and the copies on it, rather than holding them.
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(keep_alive)
+        .keep_alive_timeout(keep_alive)
         .handshake(TokioIo::new(io))
         .await
         .map_err(std::io::Error::other)?;
@@ -614,5 +635,7 @@ mod tests {
         };
         assert_eq!(refused, DropReason::StreamBuffer);
         drop(copy);
+        // The copy's task is not stuck behind the shadow's window: it ends, told once.
+        assert_eq!(outcomes(&sink, 1).await, [Err(DropReason::StreamBuffer)]);
     }
 }

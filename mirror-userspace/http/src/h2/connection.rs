@@ -113,7 +113,6 @@ pub(crate) struct H2Connection {
     /// The server's GOAWAY: streams above this are not processed.
     goaway: Option<u32>,
     out_of_sync: bool,
-    keep_response_bodies: bool,
 }
 
 /// The connection's context while it handles one stream event.
@@ -140,7 +139,7 @@ impl Ctx<'_> {
 impl H2Connection {
     /// A connection whose request side starts with the preface (prior knowledge), or after
     /// an h2c upgrade (the preface follows the 101 on the request side).
-    pub(crate) fn new(keep_response_bodies: bool) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             halves: Default::default(),
             preface_left: PREFACE.len(),
@@ -148,7 +147,6 @@ impl H2Connection {
             last_opened: 0,
             goaway: None,
             out_of_sync: false,
-            keep_response_bodies,
         }
     }
 
@@ -160,7 +158,7 @@ impl H2Connection {
         shared: &mut HttpShared,
         out: &mut Vec<HttpEvent>,
     ) -> Self {
-        let mut c = Self::new(shared.config.response_bodies);
+        let mut c = Self::new();
         // HTTP2-Settings carries the client's SETTINGS, acknowledged by the 101.
         let settings = request.head.header("http2-settings").and_then(client_settings);
         if let Some(Frame::Settings { header_table_size, .. }) = settings {
@@ -176,6 +174,9 @@ impl H2Connection {
         };
         shared.stats.h2_connections += 1;
         shared.stats.h2_streams += 1;
+        // The 101 stopped HTTP/1 framing, but the connection is followed on: not "upgraded"
+        // in the counters' sense (no longer extracted).
+        shared.stats.upgraded_connections = shared.stats.upgraded_connections.saturating_sub(1);
         c.last_opened = 1;
         let end_stream = body.is_empty();
         c.streams.insert(1, StreamState { headers: [true, false], ended: [true, false] });
@@ -197,11 +198,19 @@ impl H2Connection {
         c
     }
 
+    /// Bytes held: partial frames, header blocks waiting for CONTINUATION, the HPACK
+    /// tables and buffers, and the streams followed.
     pub(crate) fn buffered(&self) -> usize {
-        self.halves
+        let halves: usize = self
+            .halves
             .iter()
-            .map(|h| h.frames.buffered() + h.pending.as_ref().map_or(0, |p| p.block.capacity()))
-            .sum()
+            .map(|h| {
+                h.frames.buffered()
+                    + h.pending.as_ref().map_or(0, |p| p.block.capacity())
+                    + h.hpack.buffered()
+            })
+            .sum();
+        halves + self.streams.capacity() * std::mem::size_of::<(u32, StreamState)>()
     }
 
     pub(crate) fn on_stream(
@@ -326,6 +335,10 @@ impl H2Connection {
             (Ok(_), None) => {}
             (Ok(Decoded::Oversized), Some(_)) => {
                 ctx.stats.h2_refused_streams += 1;
+                if ctx.dir == Direction::Request {
+                    // Opened all the same: its later blocks are trailers, not a new stream.
+                    self.last_opened = self.last_opened.max(stream);
+                }
                 self.reset(stream, ctx.dir, ResetReason::Stream(0), ctx);
             }
             (Ok(Decoded::Fields(fields)), Some(end_stream)) => {
@@ -337,7 +350,10 @@ impl H2Connection {
     fn headers(&mut self, stream: u32, fields: H2Fields, end_stream: bool, ctx: &mut Ctx<'_>) {
         let dir = ctx.dir;
         if dir == Direction::Request && !self.streams.contains_key(&stream) {
-            return self.open(stream, fields, end_stream, ctx);
+            if stream > self.last_opened {
+                return self.open(stream, fields, end_stream, ctx);
+            }
+            return; // trailers of a stream not followed (refused, or reset by the server)
         }
         let Some(state) = self.streams.get_mut(&stream) else {
             return; // a pushed stream, or one not followed
@@ -350,7 +366,7 @@ impl H2Connection {
             }
             state.headers[s] = true;
             if dir == Direction::Response {
-                ctx.stats.responses += 1;
+                ctx.stats.h2_responses += 1;
             }
             H2Part::Headers { fields, end_stream }
         } else if end_stream && !state.ended[s] {
@@ -389,11 +405,8 @@ impl H2Connection {
         if !state.headers[s] || state.ended[s] {
             return self.lose(Lost::Protocol, ctx);
         }
-        let bytes = if ctx.dir == Direction::Response && !self.keep_response_bodies {
-            Bytes::new()
-        } else {
-            bytes
-        };
+        // Slices of the captured bytes, never copied here: handed on whether or not a
+        // consumer keeps them (a dump counts them, the comparison keeps its streams').
         if !bytes.is_empty() || end_stream {
             ctx.emit(stream, ctx.dir, H2Part::Data { bytes, end_stream });
         }

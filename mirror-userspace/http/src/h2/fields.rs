@@ -195,6 +195,11 @@ impl HeaderDecoder {
         }
     }
 
+    /// Bytes held: the dynamic table and the decoding buffers.
+    pub(crate) fn buffered(&self) -> usize {
+        self.hpack.buffered() + self.buf.capacity()
+    }
+
     /// Decodes one complete header block.
     pub(crate) fn decode(&mut self, block: &[u8]) -> Result<Decoded, BlockError> {
         let mut builder = FieldsBuilder::default();
@@ -203,7 +208,9 @@ impl HeaderDecoder {
             .decode(block, &mut |name, value| builder.push(buf, name, value))
             .map_err(|_| BlockError::Hpack)?;
         if builder.oversized {
-            self.buf.clear();
+            // Not kept: neither is the room it took.
+            self.buf = BytesMut::new();
+            self.hpack.shrink();
             return Ok(Decoded::Oversized);
         }
         Ok(Decoded::Fields(builder.finish(&mut self.buf)))

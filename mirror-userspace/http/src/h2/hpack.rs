@@ -86,6 +86,17 @@ impl Hpack {
         self.max_allowed = max;
     }
 
+    /// Bytes held: the dynamic table (by RFC 7541's count) and the literal buffers.
+    pub(crate) fn buffered(&self) -> usize {
+        self.table.size + self.name.capacity() + self.value.capacity()
+    }
+
+    /// Gives back the literal buffers' room after an oversized block.
+    pub(crate) fn shrink(&mut self) {
+        self.name = Vec::new();
+        self.value = Vec::new();
+    }
+
     /// Decodes a complete header block, handing each field to `field`.
     pub(crate) fn decode(
         &mut self,

@@ -54,8 +54,8 @@ pub enum H2Part {
     /// The request's headers (they open the stream), or the response's final headers
     /// (1xx interim responses are skipped).
     Headers { fields: H2Fields, end_stream: bool },
-    /// Payload of DATA frames as it arrived, padding removed. Response data is empty
-    /// (only its end is said) unless [`HttpConfig::response_bodies`](crate::HttpConfig).
+    /// Payload of DATA frames as it arrived, padding removed: slices of the captured
+    /// bytes, never copied (a consumer that keeps them keeps their segment's buffer).
     Data { bytes: Bytes, end_stream: bool },
     /// Trailers; they end the direction.
     Trailers(H2Fields),
