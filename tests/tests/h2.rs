@@ -12,6 +12,7 @@ use std::{
 use mirror_tests::{
     agent::{run_args, AgentProcess},
     bench::wait_listening,
+    client::{free_local_addr, get, metric},
     h2::{grpc_messages, H2Recorder, SeenStream},
     mirror_bin,
     netns::Netns,
@@ -106,13 +107,21 @@ fn summary_count(summary: &str, prefix: &str, word: &str) -> u64 {
 fn grpc_calls_of_every_kind_on_one_connection_are_mirrored() {
     let (topo, shadow, target) = setup();
     let _server = GrpcServer::start(&topo.server);
-    let agent = agent(&topo, &target, &[]);
+    let metrics = free_local_addr();
+    let agent = agent(&topo, &target, &["--metrics", &metrics.to_string()]);
     let pcap = format!("/tmp/mirror-h2-{}.pcap", std::process::id());
     let mut tcpdump = tcpdump_writer(&topo.server_host_if, &pcap, PORT);
     let calls = client(&topo.client, &["client", &primary(&topo), "api:50051", "3"]);
     assert_eq!(calls.len(), 12);
     let seen = shadow.wait_for(12, WAIT);
+    let text = grpc_metrics(metrics);
     let summary = agent.stop();
+    // Every answer's grpc-status counted for the shadow; the messages: per round, 1 + 1 + 3
+    // + 3 sent (unary, server-streaming, client-streaming, bidi), and the shadow's echo of
+    // each call's messages back.
+    assert_eq!(labelled(&text, "mirror_shadow_grpc_status_total", "code=\"0\""), 12, "{text}");
+    assert_eq!(metric(&text, "mirror_grpc_request_messages_total"), 3 * 8, "{text}");
+    assert_eq!(labelled(&text, "mirror_shadow_grpc_messages_total", ""), 3 * 8, "{text}");
     // SAFETY: kill(2) on our child's pid.
     unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
     tcpdump.wait().unwrap();
@@ -172,6 +181,25 @@ fn captured_calls_are_shown_and_replayed(topo: &Topology, pcap: &str, live: &[Se
     a.sort();
     b.sort();
     assert_eq!(a, b, "the same calls, the same messages");
+}
+
+/// The value of the first sample of `name` whose labels contain `label`.
+fn labelled(text: &str, name: &str, label: &str) -> u64 {
+    let line = text.lines().find(|l| l.starts_with(name) && l.contains(label));
+    line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The agent's metrics once its shadow's 12 answers are counted.
+fn grpc_metrics(metrics: SocketAddr) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = get(metrics, "/metrics");
+        let answered = labelled(&text, "mirror_shadow_requests_total", "class=\"2xx\"");
+        if answered >= 12 || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn hex(s: &str) -> Vec<u8> {

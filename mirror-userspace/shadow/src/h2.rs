@@ -638,4 +638,34 @@ mod tests {
         // The copy's task is not stuck behind the shadow's window: it ends, told once.
         assert_eq!(outcomes(&sink, 1).await, [Err(DropReason::StreamBuffer)]);
     }
+
+    /// A gRPC error as Trailers-Only (one HEADERS with END_STREAM carrying grpc-status):
+    /// its status is the call's.
+    #[tokio::test]
+    async fn a_trailers_only_answer_gives_its_grpc_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                let response = hyper::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "5")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                Ok::<_, hyper::Error>(response)
+            });
+            let _ = server::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        let sink = Arc::new(Outcomes::default());
+        let shadow = client(addr, sink.clone(), Limits::default());
+        let mut copy = shadow.open_stream(1, head("/pkg.Svc/Missing"), false).unwrap();
+        copy.data(Bytes::from_static(&[0, 0, 0, 0, 1, 7])).unwrap();
+        copy.end();
+        let got = outcomes(&sink, 1).await;
+        let grpc = got[0].as_ref().ok().and_then(|a| a.grpc);
+        assert_eq!(grpc, Some(crate::GrpcAnswer { status: Some(5), messages: 0 }), "{got:?}");
+    }
 }
