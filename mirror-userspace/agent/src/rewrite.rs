@@ -404,4 +404,48 @@ mod tests {
         assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
         assert_eq!(shadow_host("a.b.svc.cluster.local:9080"), "a.b.svc.cluster.local-shadow:9080");
     }
+
+    /// An HTTP/2 stream's copy: `:authority` by the Host rule, the edits applied, the client
+    /// appended to X-Forwarded-For, connection-specific fields and `te` other than
+    /// `trailers` left out, everything else as captured and in order.
+    #[test]
+    fn an_http2_copy_rewrites_authority_and_applies_the_edits() {
+        let fields = mirror_http::H2Fields::from_pairs([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":authority", b"api:50051"),
+            (b":path", b"/pkg.Svc/Call?x=1"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"authorization", b"secret"),
+            (b"x-forwarded-for", b"10.9.9.9"),
+            (b"connection", b"keep-alive"),
+            (b"x-call", b"1"),
+            (b"x-call", b"2"),
+        ]);
+        let edits = HeaderEdits {
+            set: vec![(HeaderName::from_static("x-mirrored"), HeaderValue::from_static("1"))],
+            add: vec![(HeaderName::from_static("x-added"), HeaderValue::from_static("a"))],
+            remove: vec![HeaderName::from_static("authorization")],
+        };
+        let rewriter = Rewriter::new(HostRewrite::ShadowSuffix, edits);
+        let head = rewriter.h2_head(&fields, "10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(head.method, http::Method::POST);
+        assert_eq!(head.uri.to_string(), "http://api-shadow:50051/pkg.Svc/Call?x=1");
+        assert_eq!(head.version, http::Version::HTTP_2);
+        let headers: Vec<(&str, &str)> =
+            head.headers.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        assert_eq!(
+            headers,
+            [
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("x-forwarded-for", "10.9.9.9, 10.0.0.1"),
+                ("x-call", "1"),
+                ("x-call", "2"),
+                ("x-mirrored", "1"),
+                ("x-added", "a"),
+            ]
+        );
+    }
 }
