@@ -205,9 +205,10 @@ impl Rewriter {
     fn h2_fields(&self, fields: &H2Fields, client: IpAddr, headers: &mut http::HeaderMap) {
         let edits = &self.edits;
         let mut forwarded = false;
-        for (name, value) in fields.iter() {
+        // Values are slices of the decoded list, not copies.
+        for (name, value) in fields.iter_shared() {
             let (Ok(name), Ok(value)) =
-                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+                (HeaderName::from_bytes(name), HeaderValue::from_maybe_shared(value))
             else {
                 continue; // pseudo-fields, and what HTTP/2 could not carry anyway
             };

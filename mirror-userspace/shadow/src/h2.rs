@@ -273,7 +273,9 @@ impl H2Shadow {
         let body = CopyBody { rx, queued_bytes: queued_bytes.clone() };
         let request = Request::from_parts(head, body);
         let cancel = CancelReason::default();
-        tokio::spawn(self.clone().send(copy, request, done_rx, cancel.clone(), unfinished));
+        // Boxed: the task then holds a pointer, not the large future moved in and out.
+        let task = Box::pin(self.clone().send(copy, request, done_rx, cancel.clone(), unfinished));
+        tokio::spawn(task);
         let max_queued_bytes = self.max_queued_bytes;
         Ok(StreamCopy { tx, done, queued_bytes, max_queued_bytes, cancel })
     }

@@ -39,6 +39,13 @@ impl H2Fields {
         })
     }
 
+    /// Every field, its value as a slice of the list's buffer (shared, not copied).
+    pub fn iter_shared(&self) -> impl Iterator<Item = (&[u8], Bytes)> {
+        self.spans.iter().map(|&[n, v, e]| {
+            (&self.buf[n as usize..v as usize], self.buf.slice(v as usize..e as usize))
+        })
+    }
+
     /// The first value of field `name` (field names are lower case in HTTP/2).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
