@@ -23,17 +23,12 @@ use mirror_tests::{
 const PORT: u16 = 50051;
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `python3 tests/grpc/SCRIPT ARGS` in `ns`, stdout piped.
-fn python_script(ns: &Netns, script: &str, args: &[&str]) -> Child {
+/// `python3 echo.py ARGS` in `ns`, stdout piped: the gRPC service or its clients.
+fn python(ns: &Netns, args: &[&str]) -> Child {
     let mut cmd = ns.command("python3");
-    cmd.arg(format!("{}/grpc/{script}", env!("CARGO_MANIFEST_DIR")));
+    cmd.arg(format!("{}/grpc/echo.py", env!("CARGO_MANIFEST_DIR")));
     cmd.args(args).stdout(Stdio::piped()).stdin(Stdio::piped());
     cmd.spawn().expect("python3")
-}
-
-/// `python3 echo.py ARGS` in `ns`: the gRPC service or its clients.
-fn python(ns: &Netns, args: &[&str]) -> Child {
-    python_script(ns, "echo.py", args)
 }
 
 /// A server script started in `ns`, once it printed "ready".
@@ -307,14 +302,19 @@ fn joining_mid_stream_is_counted_and_a_new_connection_is_mirrored() {
     assert!(summary_count(&summary, "http:", "h2_out_of_sync") >= 1, "{summary}");
 }
 
-/// nghttp's h2c upgrade (`-u`) to a server that takes it (the h2 library's; nghttpd does
-/// not): the upgrading GET becomes stream 1, the other URIs streams 3 and 5 of the upgraded
-/// connection; all three are mirrored over HTTP/2.
+/// nghttp's h2c upgrade (`-u`) to a server that takes it (the demo's, on the h2 library;
+/// nghttpd does not): the upgrading GET becomes stream 1, the other URIs further streams of
+/// the upgraded connection; all three are mirrored over HTTP/2.
 #[test]
 fn an_h2c_upgrade_is_mirrored_from_its_first_request() {
     let (topo, shadow, target) = setup();
-    let port = PORT.to_string();
-    let _server = ready(python_script(&topo.server, "h2c_server.py", &[&port]), "h2c server");
+    let root = std::env::temp_dir().join(format!("mirror-h2c-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a"), "a").unwrap();
+    let server = format!("{}/../xtask/demo_server.py", env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = topo.server.command("python3");
+    cmd.arg(server).arg(&root).arg(PORT.to_string()).stdout(Stdio::piped());
+    let _server = ready(cmd.spawn().unwrap(), "the h2c server");
     let agent = agent(&topo, &target, &[]);
     let urls: Vec<String> = ["a?one", "a?two", "a?three"]
         .iter()
@@ -332,6 +332,7 @@ fn an_h2c_upgrade_is_mirrored_from_its_first_request() {
     assert!(seen.iter().all(|s| s.authority == authority), "{seen:?}");
     assert!(seen.iter().all(|s| s.header("upgrade").is_none() && s.header("connection").is_none()));
     assert_eq!(summary_count(&summary, "http:", "h2_streams"), 3, "{summary}");
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// `--compare` on HTTP/2: h2load's GETs on one connection to a primary answering

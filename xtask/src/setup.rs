@@ -36,7 +36,8 @@ const PACKAGES: &[&str] = &[
 /// deploy/'s manifests against the schemas it ships with (no cluster, no network).
 const PYPI_TOOLS: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate==1.37.0")];
 /// Python modules from PyPI the tests import: (module, exact requirement). grpcio is the
-/// real gRPC service and client of the HTTP/2 tests; h2 serves their h2c upgrades.
+/// real gRPC service and client of the HTTP/2 tests; h2 serves HTTP/2 in the demo
+/// (xtask/demo_server.py, which the tests' h2c upgrades use too).
 const PYPI_MODULES: &[(&str, &str)] = &[("grpc", "grpcio==1.76.0"), ("h2", "h2==4.2.0")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

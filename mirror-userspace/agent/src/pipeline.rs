@@ -514,35 +514,15 @@ impl Stages {
 }
 
 impl Stages {
-    /// Opens the copies of compared HTTP/2 stream `id` to the candidate and the secondary,
-    /// if the comparison wants it and samples it.
-    pub(crate) fn compare_stream(
-        &mut self,
-        comparer: &mut Comparer,
-        id: u64,
-        e: &H2Event,
-        fields: &H2Fields,
-        end_stream: bool,
-    ) -> Vec<StreamCopy> {
-        if !self.matcher.matches(fields)
-            || !comparer.wants_stream(fields)
-            || !self.sampler.sample(comparer.percent(), fields)
-        {
-            return Vec::new();
-        }
-        let Some(head) = self.rewriter.h2_head(fields, e.conn.client.ip()) else {
-            return Vec::new();
-        };
-        comparer.offer_stream(id, e, fields, &head, end_stream)
-    }
-
     /// Body bytes of a primary's answer kept for a comparison.
     pub(crate) fn max_compared_body(&self) -> usize {
         self.max_compared_body
     }
 
-    /// Opens the copies of HTTP/2 stream number `id` (counted with the HTTP/1 requests) to
-    /// the shadows that sample it.
+    /// Opens the copies of HTTP/2 stream number `id` (counted with the HTTP/1 requests): to
+    /// the shadows that sample it, and to the candidate and the secondary when the
+    /// comparison wants it and samples it. The copy's head is made once, for all of them.
+    /// Returns the copies and whether the stream is compared.
     pub(crate) fn open_streams(
         &mut self,
         id: u64,
@@ -550,11 +530,13 @@ impl Stages {
         fields: &H2Fields,
         end_stream: bool,
         shadows: &mut [Shadow],
-    ) -> Vec<StreamCopy> {
+        comparer: Option<&mut Comparer>,
+    ) -> (Vec<StreamCopy>, bool) {
         if !self.matcher.matches(fields) {
             self.metrics.not_matched.inc();
-            return Vec::new();
+            return (Vec::new(), false);
         }
+        let client = e.conn.client.ip();
         let mut head = None;
         let mut copies = Vec::new();
         let mut sent_to: Vec<&str> = Vec::new();
@@ -563,22 +545,31 @@ impl Stages {
                 shadow.metrics.not_sampled.inc();
                 continue;
             }
-            let head =
-                head.get_or_insert_with(|| self.rewriter.h2_head(fields, e.conn.client.ip()));
-            let Some(head) = head.clone() else {
+            let Some(head) = head.get_or_insert_with(|| self.rewriter.h2_head(fields, client))
+            else {
                 self.metrics.uncopyable.inc();
-                return Vec::new();
+                return (Vec::new(), false);
             };
-            if let Ok(copy) = shadow.client.open_stream(id, head, end_stream) {
+            if let Ok(copy) = shadow.client.open_stream(id, head.clone(), end_stream) {
                 shadow.offered += 1;
                 sent_to.push(shadow.client.authority());
                 copies.push(copy);
             }
         }
+        let mut compared = false;
+        let comparer = comparer.filter(|c| c.wants_stream(fields));
+        if let Some(c) = comparer.filter(|c| self.sampler.sample(c.percent(), fields)) {
+            let head = head.get_or_insert_with(|| self.rewriter.h2_head(fields, client));
+            if let Some(head) = head {
+                let more = c.offer_stream(id, e, fields, head, end_stream);
+                compared = !more.is_empty();
+                copies.extend(more);
+            }
+        }
         if let (Some(watch), false) = (&self.watch, sent_to.is_empty()) {
             watch.mirrored_stream(e, fields, &sent_to);
         }
-        copies
+        (copies, compared)
     }
 }
 

@@ -222,8 +222,7 @@ impl Rewriter {
             }
             if name == "x-forwarded-for" && !forwarded {
                 forwarded = true;
-                let mut v = value.as_bytes().to_vec();
-                let _ = write!(ByteWriter(&mut v), ", {client}");
+                let v = [value.as_bytes(), format!(", {client}").as_bytes()].concat();
                 if let Ok(v) = HeaderValue::from_bytes(&v) {
                     headers.append(name, v);
                 }
@@ -239,16 +238,6 @@ impl Rewriter {
                 headers.append("x-forwarded-for", v);
             }
         }
-    }
-}
-
-/// `write!` into a byte vector.
-struct ByteWriter<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for ByteWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
     }
 }
 

@@ -74,13 +74,10 @@ impl StreamCopies {
         match e.part {
             H2Part::Headers { ref fields, end_stream } => {
                 *id += 1;
-                let mut copies = stages.open_streams(*id, &e, fields, end_stream, shadows);
-                if let Some(c) = comparer {
-                    let compared = stages.compare_stream(c, *id, &e, fields, end_stream);
-                    if !compared.is_empty() {
-                        self.answers.insert(key, PrimaryAnswer::default());
-                    }
-                    copies.extend(compared);
+                let (copies, compared) =
+                    stages.open_streams(*id, &e, fields, end_stream, shadows, comparer);
+                if compared {
+                    self.answers.insert(key, PrimaryAnswer::default());
                 }
                 if !end_stream && !copies.is_empty() {
                     let grpc = is_grpc(fields.get("content-type")).then(GrpcMessages::default);

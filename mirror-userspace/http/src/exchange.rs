@@ -86,6 +86,7 @@ impl Http1Connection {
         out: &mut Vec<HttpEvent>,
     ) {
         let resyncs = self.requests.resyncs();
+        let was_opaque = self.requests.is_opaque();
         let Self { requests, outstanding, next_id, scratch, h2c, .. } = self;
         let mut decide = |head: &Head| -> Result<Decision, HeadError> {
             let method = head.method().unwrap_or("");
@@ -118,8 +119,9 @@ impl Http1Connection {
                 }
             }
         }
-        if self.requests.is_opaque() {
+        if self.requests.is_opaque() && !was_opaque {
             // CONNECT or Upgrade: the rest of the connection, both ways, is not HTTP/1.
+            shared.stats.upgraded_connections += 1;
             self.responses.push(
                 StreamEvent::End,
                 &mut |_| Ok(Decision::Stop),
@@ -175,8 +177,10 @@ impl Http1Connection {
             out.push(HttpEvent::Response(HttpResponse::new(*conn, frame)));
         }
         if switched {
-            if let H2c::Held(request) = std::mem::take(&mut self.h2c) {
-                self.upgraded = Some(Upgraded { request: *request, after });
+            match std::mem::take(&mut self.h2c) {
+                // h2c: the connection goes on as HTTP/2, still followed.
+                H2c::Held(request) => self.upgraded = Some(Upgraded { request: *request, after }),
+                _ => shared.stats.upgraded_connections += 1,
             }
         }
     }

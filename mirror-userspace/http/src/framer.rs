@@ -327,7 +327,6 @@ impl HttpFramer {
             }
             Ok(Decision::Interim) => stats.interim_responses += 1,
             Ok(Decision::Stop) => {
-                stats.upgraded_connections += 1;
                 self.state = State::Opaque;
                 self.just_stopped = true;
             }

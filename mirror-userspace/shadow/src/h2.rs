@@ -494,31 +494,46 @@ mod tests {
         }
     }
 
-    /// An HTTP/2 server answering every stream, once its body is complete, with its length.
-    async fn server() -> std::net::SocketAddr {
+    type Answering = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<hyper::Response<Full<Bytes>>, hyper::Error>>
+                + Send,
+        >,
+    >;
+
+    /// An HTTP/2 server answering every stream with `answer`.
+    async fn serving(
+        answer: fn(Request<hyper::body::Incoming>) -> Answering,
+    ) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let len = Bytes::from(body.len().to_string());
-                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(len)))
-                    });
-                    let _ = server::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                tokio::spawn(
+                    server::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service_fn(answer)),
+                );
             }
         });
         addr
     }
 
-    fn client(addr: std::net::SocketAddr, sink: Arc<Outcomes>, limits: Limits) -> ShadowClient {
-        let options = ShadowOptions {
-            queued_bytes: Arc::default(),
+    /// An HTTP/2 server answering every stream, once its body is complete, with its length.
+    async fn server() -> std::net::SocketAddr {
+        serving(|req| {
+            Box::pin(async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                let len = Bytes::from(body.len().to_string());
+                Ok(hyper::Response::new(Full::new(len)))
+            })
+        })
+        .await
+    }
+
+    fn options(sink: Arc<Outcomes>, queued_bytes: Arc<AtomicUsize>) -> ShadowOptions {
+        ShadowOptions {
+            queued_bytes,
             unfinished_streams: Arc::default(),
             own: Default::default(),
             mark: 0,
@@ -526,7 +541,11 @@ mod tests {
             label_copies: false,
             keep_body: None,
             sink,
-        };
+        }
+    }
+
+    fn client(addr: std::net::SocketAddr, sink: Arc<Outcomes>, limits: Limits) -> ShadowClient {
+        let options = options(sink, Arc::default());
         ShadowClient::start(&format!("http://{addr}").parse().unwrap(), &limits, options)
     }
 
@@ -586,17 +605,8 @@ mod tests {
         let addr = server().await;
         let sink = Arc::new(Outcomes::default());
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let options = ShadowOptions {
-            queued_bytes: queued_bytes.clone(),
-            unfinished_streams: Arc::default(),
-            own: Default::default(),
-            mark: 0,
-            tls: None,
-            label_copies: false,
-            keep_body: None,
-            sink: sink.clone(),
-        };
         let uri = format!("http://{addr}").parse().unwrap();
+        let options = options(sink.clone(), queued_bytes.clone());
         let shadow = ShadowClient::start(&uri, &Limits::default(), options);
         let mut copy = shadow.open_stream(1, head("/upload"), false).unwrap();
         copy.data(Bytes::from(vec![7u8; 10_000])).unwrap();
@@ -645,22 +655,17 @@ mod tests {
     /// its status is the call's.
     #[tokio::test]
     async fn a_trailers_only_answer_gives_its_grpc_status() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
+        let addr = serving(|_| {
+            Box::pin(async {
                 let response = hyper::Response::builder()
                     .header("content-type", "application/grpc")
                     .header("grpc-status", "5")
                     .body(Full::new(Bytes::new()))
                     .unwrap();
-                Ok::<_, hyper::Error>(response)
-            });
-            let _ = server::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+                Ok(response)
+            })
+        })
+        .await;
         let sink = Arc::new(Outcomes::default());
         let shadow = client(addr, sink.clone(), Limits::default());
         let mut copy = shadow.open_stream(1, head("/pkg.Svc/Missing"), false).unwrap();

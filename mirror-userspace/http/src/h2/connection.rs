@@ -113,6 +113,8 @@ pub(crate) struct H2Connection {
     /// The server's GOAWAY: streams above this are not processed.
     goaway: Option<u32>,
     out_of_sync: bool,
+    /// Scratch for the frames cut from one stream event.
+    frames: Vec<Frame>,
 }
 
 /// The connection's context while it handles one stream event.
@@ -147,6 +149,7 @@ impl H2Connection {
             last_opened: 0,
             goaway: None,
             out_of_sync: false,
+            frames: Vec::new(),
         }
     }
 
@@ -174,9 +177,6 @@ impl H2Connection {
         };
         shared.stats.h2_connections += 1;
         shared.stats.h2_streams += 1;
-        // The 101 stopped HTTP/1 framing, but the connection is followed on: not "upgraded"
-        // in the counters' sense (no longer extracted).
-        shared.stats.upgraded_connections = shared.stats.upgraded_connections.saturating_sub(1);
         c.last_opened = 1;
         let end_stream = body.is_empty();
         c.streams.insert(1, StreamState { headers: [true, false], ended: [true, false] });
@@ -248,14 +248,16 @@ impl H2Connection {
             self.preface_left -= n;
             let _ = bytes.split_to(n);
         }
-        let mut frames = Vec::new();
+        // The frames of this data, gathered in a buffer kept between calls.
+        let mut frames = std::mem::take(&mut self.frames);
         let result = self.halves[side(ctx.dir)].frames.push(bytes, &mut |f| frames.push(f));
-        for frame in frames {
+        for frame in frames.drain(..) {
             self.frame(frame, ctx);
             if self.out_of_sync {
                 return;
             }
         }
+        self.frames = frames;
         if result.is_err() {
             self.lose(Lost::Protocol, ctx);
         }
